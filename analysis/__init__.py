@@ -1,0 +1,1 @@
+"""Reading recordings and everything after it: rates, detectors, renderers."""

@@ -1,0 +1,1 @@
+"""The recorder: targets, session, writer, manifest and the CLI."""
