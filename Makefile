@@ -1,0 +1,28 @@
+# autoglm-trace -- every target installs what it needs first (scripts/setup.sh is idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+AT := $(VENV)/bin/autoglm-trace
+PYTEST_ARGS ?=
+
+.PHONY: setup test unit lint demo bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
+
+setup:
+	@bash scripts/setup.sh
+
+## The test command CI runs (.ci/run): lint, then every test; root/BPF tests run for real as root.
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+## The main job: record the bundled demo inference server with one injected incident, then analyse it.
+demo: setup
+	$(AT) demo-run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

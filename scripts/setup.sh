@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One-command, idempotent set-up for autoglm-trace on Debian/Ubuntu (called by `make setup`,
+# and so by `make test` and `make demo`):
+#   1. apt packages: bcc (python3-bpfcc, bpfcc-tools, libbpfcc), python3-venv
+#   2. kernel headers for bcc: when /lib/modules/$(uname -r)/build is missing, install the nearest
+#      Debian linux-headers-<ver>-amd64 (and its -common) and link build/ and source/ to them.
+#      Tracepoint programs read their argument layout from tracefs, so a nearby version is fine.
+#   3. tracefs / debugfs mounted (bcc attaches tracepoints through them)
+#   4. a venv in .venv built from the system python3 with --system-site-packages (sees bcc)
+#      and the package installed into it (editable) with its test extras.
+# Each step is skipped when already done; without root, steps 1-3 are reported and skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+SYS_PY=/usr/bin/python3
+say() { printf '[setup] %s\n' "$*" >&2; }
+is_root() { [ "$(id -u)" = 0 ]; }
+export DEBIAN_FRONTEND=noninteractive
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! is_root; then say "not root: cannot install ${missing[*]} (run 'sudo make setup')"; return 0; fi
+  if [ $apt_updated = 0 ]; then apt-get update -qq >&2 || say "apt-get update failed; trying with the current lists"; apt_updated=1; fi
+  say "installing ${missing[*]}"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+if command -v apt-get >/dev/null 2>&1; then
+  apt_install python3-venv python3-bpfcc bpfcc-tools libbpfcc
+else
+  say "no apt-get: install bcc (python3-bpfcc) with your distribution's package manager"
+fi
+
+# Kernel headers ------------------------------------------------------------------------------
+KREL=$(uname -r)
+MODDIR=/lib/modules/$KREL
+if [ -e "$MODDIR/build/include" ] || [ -e /sys/kernel/kheaders.tar.xz ]; then
+  :
+elif ! is_root; then
+  say "kernel headers missing for $KREL and not root: run 'sudo make setup'"
+elif command -v apt-get >/dev/null 2>&1; then
+  pkg="linux-headers-$KREL"
+  if apt-cache show "$pkg" >/dev/null 2>&1; then
+    apt_install "$pkg"
+  else
+    # The running kernel has no Debian headers package (a custom or cloud kernel). Pick the
+    # highest-versioned generic linux-headers-*-amd64 the archive has: the nearest to a newer kernel.
+    [ $apt_updated = 1 ] || { apt-get update -qq >&2 || true; apt_updated=1; }
+    arch=$(dpkg --print-architecture)
+    pkg=$(apt-cache search --names-only "^linux-headers-[0-9].*-${arch}\$" | awk '{print $1}' \
+          | grep -vE -- '-(cloud|rt)-' | sort -V | tail -n 1)
+    if [ -z "$pkg" ]; then
+      say "no linux-headers package found in apt; bcc will not compile programs"
+    else
+      apt_install "$pkg"
+      ver=${pkg#linux-headers-}; ver=${ver%-"$arch"}
+      build=/usr/src/$pkg; source=/usr/src/linux-headers-$ver-common
+      mkdir -p "$MODDIR"
+      ln -sfn "$build" "$MODDIR/build"
+      [ -d "$source" ] && ln -sfn "$source" "$MODDIR/source"
+      say "linked $MODDIR/build -> $build (nearest headers for $KREL)"
+    fi
+  fi
+fi
+
+# tracefs / debugfs -----------------------------------------------------------------------------
+if is_root; then
+  if [ ! -e /sys/kernel/tracing/available_events ]; then
+    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null && say "mounted tracefs" || say "could not mount tracefs"
+  fi
+  if [ ! -e /sys/kernel/debug/tracing ] && [ -d /sys/kernel/debug ] && ! mountpoint -q /sys/kernel/debug; then
+    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null && say "mounted debugfs" || true
+  fi
+fi
+
+# venv ------------------------------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV from $SYS_PY (with system site-packages, for bcc)"
+  "$SYS_PY" -m venv --system-site-packages "$VENV"
+fi
+stamp="$VENV/.installed-$(cat pyproject.toml | md5sum | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+  say "installing autoglm-trace into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q -e '.[test]' >&2
+  rm -f "$VENV"/.installed-* && touch "$stamp"
+fi
+"$VENV/bin/python" - <<'PY' >&2 || true
+try:
+    import bcc  # noqa: F401
+    print("[setup] bcc importable from the venv")
+except Exception as e:  # noqa: BLE001
+    print(f"[setup] bcc NOT importable ({e}); kernel probes will be skipped")
+PY
