@@ -76,6 +76,11 @@ class Collector(ABC):
         """Live numbers for the status line (e.g. {"events": n, "lost": m})."""
         return {}
 
+    def target_env(self) -> dict[str, str]:
+        """Environment variables a spawned target (``record -- CMD``) should get, e.g. the span
+        socket's path. Called after ``start()`` and before the target execs."""
+        return {}
+
     def info(self) -> dict[str, Any]:
         """Static facts for the manifest (e.g. GPU names, attached tracepoints)."""
         return {}
