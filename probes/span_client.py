@@ -1,0 +1,369 @@
+"""Request spans from inside a server, like NVTX ranges -- standard library only.
+
+    from autoglm_trace import span, traced, mark_first_token
+
+    with span("generate", prompt_tokens=p) as s:
+        ...
+        mark_first_token()          # or s.first_token()
+        ...
+        s.set(output_tokens=n)
+
+    @traced("tokenize")
+    def tokenize(text): ...
+
+When ``autoglm-trace record -- CMD`` runs the server it puts ``AUTOGLM_TRACE_SPAN_SOCKET`` (a Unix
+datagram socket) into the environment. Without it every call returns a shared no-op object: one
+global read and one call, no allocation, no clock read. With it, each finished span is one
+non-blocking ``send()`` of a compact binary record; when the receiver is slow (its queue is full:
+EAGAIN) or gone, the span is dropped and counted, and the count travels in the next datagram so the
+recording says how many were lost. Nothing here ever raises into the server.
+
+Wire format (little endian), see docs/format-spans.md:
+    header  struct "<4sqqqiiiiBIH" (51 bytes)
+            magic b"AGS1", start_ns, end_ns, ttft_ns (-1: none), pid, tid,
+            prompt_tokens (-1: none), output_tokens (-1: none), flags (bit 0: ok),
+            dropped (cumulative spans this process failed to send), name_len
+    then    name (UTF-8, name_len bytes), then attrs as a JSON object (UTF-8, rest; may be empty)
+Times are CLOCK_MONOTONIC ns (``time.monotonic_ns()``), the recording's clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+ENV_VAR = "AUTOGLM_TRACE_SPAN_SOCKET"
+MAGIC = b"AGS1"
+HEADER = struct.Struct("<4sqqqiiiiBIH")
+MAX_NAME = 200
+MAX_ATTRS = 3000  # bytes of JSON; larger attrs are replaced by {"_truncated": true}
+FLAG_OK = 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_monotonic_ns = time.monotonic_ns
+_get_native_id = threading.get_native_id
+
+# Process-wide state. ``_sock`` is None when no recorder listens: the hot path tests only that.
+_sock: socket.socket | None = None
+_path: str | None = None
+_sent = 0
+_dropped = 0
+_lock = threading.Lock()
+_local = threading.local()
+
+
+def _connect(path: str | None) -> None:
+    """(Re)open the datagram socket for ``path`` (None: become a no-op)."""
+    global _sock, _path
+    old, _sock, _path = _sock, None, path
+    if old is not None:
+        with contextlib.suppress(OSError):
+            old.close()
+    if not path:
+        return
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        s.setblocking(False)
+    except OSError:
+        return
+    # connect() may fail if the receiver is not there yet; send() retries via sendto then.
+    with contextlib.suppress(OSError):
+        s.connect(path)
+    _sock = s
+
+
+def configure(path: str | None = None) -> None:
+    """Re-read the environment (or use ``path``). Called at import and in a forked child; call it
+    yourself after changing ``AUTOGLM_TRACE_SPAN_SOCKET`` at run time."""
+    global _sent, _dropped
+    _sent = _dropped = 0
+    _connect(path if path is not None else os.environ.get(ENV_VAR))
+
+
+def _after_fork() -> None:
+    # A forked worker must not share the parent's socket object or its counters.
+    global _sent, _dropped, _local
+    _sent = _dropped = 0
+    _local = threading.local()
+    _connect(_path if _path else os.environ.get(ENV_VAR))
+
+
+def enabled() -> bool:
+    return _sock is not None
+
+
+def stats() -> dict[str, int]:
+    """Spans sent and dropped by this process since the socket was configured."""
+    return {"sent": _sent, "dropped": _dropped}
+
+
+def encode(
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    *,
+    ttft_ns: int | None = None,
+    pid: int = 0,
+    tid: int = 0,
+    prompt_tokens: int | None = None,
+    output_tokens: int | None = None,
+    ok: bool = True,
+    dropped: int = 0,
+    attrs: dict[str, Any] | None = None,
+) -> bytes:
+    nb = str(name).encode("utf-8", "replace")[:MAX_NAME]
+    ab = b""
+    if attrs:
+        try:
+            ab = json.dumps(attrs, separators=(",", ":"), default=str).encode()
+        except (TypeError, ValueError):
+            ab = b'{"_unencodable":true}'
+        if len(ab) > MAX_ATTRS:
+            ab = b'{"_truncated":true}'
+    return (
+        HEADER.pack(
+            MAGIC,
+            start_ns,
+            end_ns,
+            -1 if ttft_ns is None else ttft_ns,
+            pid,
+            tid,
+            -1 if prompt_tokens is None else _clamp_i32(prompt_tokens),
+            -1 if output_tokens is None else _clamp_i32(output_tokens),
+            FLAG_OK if ok else 0,
+            dropped & 0xFFFFFFFF,
+            len(nb),
+        )
+        + nb
+        + ab
+    )
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """Inverse of ``encode``; raises ValueError on a malformed datagram."""
+    if len(data) < HEADER.size:
+        raise ValueError(f"datagram of {len(data)} bytes is shorter than the {HEADER.size}-byte header")
+    magic, start, end, ttft, pid, tid, pt, ot, flags, dropped, nlen = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"bad magic {magic!r}")
+    if HEADER.size + nlen > len(data):
+        raise ValueError("name runs past the datagram")
+    name = data[HEADER.size : HEADER.size + nlen].decode("utf-8", "replace")
+    rest = data[HEADER.size + nlen :]
+    attrs = rest.decode("utf-8", "replace") if rest else None
+    return {
+        "start_ns": start,
+        "end_ns": end,
+        "ttft_ns": None if ttft < 0 else ttft,
+        "pid": pid,
+        "tid": tid,
+        "prompt_tokens": None if pt < 0 else pt,
+        "output_tokens": None if ot < 0 else ot,
+        "ok": bool(flags & FLAG_OK),
+        "dropped": dropped,
+        "name": name,
+        "attrs": attrs,
+    }
+
+
+def _clamp_i32(v: Any) -> int:
+    try:
+        return max(-1, min(int(v), 0x7FFFFFFF))
+    except (TypeError, ValueError):
+        return -1
+
+
+def _send(payload: bytes) -> None:
+    global _sent, _dropped
+    s = _sock
+    if s is None:
+        return
+    try:
+        try:
+            s.send(payload)
+        except OSError as e:
+            # Not connected yet (receiver started after us) or it went away and came back.
+            if isinstance(e, BlockingIOError) or _path is None:
+                raise
+            s.sendto(payload, _path)
+        with _lock:
+            _sent += 1
+    except Exception:  # EAGAIN (queue full), ECONNREFUSED, ENOENT ...: count, never raise
+        with _lock:
+            _dropped += 1
+
+
+class Span:
+    """One timed region. Use as a context manager (``with span(...)``) or a decorator."""
+
+    __slots__ = ("name", "start_ns", "ttft_ns", "prompt_tokens", "output_tokens", "ok", "attrs", "_prev")
+
+    def __init__(self, name: str, prompt_tokens: int | None, output_tokens: int | None, attrs: dict) -> None:
+        self.name = name
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.attrs = attrs
+        self.ok = True
+        self.ttft_ns: int | None = None
+        self.start_ns = 0
+        self._prev: Span | None = None
+
+    def __enter__(self) -> Span:
+        self._prev = getattr(_local, "cur", None)
+        _local.cur = self
+        self.start_ns = _monotonic_ns()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        end = _monotonic_ns()
+        try:
+            _local.cur = self._prev
+            self._prev = None
+            ok = self.ok and exc_type is None
+            attrs = self.attrs
+            if exc_type is not None:
+                attrs = dict(attrs, error=exc_type.__name__)
+            _send(
+                encode(
+                    self.name,
+                    self.start_ns,
+                    end,
+                    ttft_ns=self.ttft_ns,
+                    pid=os.getpid(),
+                    tid=_get_native_id(),
+                    prompt_tokens=self.prompt_tokens,
+                    output_tokens=self.output_tokens,
+                    ok=ok,
+                    dropped=_dropped,
+                    attrs=attrs,
+                )
+            )
+        except Exception:
+            pass
+        return False
+
+    def first_token(self) -> None:
+        """Mark time-to-first-token now (the first mark wins)."""
+        if self.ttft_ns is None:
+            self.ttft_ns = _monotonic_ns() - self.start_ns
+
+    def set(self, **values: Any) -> None:
+        """Update token counts, ``ok`` or attributes before the span ends."""
+        for k, v in values.items():
+            if k in ("prompt_tokens", "output_tokens", "ok"):
+                setattr(self, k, v)
+            else:
+                self.attrs = dict(self.attrs, **{k: v})
+
+    def fail(self) -> None:
+        self.ok = False
+
+    def __call__(self, fn: F) -> F:
+        return traced(self.name, prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens, **self.attrs)(fn)
+
+
+class _NoopSpan:
+    """What ``span()`` returns when no recorder listens: shared, stateless, free."""
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __enter__(self) -> _NoopSpan:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return False
+
+    def first_token(self) -> None:
+        pass
+
+    def set(self, **values: Any) -> None:
+        pass
+
+    def fail(self) -> None:
+        pass
+
+    def __call__(self, fn: F) -> F:
+        # ``@span("x")`` with no recorder at import time: leave the function alone (``@traced``
+        # decides per call instead).
+        return fn
+
+    ok = True
+    ttft_ns = None
+
+
+_NOOP = _NoopSpan()
+
+
+def span(name: str, *, prompt_tokens: int | None = None, output_tokens: int | None = None, **attrs: Any) -> Any:
+    """A span around a request or a phase of one. Extra keyword arguments become attributes.
+    Without a recorder this returns one shared no-op object (no allocation, no clock read)."""
+    if _sock is None:
+        return _NOOP
+    return Span(name, prompt_tokens, output_tokens, attrs)
+
+
+def mark_first_token() -> None:
+    """Mark time-to-first-token in this thread's innermost open span (no-op without a recorder)."""
+    if _sock is None:
+        return
+    cur = getattr(_local, "cur", None)
+    if cur is not None:
+        cur.first_token()
+
+
+def current_span() -> Any:
+    """This thread's innermost open span (the no-op span when none or no recorder)."""
+    if _sock is None:
+        return _NOOP
+    return getattr(_local, "cur", None) or _NOOP
+
+
+def traced(name: Any = None, **span_kwargs: Any) -> Any:
+    """Decorator: ``@traced``, ``@traced("name")`` or ``@traced(name="x", model="m")``. Each call of
+    the function (awaited, for coroutine functions) is one span. Whether a recorder listens is decided
+    per call, so functions decorated at import still trace after ``configure()``."""
+
+    def wrap(fn: F) -> F:
+        label = name if isinstance(name, str) else getattr(fn, "__qualname__", "span")
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                if _sock is None:
+                    return await fn(*args, **kwargs)
+                with span(label, **span_kwargs):
+                    return await fn(*args, **kwargs)
+
+            return awrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _sock is None:
+                return fn(*args, **kwargs)
+            with span(label, **span_kwargs):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    if callable(name) and not isinstance(name, str):  # bare @traced
+        fn, name = name, None
+        return wrap(fn)
+    return wrap
+
+
+configure()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
