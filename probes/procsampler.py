@@ -1,0 +1,200 @@
+"""The /proc sampler: per-process and host counters, no root needed.
+
+Raw counters only (cumulative CPU seconds, context switches, faults, I/O bytes): rates are the
+reader's business. Every file goes through ``tracer.procfs`` so tests can feed canned kernel text.
+psutil enumerates the tree (``TargetTree.refresh``); the counters themselves come straight from
+/proc, which is what psutil reads too, minus its per-call object overhead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from autoglm_trace.tracer import procfs
+from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
+from autoglm_trace.tracer.target import HOST
+
+
+def _mono_from_starttime(starttime_ticks: int, uptime_now: float, mono_now_ns: int) -> int:
+    """Process start on the monotonic clock. starttime is in ticks since boot (CLOCK_BOOTTIME, which
+    also counts suspend); close enough to CLOCK_MONOTONIC on a server that has not suspended."""
+    age_s = uptime_now - starttime_ticks / procfs.CLK_TCK
+    return mono_now_ns - int(age_s * 1e9)
+
+
+class ProcSampler(Collector):
+    name = "proc"
+    tables = ("processes", "proc_samples", "host_samples", "host_cpu")
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        opts = options or {}
+        self.host_every = max(1, int(opts.get("host_every", 1)))
+        self._known: set[int] = set()
+        self._ticks = 0
+        self.samples = 0
+        self.last: dict[int, dict[str, Any]] = {}  # pid -> last row, for the live status
+        self._psi_ok = True
+
+    def start(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        if not procfs.proc_path("self", "stat").exists() and not procfs.proc_path("stat").exists():
+            raise CollectorUnavailable(f"{procfs.PROC_ROOT} is not a procfs mount")
+        if procfs.read_pressure("cpu") is None:
+            self._psi_ok = False
+            ctx.note("PSI (/proc/pressure) is not available on this kernel: host pressure columns stay empty")
+
+    # ------------------------------------------------------------------------------------------
+    def sample(self, now_ns: int) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        target = ctx.target
+        if target.mode == HOST:
+            pids: list[int] = []
+        else:
+            target.refresh()
+            pids = target.pids()
+        rows = []
+        new_procs = []
+        uptime = None
+        for pid in pids:
+            try:
+                st = procfs.read_pid_stat(pid)
+                status = procfs.read_pid_status(pid)
+                _, _, shared = procfs.read_pid_statm(pid)
+            except procfs.ProcGone:
+                target.discard(pid)
+                continue
+            rd, wr = procfs.read_pid_io(pid)
+            row = {
+                "ts_ns": now_ns,
+                "pid": pid,
+                "cpu_user_s": st["utime_s"],
+                "cpu_system_s": st["stime_s"],
+                "rss_bytes": st["rss_pages"] * procfs.PAGE_SIZE,
+                "vms_bytes": st["vsize"],
+                "shared_bytes": shared,
+                "num_threads": st["num_threads"],
+                "ctx_voluntary": _int(status.get("voluntary_ctxt_switches")),
+                "ctx_involuntary": _int(status.get("nonvoluntary_ctxt_switches")),
+                "minflt": st["minflt"],
+                "majflt": st["majflt"],
+                "io_read_bytes": rd,
+                "io_write_bytes": wr,
+                "num_fds": procfs.count_fds(pid),
+                "state": st["state"],
+            }
+            rows.append(row)
+            self.last[pid] = row
+            if pid not in self._known:
+                self._known.add(pid)
+                if uptime is None:
+                    uptime = procfs.uptime_s()
+                new_procs.append(
+                    {
+                        "ts_ns": now_ns,
+                        "pid": pid,
+                        "ppid": st["ppid"],
+                        "comm": st["comm"],
+                        "cmdline": procfs.read_cmdline(pid),
+                        "uid": _uid(status),
+                        "cgroup": procfs.read_pid_cgroup(pid),
+                        "start_time_ns": _mono_from_starttime(st["starttime_ticks"], uptime, now_ns),
+                        "is_root": pid == target.root_pid,
+                    }
+                )
+        # Drop live-status rows of processes that left.
+        for pid in list(self.last):
+            if pid not in pids:
+                del self.last[pid]
+        ctx.emit("processes", new_procs)
+        ctx.emit("proc_samples", rows)
+        if self._ticks % self.host_every == 0:
+            self._sample_host(now_ns)
+        self._ticks += 1
+        self.samples += 1
+
+    def _sample_host(self, now_ns: int) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        try:
+            mem = procfs.read_meminfo()
+            vm = procfs.read_vmstat()
+            load = procfs.read_loadavg()
+            cpus, ctxt = procfs.read_stat_cpus()
+        except OSError as e:
+            ctx.note(f"host counters unreadable: {e}")
+            return
+        psi: dict[str, dict[str, int] | None] = {}
+        if self._psi_ok:
+            for res in ("cpu", "memory", "io"):
+                psi[res] = procfs.read_pressure(res)
+        ctx.emit(
+            "host_samples",
+            [
+                {
+                    "ts_ns": now_ns,
+                    "mem_total_bytes": mem.get("MemTotal"),
+                    "mem_available_bytes": mem.get("MemAvailable"),
+                    "mem_free_bytes": mem.get("MemFree"),
+                    "mem_cached_bytes": mem.get("Cached", 0) + mem.get("Buffers", 0),
+                    "swap_total_bytes": mem.get("SwapTotal"),
+                    "swap_free_bytes": mem.get("SwapFree"),
+                    "load1": load[0],
+                    "load5": load[1],
+                    "load15": load[2],
+                    "psi_cpu_some_us": (psi.get("cpu") or {}).get("some"),
+                    "psi_mem_some_us": (psi.get("memory") or {}).get("some"),
+                    "psi_mem_full_us": (psi.get("memory") or {}).get("full"),
+                    "psi_io_some_us": (psi.get("io") or {}).get("some"),
+                    "psi_io_full_us": (psi.get("io") or {}).get("full"),
+                    "pgmajfault": vm.get("pgmajfault"),
+                    "pgscan_direct": vm.get("pgscan_direct"),
+                    "allocstall": sum(v for k, v in vm.items() if k.startswith("allocstall")),
+                    "ctxt": ctxt,
+                }
+            ],
+        )
+        tck = float(procfs.CLK_TCK)
+        cols: dict[str, list[Any]] = {k: [] for k in ("ts_ns", "cpu", "user_s", "system_s", "idle_s", "iowait_s", "irq_s", "steal_s")}
+        for cpu, v in cpus:
+            v = v + [0] * (8 - len(v))
+            cols["ts_ns"].append(now_ns)
+            cols["cpu"].append(cpu)
+            cols["user_s"].append((v[0] + v[1]) / tck)
+            cols["system_s"].append(v[2] / tck)
+            cols["idle_s"].append(v[3] / tck)
+            cols["iowait_s"].append(v[4] / tck)
+            cols["irq_s"].append((v[5] + v[6]) / tck)
+            cols["steal_s"].append(v[7] / tck)
+        if cols["ts_ns"]:
+            ctx.emit_columns("host_cpu", cols)
+
+    def status(self) -> dict[str, Any]:
+        rss = sum(r["rss_bytes"] or 0 for r in self.last.values())
+        cpu = sum((r["cpu_user_s"] or 0) + (r["cpu_system_s"] or 0) for r in self.last.values())
+        return {"procs": len(self.last), "rss_bytes": rss, "cpu_s": cpu}
+
+
+def _int(v: str | None) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _uid(status: dict[str, str]) -> int | None:
+    try:
+        return int(status["Uid"].split()[0])
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+def wait_for(predicate: Any, timeout_s: float, step_s: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())

@@ -1,0 +1,144 @@
+"""``autoglm-trace record``: record a process tree, a cgroup or the host into REC/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from autoglm_trace.tracer.errors import TargetError, UsageError
+from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
+
+NAME = "record"
+SUMMARY = "record a process tree (-p PID | -- CMD), a cgroup or the host into a recording"
+ORDER = 10
+
+EPILOG = """examples:
+  sudo autoglm-trace record -o rec -- python3 server.py --port 8000
+  sudo autoglm-trace record -p 4242 --duration 60 -o rec
+  sudo autoglm-trace record --cgroup system.slice/vllm.service --duration 300
+  sudo autoglm-trace record --scrape http://127.0.0.1:8000/metrics -o rec -- vllm serve MODEL
+  autoglm-trace record --no-bpf -o rec -- ./bench.sh      # unprivileged: /proc sampler only
+
+The target runs as the user who invoked sudo (SUDO_UID/SUDO_GID), never through a shell; the
+recording is owned by that user too. Ctrl-C ends the recording cleanly (a second Ctrl-C aborts).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, through the CLI's error path
+        raise UsageError(f"record: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="autoglm-trace record", description=SUMMARY, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    tgt = p.add_argument_group("target (one of)")
+    tgt.add_argument("-p", "--pid", type=int, help="attach to a running process and its children")
+    tgt.add_argument("--cgroup", help="a cgroup path (e.g. system.slice/x.service or /sys/fs/cgroup/...)")
+    tgt.add_argument("--host", action="store_true", help="the whole host (no target filter)")
+    p.add_argument("-o", "--output", help="recording directory to create (default: ./autoglm-YYYYmmdd-HHMMSS)")
+    p.add_argument("-d", "--duration", type=float, help="stop after S seconds")
+    p.add_argument("-i", "--interval", type=int, default=100, metavar="MS", help="sampling interval (default 100 ms)")
+    p.add_argument("--bucket", type=int, default=None, metavar="MS", help="kernel aggregation bucket (default: the interval)")
+    p.add_argument("--no-bpf", action="store_true", help="no kernel probes (the /proc sampler still runs)")
+    p.add_argument("--no-gpu", action="store_true", help="no NVML sampling")
+    p.add_argument("--no-spans", action="store_true", help="do not listen for span API datagrams")
+    p.add_argument("--gpu-interval", type=int, default=None, metavar="MS", help="NVML sampling interval (default: the interval)")
+    p.add_argument("--perf-pages", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--scrape", action="append", default=[], metavar="URL", help="poll a Prometheus /metrics endpoint (repeatable)")
+    p.add_argument("--scrape-interval", type=float, default=1.0, metavar="S")
+    p.add_argument("--probe", action="append", default=[], metavar="URL", help="send a synthetic request on an interval")
+    p.add_argument("--probe-interval", type=float, default=1.0, metavar="S")
+    p.add_argument("--latency-log", metavar="FILE", help="tail a JSONL/CSV latency log while recording")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    # Hidden: print the generated BPF program and exit (tested without root).
+    p.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]: start and record a command")
+    return p
+
+
+def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
+    # Split at the first "--" ourselves: argparse's REMAINDER is unreliable with options after it.
+    cmd: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, cmd = argv[:i], argv[i + 1 :]
+    args = build_parser().parse_args(argv)
+    if args.command:
+        raise UsageError(f"record: unexpected argument {args.command[0]!r} (put the command after '--')")
+    chosen = [x for x in (args.pid is not None, bool(cmd), bool(args.cgroup), args.host) if x]
+    if len(chosen) > 1:
+        raise UsageError("record: give one target: -p PID, --cgroup PATH, --host or -- CMD")
+    if not chosen and not args.print_bpf:
+        raise UsageError("record: no target: give -p PID, --cgroup PATH, --host or -- CMD [ARGS...]")
+    if args.interval <= 0 or args.interval > 60_000:
+        raise UsageError("record: --interval must be between 1 and 60000 ms")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("record: --duration must be positive")
+    out = Path(args.output or datetime.now().strftime("autoglm-%Y%m%d-%H%M%S"))
+    copts: dict[str, Any] = {"bucket_ms": args.bucket or args.interval}
+    if args.gpu_interval:
+        copts["gpu_interval_ms"] = args.gpu_interval
+    if args.perf_pages:
+        copts["perf_pages"] = args.perf_pages
+    opts = RecordOptions(
+        output=out, pid=args.pid, command=cmd or None, cgroup=args.cgroup, host=args.host,
+        duration_s=args.duration, interval_ms=args.interval, bpf=not args.no_bpf, gpu=not args.no_gpu,
+        spans=not args.no_spans, scrape=args.scrape, scrape_interval_s=args.scrape_interval,
+        probe=args.probe, probe_interval_s=args.probe_interval, latency_log=args.latency_log,
+        collector_options=copts,
+    )
+    return args, opts
+
+
+def main(argv: list[str]) -> int:
+    args, opts = parse_options(argv)
+    if args.print_bpf:
+        from autoglm_trace.probes import kernel
+
+        sys.stdout.write(kernel.generate_program(opts.collector_options))
+        return 0
+    if opts.latency_log and not os.path.exists(opts.latency_log):
+        raise UsageError(f"record: latency log {opts.latency_log} does not exist")
+
+    from autoglm_trace.tracer.live_status import StatusLine
+
+    status = StatusLine(enabled=not args.quiet and not args.json)
+    rec = Recorder(opts, on_tick=status.update)
+    restore = install_signal_handlers(rec)
+    try:
+        status.start()
+        try:
+            manifest = rec.run()
+        finally:
+            status.stop()
+    finally:
+        restore()
+    if manifest["target"].get("mode") == "pid" and rec.samples <= 2 and manifest["stop_reason"] == "target exited":
+        # Nothing meaningful was recorded: say so, but the recording stays.
+        raise TargetError(f"process {opts.pid} exited as recording started (recording kept at {opts.output})")
+    return _report(manifest, opts.output, args.json)
+
+
+def _report(manifest: dict[str, Any], out: Path, as_json: bool) -> int:
+    from autoglm_trace.analysis.reader import Recording
+    from autoglm_trace.analysis.summary import render_summary, summarize
+
+    summary = summarize(Recording(out))
+    if as_json:
+        import json
+
+        print(json.dumps(summary, indent=2))
+    else:
+        render_summary(summary, file=sys.stderr)
+        print(f"recording written to {out}", file=sys.stderr)
+    if manifest.get("error"):
+        from autoglm_trace.tracer.errors import WriteError
+
+        raise WriteError(manifest["error"])
+    return 0

@@ -1,0 +1,421 @@
+"""The recorder: one session from target selection to a complete recording.
+
+Order matters: the target of ``-- CMD`` is forked and held first (no threads exist yet), then the
+writer and the collectors start (BPF filter seeded with the held child's pid), then the child is
+released into exec with the environment the collectors announce. One sampling thread -- this one --
+calls every collector each interval and flushes the writer at least once a second. Ctrl-C / SIGTERM
+end the session cleanly: collectors drain, the manifest says ``complete: true``. A SIGKILLed recorder
+leaves every table readable up to its last flush (see tracer/writer.py).
+
+The recorder protects itself: it asks the OOM killer to spare it (oom_score_adj -1000 as root) so it
+survives to write the kill it is watching, and its buffers are bounded (writer.max_buffered_rows,
+per-collector limits).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from autoglm_trace.tracer import clock, procfs, spawn
+from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
+from autoglm_trace.tracer.errors import TargetError, TraceError, WriteError
+from autoglm_trace.tracer.manifest import new_manifest, wall_iso
+from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.tracer.writer import RecordingWriter
+
+FLUSH_EVERY_NS = 500_000_000
+MANIFEST_EVERY_NS = 5_000_000_000
+MAX_COLLECTOR_ERRORS = 20
+
+
+@dataclass
+class RecordOptions:
+    output: Path
+    pid: int | None = None
+    command: list[str] | None = None
+    cgroup: str | None = None
+    host: bool = False
+    duration_s: float | None = None
+    interval_ms: int = 100
+    bpf: bool = True
+    gpu: bool = True
+    spans: bool = True
+    scrape: list[str] = field(default_factory=list)
+    scrape_interval_s: float = 1.0
+    probe: list[str] = field(default_factory=list)
+    probe_interval_s: float = 1.0
+    latency_log: str | None = None
+    collector_options: dict[str, Any] = field(default_factory=dict)
+    drop_privileges: bool = True
+
+    def manifest_view(self) -> dict[str, Any]:
+        return {
+            "interval_ms": self.interval_ms,
+            "duration_s": self.duration_s,
+            "bpf": self.bpf,
+            "gpu": self.gpu,
+            "scrape": self.scrape,
+            "probe": self.probe,
+            "latency_log": self.latency_log,
+            **{k: v for k, v in self.collector_options.items() if isinstance(v, (int, float, str, bool))},
+        }
+
+
+def _optional(module: str, cls: str) -> Callable[..., Collector] | str:
+    """A collector class, or why it cannot be imported (a missing optional part never breaks record)."""
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
+        return f"{module} unavailable: {e}"
+
+
+class Recorder:
+    def __init__(self, opts: RecordOptions, on_tick: Callable[[Recorder], None] | None = None) -> None:
+        self.opts = opts
+        self.on_tick = on_tick
+        self.is_root = os.geteuid() == 0
+        self.stop_reason: str | None = None
+        self._stop = threading.Event()
+        self.child: spawn.HeldChild | None = None
+        self.collectors: list[Collector] = []
+        self.writer: RecordingWriter | None = None
+        self.ctx: SessionContext | None = None
+        self.started_ns = 0
+        self.samples = 0
+        self.collector_errors: dict[str, int] = {}
+        self.exit_status: spawn.ExitStatus | None = None
+        self.run_as = spawn.sudo_user() if opts.drop_privileges else None
+
+    # Target ------------------------------------------------------------------------------------
+    def _make_target(self) -> tuple[TargetTree, dict[str, Any]]:
+        o = self.opts
+        if o.command:
+            self.child = spawn.HeldChild(o.command, run_as=self.run_as)
+            t = TargetTree(mode="tree", root_pid=self.child.pid)
+            t.add(self.child.pid)
+            return t, {"mode": "command", "pid": self.child.pid, "comm": os.path.basename(o.command[0])[:15],
+                       "command": o.command, "user": self.run_as[0] if self.run_as else os.geteuid()}
+        if o.pid is not None:
+            if o.pid <= 0 or not psutil.pid_exists(o.pid):
+                raise TargetError(f"no process with pid {o.pid}")
+            try:
+                p = psutil.Process(o.pid)
+                info = {"mode": "pid", "pid": o.pid, "comm": p.name(), "command": p.cmdline(), "user": p.uids().real}
+            except psutil.NoSuchProcess:
+                raise TargetError(f"process {o.pid} exited before recording started") from None
+            except psutil.AccessDenied:
+                info = {"mode": "pid", "pid": o.pid, "comm": None, "command": None, "user": None}
+            return TargetTree.for_pid(o.pid), info
+        if o.cgroup:
+            from autoglm_trace.tracer.target import resolve_cgroup
+
+            try:
+                path = resolve_cgroup(o.cgroup)
+            except FileNotFoundError:
+                raise TargetError(f"no such cgroup: {o.cgroup}") from None
+            return TargetTree.for_cgroup(path), {"mode": "cgroup", "cgroup": path, "pid": None, "comm": None, "command": None}
+        return TargetTree.for_host(), {"mode": "host", "pid": None, "comm": None, "command": None}
+
+    def _build_collectors(self) -> list[tuple[str, Callable[[], Collector] | str]]:
+        o = self.opts
+        copts = dict(o.collector_options)
+        copts.setdefault("interval_ms", o.interval_ms)
+        if self.run_as:
+            copts.setdefault("target_uid", self.run_as[0])
+            copts.setdefault("target_gid", self.run_as[1])
+        wanted: list[tuple[str, Callable[[], Collector] | str]] = []
+        from autoglm_trace.probes.procsampler import ProcSampler
+
+        wanted.append(("proc", lambda: ProcSampler(copts)))
+        if o.bpf:
+            if not self.is_root:
+                wanted.append(("kernel", "not running as root: kernel probes need root (run with sudo); "
+                                         "recording with the /proc sampler alone"))
+            else:
+                cls = _optional("autoglm_trace.probes.kernel", "KernelProbes")
+                wanted.append(("kernel", cls if isinstance(cls, str) else (lambda c=cls: c(copts))))
+        else:
+            wanted.append(("kernel", "disabled with --no-bpf"))
+        if o.gpu:
+            cls = _optional("autoglm_trace.probes.nvml", "NvmlSampler")
+            wanted.append(("gpu", cls if isinstance(cls, str) else (lambda c=cls: c(copts))))
+        else:
+            wanted.append(("gpu", "disabled with --no-gpu"))
+        if o.spans:
+            cls = _optional("autoglm_trace.probes.span_receiver", "SpanReceiver")
+            wanted.append(("spans", cls if isinstance(cls, str) else (lambda c=cls: c(copts))))
+        for i, url in enumerate(o.scrape):
+            cls = _optional("autoglm_trace.probes.scrape", "Scraper")
+            wanted.append((f"scrape{i}" if i else "scrape",
+                           cls if isinstance(cls, str) else (lambda c=cls, u=url: c(u, interval_s=o.scrape_interval_s))))
+        for i, url in enumerate(o.probe):
+            cls = _optional("autoglm_trace.probes.http_probe", "HttpProbe")
+            wanted.append((f"probe{i}" if i else "probe",
+                           cls if isinstance(cls, str) else (lambda c=cls, u=url: c(u, interval_s=o.probe_interval_s))))
+        if o.latency_log:
+            cls = _optional("autoglm_trace.probes.latency_log", "LatencyLogTail")
+            wanted.append(("latency_log", cls if isinstance(cls, str) else (lambda c=cls: c(o.latency_log))))
+        return wanted
+
+    # Run ---------------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+
+    def run(self) -> dict[str, Any]:
+        o = self.opts
+        target, target_info = self._make_target()
+        manifest = new_manifest(target_info, o.manifest_view(), o.interval_ms * 1_000_000)
+        self.manifest = manifest
+        try:
+            self.writer = RecordingWriter(o.output, manifest)
+            if self.run_as:
+                self.writer.chown(*self.run_as)
+        except TraceError:
+            if self.child:
+                self.child.abandon()
+            raise
+        self._protect_self()
+        w = self.writer
+        self.ctx = ctx = SessionContext(
+            emit_rows=w.emit, emit_columns_fn=w.emit_columns, emit_batch_fn=w.emit_batch,
+            target=target, interval_ns=o.interval_ms * 1_000_000, is_root=self.is_root,
+            options={**o.collector_options, "interval_ms": o.interval_ms},
+        )
+        try:
+            self._start_collectors(ctx)
+            env: dict[str, str] = {}
+            for c in self.collectors:
+                try:
+                    env.update(c.target_env())
+                except Exception as e:  # noqa: BLE001
+                    ctx.note(f"{c.name}: target_env failed: {e}")
+            if self.child is not None:
+                self.child.release(env)
+            self.started_ns = clock.now_ns()
+            self._loop(ctx)
+        except BaseException:
+            if self.child is not None and self.child.status is None:
+                self.child.kill(signal.SIGKILL)
+                self.child.wait()
+            self._finish(ctx, error=True)
+            raise
+        return self._finish(ctx)
+
+    def _protect_self(self) -> None:
+        if not self.is_root:
+            return
+        try:
+            with open(procfs.proc_path("self", "oom_score_adj"), "w") as f:
+                f.write("-1000")
+        except OSError:
+            pass
+
+    def _start_collectors(self, ctx: SessionContext) -> None:
+        assert self.writer is not None
+        for name, factory in self._build_collectors():
+            entry: dict[str, Any]
+            if isinstance(factory, str):
+                entry = {"status": "unavailable", "reason": factory}
+            else:
+                try:
+                    c = factory()
+                    c.start(ctx)
+                    self.collectors.append(c)
+                    entry = {"status": "ok", "tables": list(c.tables)}
+                    try:
+                        entry.update(c.info() or {})
+                    except Exception as e:  # noqa: BLE001
+                        entry["info_error"] = str(e)
+                except CollectorUnavailable as e:
+                    entry = {"status": "unavailable", "reason": str(e)}
+                except Exception as e:  # noqa: BLE001 - a broken collector must not stop the recording
+                    entry = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+            self.manifest["collectors"][name] = entry
+        self.writer.write_manifest()
+
+    def _loop(self, ctx: SessionContext) -> None:
+        o = self.opts
+        interval = o.interval_ms / 1000.0
+        deadline = time.monotonic() + o.duration_s if o.duration_s else None
+        last_flush = last_manifest = clock.now_ns()
+        next_tick = time.monotonic()
+        target_gone_at: float | None = None
+        while True:
+            now = clock.now_ns()
+            self._sample_all(now)
+            if now - last_flush >= FLUSH_EVERY_NS:
+                self._flush()
+                last_flush = now
+            if now - last_manifest >= MANIFEST_EVERY_NS:
+                self._refresh_manifest(ctx)
+                last_manifest = now
+            if self.on_tick is not None:
+                try:
+                    self.on_tick(self)
+                except Exception:  # noqa: BLE001 - the display never stops the recording
+                    pass
+            if self._stop.is_set():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                self.request_stop("duration reached")
+                break
+            if self._target_gone(ctx):
+                # One more round lets the probes drain the exit and the last buckets.
+                if target_gone_at is None:
+                    target_gone_at = time.monotonic()
+                elif time.monotonic() - target_gone_at >= interval:
+                    self.request_stop("target exited")
+                    break
+            next_tick += interval
+            delay = next_tick - time.monotonic()
+            if delay < -interval:  # we fell behind (a slow sample); do not try to catch up
+                next_tick = time.monotonic()
+                delay = 0
+            if delay > 0:
+                self._stop.wait(delay)
+
+    def _target_gone(self, ctx: SessionContext) -> bool:
+        if self.child is not None:
+            return self.child.poll() is not None
+        if ctx.target.mode in ("host", "cgroup"):
+            return False
+        root = ctx.target.root_pid
+        if root is not None and psutil.pid_exists(root):
+            try:
+                return psutil.Process(root).status() == psutil.STATUS_ZOMBIE and not ctx.target.pids()
+            except psutil.NoSuchProcess:
+                pass
+        return not ctx.target.alive
+
+    def _sample_all(self, now: int) -> None:
+        for c in list(self.collectors):
+            try:
+                c.sample(now)
+            except WriteError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                n = self.collector_errors[c.name] = self.collector_errors.get(c.name, 0) + 1
+                if n == 1 and self.ctx:
+                    self.ctx.note(f"{c.name}: sample failed: {type(e).__name__}: {e}")
+                if n >= MAX_COLLECTOR_ERRORS:
+                    self.collectors.remove(c)
+                    self.manifest["collectors"][c.name] = {
+                        "status": "failed", "reason": f"stopped after {n} errors; last: {type(e).__name__}: {e}"}
+                    try:
+                        c.stop()
+                    except Exception:  # noqa: BLE001
+                        pass
+        self.samples += 1
+
+    def _flush(self) -> None:
+        assert self.writer is not None
+        try:
+            self.writer.flush()
+        except WriteError as e:
+            self.request_stop("write failed")
+            self.manifest["error"] = str(e)
+            raise
+
+    def _refresh_manifest(self, ctx: SessionContext) -> None:
+        assert self.writer is not None
+        m = self.manifest
+        m["notes"] = list(ctx.notes)
+        m["tables"] = self.writer.rows()
+        m["stats"] = self.status()
+        try:
+            self.writer.write_manifest()
+        except WriteError:
+            pass
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for c in self.collectors:
+            try:
+                out[c.name] = c.status()
+            except Exception:  # noqa: BLE001
+                out[c.name] = {}
+        return out
+
+    def _finish(self, ctx: SessionContext, error: bool = False) -> dict[str, Any]:
+        m = self.manifest
+        w = self.writer
+        # Stop the collectors while the target's exit is still being drained.
+        for c in reversed(self.collectors):
+            try:
+                c.stop()
+            except Exception as e:  # noqa: BLE001
+                ctx.note(f"{c.name}: stop failed: {type(e).__name__}: {e}")
+        if self.child is not None:
+            if self.child.status is None and self.stop_reason in ("interrupted", "terminated"):
+                # Ctrl-C reached the child too (same process group); give it a moment to exit.
+                deadline = time.monotonic() + 3
+                while self.child.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            self.exit_status = self.child.poll()
+        end = clock.now_ns()
+        offset = m["clock"]["monotonic_to_wall_ns"]
+        m["end_ns"] = end
+        m["end_time"] = wall_iso(end + offset)
+        m["duration_s"] = round((end - m["start_ns"]) / 1e9, 3)
+        m["stop_reason"] = self.stop_reason or ("error" if error else "finished")
+        t = m["target"]
+        if self.exit_status is not None:
+            t["exit_code"] = self.exit_status.exit_code
+            t["signal"] = self.exit_status.signal
+            t["rusage"] = self.exit_status.rusage
+        elif self.child is not None:
+            t["exit_code"] = None
+            t["signal"] = None
+            t["still_running"] = True
+        if self.child is not None:
+            t["stderr_tail"] = list(self.child.stderr_tail)
+        m["notes"] = list(ctx.notes)
+        m["stats"] = self.status()
+        if w is not None:
+            try:
+                w.close()
+            except WriteError as e:
+                m["error"] = m.get("error") or str(e)
+            m["tables"] = w.rows()
+            m["complete"] = not error and w.failed is None
+            if w.failed:
+                m["error"] = w.failed
+            try:
+                w.write_manifest()
+            except WriteError:
+                pass
+            if self.run_as:
+                w.chown(*self.run_as)
+        return m
+
+
+def install_signal_handlers(rec: Recorder) -> Callable[[], None]:
+    """Ctrl-C / SIGTERM / SIGHUP end the recording cleanly; a second Ctrl-C aborts at once."""
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        reason = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hangup"}.get(
+            signum, "signal")
+        if rec._stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        rec.request_stop(reason)
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous[s] = signal.signal(s, handler)
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore
