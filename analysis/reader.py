@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from autoglm_trace.tracer import schema
 from autoglm_trace.tracer.errors import NewerSchemaError, RecordingError
 

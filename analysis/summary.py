@@ -18,6 +18,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from autoglm_trace.analysis.reader import Recording
 
 
@@ -146,9 +147,10 @@ def summarize(rec: Recording) -> dict[str, Any]:
 
 
 def render_summary(s: dict[str, Any], file: IO[str] | None = None) -> None:
-    from autoglm_trace.tracer.live_status import human_bytes
     from rich.console import Console
     from rich.table import Table
+
+    from autoglm_trace.tracer.live_status import human_bytes
 
     con = Console(file=file, highlight=False)
     t = s["target"]

@@ -12,10 +12,9 @@ import pkgutil
 import sys
 from types import ModuleType
 
+from autoglm_trace import __version__
 from autoglm_trace.tracer import commands
 from autoglm_trace.tracer.errors import TraceError
-
-from autoglm_trace import __version__
 
 PROG = "autoglm-trace"
 

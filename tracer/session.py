@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from autoglm_trace.tracer import clock, procfs, spawn
 from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.tracer.errors import TargetError, TraceError, WriteError
 from autoglm_trace.tracer.manifest import new_manifest, wall_iso
+from autoglm_trace.tracer.sinks import FanOut, Sink
 from autoglm_trace.tracer.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
 
@@ -79,8 +81,13 @@ def _optional(module: str, cls: str) -> Callable[..., Collector] | str:
 
 
 class Recorder:
-    def __init__(self, opts: RecordOptions, on_tick: Callable[[Recorder], None] | None = None) -> None:
+    def __init__(self, opts: RecordOptions, on_tick: Callable[[Recorder], None] | None = None,
+                 sinks: list[Sink] | None = None, write_files: bool = True) -> None:
+        """``sinks`` receive every batch beside the file writer (ring, exporter, live view);
+        ``write_files=False`` records to the sinks alone (flight recorder, ``top``)."""
         self.opts = opts
+        self.write_files = write_files
+        self.fanout = FanOut(None, sinks)
         self.on_tick = on_tick
         self.is_root = os.geteuid() == 0
         self.stop_reason: str | None = None
@@ -177,21 +184,24 @@ class Recorder:
         target, target_info = self._make_target()
         manifest = new_manifest(target_info, o.manifest_view(), o.interval_ms * 1_000_000)
         self.manifest = manifest
-        try:
-            self.writer = RecordingWriter(o.output, manifest)
-            if self.run_as:
-                self.writer.chown(*self.run_as)
-        except TraceError:
-            if self.child:
-                self.child.abandon()
-            raise
+        if self.write_files:
+            try:
+                self.writer = RecordingWriter(o.output, manifest)
+                if self.run_as:
+                    self.writer.chown(*self.run_as)
+            except TraceError:
+                if self.child:
+                    self.child.abandon()
+                raise
+            self.fanout.primary = self.writer
         self._protect_self()
-        w = self.writer
+        f = self.fanout
         self.ctx = ctx = SessionContext(
-            emit_rows=w.emit, emit_columns_fn=w.emit_columns, emit_batch_fn=w.emit_batch,
+            emit_rows=f.emit, emit_columns_fn=f.emit_columns, emit_batch_fn=f.emit_batch,
             target=target, interval_ns=o.interval_ms * 1_000_000, is_root=self.is_root,
             options={**o.collector_options, "interval_ms": o.interval_ms},
         )
+        f.on_sink_error = lambda sink, e: ctx.note(f"{type(sink).__name__} detached: {type(e).__name__}: {e}")
         try:
             self._start_collectors(ctx)
             env: dict[str, str] = {}
@@ -222,7 +232,6 @@ class Recorder:
             pass
 
     def _start_collectors(self, ctx: SessionContext) -> None:
-        assert self.writer is not None
         for name, factory in self._build_collectors():
             entry: dict[str, Any]
             if isinstance(factory, str):
@@ -242,7 +251,8 @@ class Recorder:
                 except Exception as e:  # noqa: BLE001 - a broken collector must not stop the recording
                     entry = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
             self.manifest["collectors"][name] = entry
-        self.writer.write_manifest()
+        if self.writer is not None:
+            self.writer.write_manifest()
 
     def _loop(self, ctx: SessionContext) -> None:
         o = self.opts
@@ -319,20 +329,20 @@ class Recorder:
         self.samples += 1
 
     def _flush(self) -> None:
-        assert self.writer is not None
         try:
-            self.writer.flush()
+            self.fanout.flush()
         except WriteError as e:
             self.request_stop("write failed")
             self.manifest["error"] = str(e)
             raise
 
     def _refresh_manifest(self, ctx: SessionContext) -> None:
-        assert self.writer is not None
         m = self.manifest
         m["notes"] = list(ctx.notes)
-        m["tables"] = self.writer.rows()
         m["stats"] = self.status()
+        if self.writer is None:
+            return
+        m["tables"] = self.writer.rows()
         try:
             self.writer.write_manifest()
         except WriteError:
@@ -382,6 +392,13 @@ class Recorder:
             t["stderr_tail"] = list(self.child.stderr_tail)
         m["notes"] = list(ctx.notes)
         m["stats"] = self.status()
+        try:
+            self.fanout.flush()
+        except WriteError as e:
+            m["error"] = str(e)
+        self.fanout.close()
+        if w is None:
+            m["complete"] = not error
         if w is not None:
             try:
                 w.close()

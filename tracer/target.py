@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
 from autoglm_trace.tracer import procfs
 
 HOST = "host"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from autoglm_trace.tracer import schema
 from autoglm_trace.tracer.errors import WriteError
 
