@@ -19,8 +19,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from autoglm_trace.tracer.collector import Collector, SessionContext
 from prometheus_client.parser import text_string_to_metric_families
+
+from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 
 MAX_BODY = 32 << 20
 # Process / runtime metrics every client library adds: noise for latency analysis.
@@ -95,8 +96,6 @@ class Scraper(Collector):
     def __init__(self, url: str, interval_s: float = 1.0, timeout_s: float = 2.0,
                  skip_prefixes: tuple[str, ...] = DEFAULT_SKIP_PREFIXES) -> None:
         super().__init__()
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"--scrape wants an http:// or https:// URL, not {url!r}")
         if not (interval_s > 0 and math.isfinite(interval_s)):
             raise ValueError("the scrape interval must be a positive number of seconds")
         self.url = url
@@ -113,6 +112,8 @@ class Scraper(Collector):
 
     def start(self, ctx: SessionContext) -> None:
         self.ctx = ctx
+        if not self.url.startswith(("http://", "https://")):
+            raise CollectorUnavailable(f"--scrape wants an http:// or https:// URL, not {self.url!r}")
         self._thread = threading.Thread(target=self._run, name="autoglm-scrape", daemon=True)
         self._thread.start()
 

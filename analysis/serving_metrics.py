@@ -1,0 +1,172 @@
+"""Serving-engine metrics from ``scrape_samples``: windowed latency quantiles and gauges.
+
+The recorder stores Prometheus samples raw and cumulative (``probes.scrape``). A latency histogram's
+quantiles over a window come from the *difference* of its cumulative buckets between the last scrape
+at or before the window's start and the last scrape at or before its end, summed over every label set
+(``sum by (le)``), then interpolated inside the bucket that holds the rank -- the same estimate as
+PromQL's ``histogram_quantile(q, sum by (le) (increase(m_bucket[w])))``. A counter that went down
+(engine restarted) is taken as restarted from zero.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+# Names engines use for the same thing (first present wins); field-notes.md lists where they come from.
+E2E_LATENCY = ("vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds", "tgi_request_duration")
+TTFT = ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds")
+INTER_TOKEN = (
+    "vllm:inter_token_latency_seconds",
+    "vllm:time_per_output_token_seconds",
+    "sglang:inter_token_latency_seconds",
+    "tgi_request_mean_time_per_token_duration",
+)
+QUEUE_TIME = ("vllm:request_queue_time_seconds", "tgi_request_queue_duration")
+KV_CACHE_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs")
+WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size")
+
+WINDOW_SCHEMA = pa.schema([
+    pa.field("window_start_ns", pa.int64()),
+    pa.field("window_end_ns", pa.int64()),
+    pa.field("count", pa.float64()),
+    pa.field("sum", pa.float64()),
+    pa.field("mean", pa.float64()),
+    pa.field("p50", pa.float64()),
+    pa.field("p90", pa.float64()),
+    pa.field("p99", pa.float64()),
+])
+
+
+def metric_names(table: pa.Table) -> set[str]:
+    if table.num_rows == 0:
+        return set()
+    return set(table.column("metric").unique().to_pylist())
+
+
+def find_metric(table: pa.Table, candidates: Iterable[str]) -> str | None:
+    """The first of ``candidates`` present in the table, as a histogram (``_bucket``) or a plain sample."""
+    names = metric_names(table)
+    for c in candidates:
+        if c in names or f"{c}_bucket" in names:
+            return c
+    return None
+
+
+def _rows(table: pa.Table, sample: str, url: str | None) -> list[tuple[int, dict, float]]:
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return []
+    mask = pc.equal(table.column("metric"), sample)
+    if url is not None:
+        mask = pc.and_(mask, pc.equal(table.column("url"), url))
+    t = table.filter(mask)
+    out = []
+    for ts, labels, value in zip(t.column("ts_ns").to_pylist(), t.column("labels").to_pylist(),
+                                 t.column("value").to_pylist(), strict=True):
+        try:
+            lab = json.loads(labels) if labels else {}
+        except ValueError:
+            lab = {}
+        out.append((ts, lab, value))
+    return out
+
+
+def _le(v: str) -> float:
+    return math.inf if v in ("+Inf", "Inf", "inf") else float(v)
+
+
+def bucket_quantile(q: float, bounds: list[float], counts: list[float]) -> float | None:
+    """``histogram_quantile``: ``bounds`` ascending upper bounds (last +Inf), ``counts`` cumulative."""
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    i = bisect.bisect_left(counts, rank)
+    i = min(i, len(counts) - 1)
+    if math.isinf(bounds[i]):
+        # The rank is in the +Inf bucket: the best estimate is the highest finite bound.
+        return bounds[i - 1] if i > 0 else None
+    lower = bounds[i - 1] if i > 0 else 0.0
+    below = counts[i - 1] if i > 0 else 0.0
+    in_bucket = counts[i] - below
+    if in_bucket <= 0:
+        return bounds[i]
+    return lower + (bounds[i] - lower) * (rank - below) / in_bucket
+
+
+def histogram_windows(table: pa.Table, metric: str, window_ns: int, url: str | None = None) -> pa.Table:
+    """Per window of ``window_ns``: requests observed, their sum, mean, and p50 / p90 / p99 estimated
+    from bucket deltas. ``metric`` is the histogram's base name (``vllm:e2e_request_latency_seconds``);
+    windows start at the first scrape. Windows with no observation have count 0 and null quantiles."""
+    if window_ns <= 0:
+        raise ValueError("window_ns must be positive")
+    buckets = _rows(table, f"{metric}_bucket", url)
+    if not buckets:
+        return WINDOW_SCHEMA.empty_table()
+    sums = _rows(table, f"{metric}_sum", url)
+    # Cumulative state per scrape time, summed over label sets (sum by le).
+    per_ts: dict[int, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for ts, lab, value in buckets:
+        le = lab.get("le")
+        if le is None:
+            continue
+        per_ts[ts][_le(le)] += value
+    sum_ts: dict[int, float] = defaultdict(float)
+    for ts, _lab, value in sums:
+        sum_ts[ts] += value
+    times = sorted(per_ts)
+    bounds = sorted({b for d in per_ts.values() for b in d})
+    if not bounds or not math.isinf(bounds[-1]):
+        bounds.append(math.inf)
+
+    def state(ts: int) -> tuple[list[float], float]:
+        d = per_ts[ts]
+        cum, last = [], 0.0
+        for b in bounds:  # a bucket missing in one scrape: carry the lower cumulative value
+            last = d.get(b, last)
+            cum.append(last)
+        return cum, sum_ts.get(ts, 0.0)
+
+    states = {ts: state(ts) for ts in times}
+    out: dict[str, list] = {f.name: [] for f in WINDOW_SCHEMA}
+    start = times[0]
+    ws = start
+    while ws < times[-1] or ws == start:
+        we = ws + window_ns
+        i0 = bisect.bisect_right(times, ws) - 1
+        i1 = bisect.bisect_right(times, we) - 1
+        c0, s0 = states[times[max(i0, 0)]]
+        c1, s1 = states[times[i1]]
+        delta = [b - a for a, b in zip(c0, c1, strict=True)]
+        dsum = s1 - s0
+        if any(d < 0 for d in delta) or dsum < 0:  # counters reset: the engine restarted
+            delta, dsum = list(c1), s1
+        n = delta[-1]
+        out["window_start_ns"].append(ws)
+        out["window_end_ns"].append(we)
+        out["count"].append(n)
+        out["sum"].append(dsum)
+        out["mean"].append(dsum / n if n > 0 else None)
+        for q, col in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99")):
+            out[col].append(bucket_quantile(q, bounds, delta) if n > 0 else None)
+        ws = we
+        if ws >= times[-1]:
+            break
+    return pa.table(out, schema=WINDOW_SCHEMA)
+
+
+def gauge_series(table: pa.Table, metric: str, url: str | None = None) -> pa.Table:
+    """A gauge (or counter) summed over its label sets, one row per scrape: ts_ns, value."""
+    agg: dict[int, float] = defaultdict(float)
+    for ts, _lab, value in _rows(table, metric, url):
+        agg[ts] += value
+    ts_sorted = sorted(agg)
+    return pa.table({"ts_ns": pa.array(ts_sorted, pa.int64()),
+                     "value": pa.array([agg[t] for t in ts_sorted], pa.float64())})
