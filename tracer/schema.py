@@ -32,8 +32,9 @@ TABLE_SUFFIX = ".arrow"
 # ``bpf_log2l``-based histograms do.
 LOG2_BUCKETS = 32
 
-_ts = pa.field("ts_ns", pa.int64(), nullable=False)
-_bucket = pa.field("bucket_ns", pa.int64(), nullable=False)
+_ts = pa.field("ts_ns", pa.int64(), nullable=False,
+               metadata={"doc": "CLOCK_MONOTONIC ns (event time, sample time, or bucket start)"})
+_bucket = pa.field("bucket_ns", pa.int64(), nullable=False, metadata={"doc": "bucket length in ns"})
 _hist = pa.list_(pa.uint32())
 
 
