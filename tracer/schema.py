@@ -265,7 +265,7 @@ _table(
     "Process lifecycle of the target tree: fork, exec and exit (exit with code / signal).",
     [
         _ts,
-        _f("event", pa.string(), "fork | exec | exit", False),
+        _f("event", pa.string(), "fork | exec | exit (whole process) | thread_exit (bpf: one thread)", False),
         _f("pid", pa.int32(), "tgid", False),
         _f("tid", pa.int32(), "thread id"),
         _f("ppid", pa.int32(), "parent tgid (fork)"),
@@ -273,6 +273,10 @@ _table(
         _f("exit_code", pa.int32(), "exit status (exit; null when killed by a signal)"),
         _f("signal", pa.int32(), "terminating signal (exit; null when it exited normally)"),
         _f("source", pa.string(), "bpf | psutil | waitpid"),
+        _f("nvcsw", pa.int64(), "exit (bpf): the exiting thread's voluntary switches (task->nvcsw)"),
+        _f("nivcsw", pa.int64(), "exit (bpf): the exiting thread's involuntary switches (task->nivcsw)"),
+        _f("minflt", pa.int64(), "exit (bpf): the exiting thread's minor faults (task->min_flt)"),
+        _f("majflt", pa.int64(), "exit (bpf): the exiting thread's major faults (task->maj_flt)"),
     ],
 )
 

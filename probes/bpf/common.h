@@ -1,0 +1,127 @@
+/* common.h -- shared by every probe family; probes/kernel.py concatenates it first.
+ *
+ * The generated prologue (probes/kernel.py: generate_program) defines, before this file:
+ *   BUCKET_NS        aggregation bucket length in ns (ts / BUCKET_NS = bucket index)
+ *   FILTER_MODE      0 = whole host, 1 = process tree (tgid set), 2 = cgroup (tgid set + v2 cgroup ids)
+ *   MAX_TARGETS, MAX_THREADS, MAX_AGG   map sizes (bounded memory in the kernel)
+ *   OFF_TASK_*       task_struct member offsets taken from the running kernel's BTF
+ *                    (probes/btf.py): the installed headers may not match the kernel, so no
+ *                    kernel struct is ever dereferenced through a header definition.
+ *   HAVE_<FAMILY>    for each enabled family (SCHED, FAULTS, IO, MEMORY, OOM, PROC)
+ */
+
+#define TASK_COMM_LEN 16
+#define LOG2_SLOTS 32
+
+/* Family indexes into `stats` (kept in sync with probes/kernel.py FAMILIES). */
+#define FAM_PROC 0
+#define FAM_SCHED 1
+#define FAM_FAULTS 2
+#define FAM_IO 3
+#define FAM_MEMORY 4
+#define FAM_OOM 5
+#define NR_FAMILIES 6
+
+/* The target filter: tgids of the traced tree, seeded from user space and extended in the
+ * kernel at fork (proc.c), so a child that lives a millisecond is still attributed. */
+BPF_HASH(target_tgids, u32, u8, MAX_TARGETS);
+/* cgroup v2 ids (kernfs inode numbers) of the traced cgroup and its descendants. */
+BPF_HASH(target_cgroups, u64, u8, 1024);
+
+/* stats[fam * 2] = events handled, stats[fam * 2 + 1] = updates refused because a map was full. */
+BPF_PERCPU_ARRAY(stats, u64, NR_FAMILIES * 2);
+
+static __always_inline void count_event(u32 fam)
+{
+    u32 idx = fam * 2;
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void count_drop(u32 fam)
+{
+    u32 idx = fam * 2 + 1;
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* Reading task_struct members by BTF offset (see the prologue). */
+static __always_inline u32 task_u32(void *task, u32 off)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (char *)task + off);
+    return v;
+}
+
+static __always_inline u64 task_u64(void *task, u32 off)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (char *)task + off);
+    return v;
+}
+
+static __always_inline void task_comm(void *task, char *dst)
+{
+    bpf_probe_read_kernel(dst, TASK_COMM_LEN, (char *)task + OFF_TASK_COMM);
+}
+
+static __always_inline int tgid_in_target(u32 tgid)
+{
+#if FILTER_MODE == 0
+    return 1;
+#else
+    return target_tgids.lookup(&tgid) != NULL;
+#endif
+}
+
+/* The current task belongs to the target. In cgroup mode a task found in a traced v2 cgroup is
+ * added to the tgid set, so later non-current lookups (wakeups, switch-in) match it too. */
+static __always_inline int current_in_target(u32 tgid)
+{
+#if FILTER_MODE == 0
+    return 1;
+#else
+    if (target_tgids.lookup(&tgid))
+        return 1;
+#if FILTER_MODE == 2
+    u64 cg = bpf_get_current_cgroup_id();
+    if (target_cgroups.lookup(&cg)) {
+        u8 one = 1;
+        target_tgids.update(&tgid, &one);
+        return 1;
+    }
+#endif
+    return 0;
+#endif
+}
+
+static __always_inline u64 bucket_of(u64 ts)
+{
+    return ts / BUCKET_NS;
+}
+
+/* Log2 slot of v (callers pass microseconds): slot 0 holds v == 0, slot i holds
+ * 2^(i-1) <= v < 2^i (the LOG2_BUCKETS rule in tracer/schema.py); the top slot takes the rest. */
+static __always_inline u32 log2_slot(u64 v)
+{
+    u32 r = 0;
+    if (v == 0)
+        return 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { r += 1; }
+    r += 1;
+    return r >= LOG2_SLOTS ? LOG2_SLOTS - 1 : r;
+}
+
+/* Key of the per-thread, per-bucket aggregations (sched, faults). */
+struct thread_bucket {
+    u64 bucket;
+    u32 tid;
+    u32 tgid;
+};

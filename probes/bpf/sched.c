@@ -1,0 +1,244 @@
+/* sched.c -- scheduler family: per target thread per bucket switch counts, on-CPU time,
+ * run-queue latency (log2 histogram + sum + max), off-CPU time by state, migrations; and who
+ * took the CPU (preemptions).
+ *
+ * Raw tracepoints, because the handlers need the tgid and comm of tasks that are not `current`
+ * (the woken task, the task switched in). Arguments are the TP_PROTOs of
+ * include/trace/events/sched.h:
+ *   sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+ *                unsigned int prev_state)                                   (5.18+)
+ *   sched_wakeup(struct task_struct *p), sched_wakeup_new(struct task_struct *p)
+ *   sched_migrate_task(struct task_struct *p, int dest_cpu)
+ *
+ * Counting rule (kernel/sched/core.c __schedule): the kernel bumps prev->nivcsw unless the switch
+ * is not a preemption and prev_state != TASK_RUNNING, in which case it bumps prev->nvcsw. We use
+ * the same test, so the counts compare with /proc/PID/status voluntary/nonvoluntary_ctxt_switches.
+ */
+
+#define TASK_RUNNING 0x0000
+#define TASK_UNINTERRUPTIBLE 0x0002
+#define TASK_NOLOAD 0x0400
+
+#define OUT_NONE 0
+#define OUT_SLEEP 1
+#define OUT_DSTATE 2
+#define OUT_PREEMPTED 3
+#define OUT_WOKEN 4
+
+/* Per target thread: where it is in its on-CPU / off-CPU / runnable cycle. */
+struct thread_state {
+    u64 ts_in;   /* switched in at (0: not on CPU / unknown) */
+    u64 ts_out;  /* switched out at */
+    u64 ts_wait; /* runnable since (wakeup or preemption); 0: not waiting */
+    u32 out;     /* OUT_* */
+    u32 pad;
+};
+
+struct sched_val {
+    u64 vol;
+    u64 invol;
+    u64 oncpu_ns;
+    u64 runq_count;
+    u64 runq_wait_ns;
+    u64 runq_max_ns;
+    u64 off_sleep_ns;
+    u64 off_dstate_ns;
+    u64 off_preempted_ns;
+    u64 migrations;
+    u32 hist[LOG2_SLOTS];
+    char comm[TASK_COMM_LEN];
+};
+
+struct preempt_key {
+    u64 bucket;
+    u32 tgid;       /* target tgid that lost / waited for the CPU */
+    u32 ptid;       /* task switched in (preemptor) */
+    u32 ptgid;
+    u32 cpu;
+};
+
+struct preempt_val {
+    u64 count;      /* involuntary switches of target threads in favour of ptid */
+    u64 wait_ns;    /* run-queue wait of target threads that ended when ptid left the CPU */
+    u32 in_target;
+    char comm[TASK_COMM_LEN];
+};
+
+BPF_HASH(thread_states, u32, struct thread_state, MAX_THREADS);
+BPF_HASH(sched_agg, struct thread_bucket, struct sched_val, MAX_AGG);
+BPF_HASH(preempt_agg, struct preempt_key, struct preempt_val, MAX_AGG);
+
+static __always_inline struct sched_val *sched_slot(u64 now, u32 tid, u32 tgid, void *task)
+{
+    struct thread_bucket key = {.bucket = bucket_of(now), .tid = tid, .tgid = tgid};
+    struct sched_val *v = sched_agg.lookup(&key);
+    if (v)
+        return v;
+    struct sched_val zero = {};
+    task_comm(task, zero.comm);
+    if (sched_agg.update(&key, &zero) != 0) {
+        count_drop(FAM_SCHED);
+        return NULL;
+    }
+    return sched_agg.lookup(&key);
+}
+
+static __always_inline struct thread_state *thread_slot(u32 tid)
+{
+    struct thread_state *st = thread_states.lookup(&tid);
+    if (st)
+        return st;
+    struct thread_state zero = {};
+    if (thread_states.update(&tid, &zero) != 0) {
+        count_drop(FAM_SCHED);
+        return NULL;
+    }
+    return thread_states.lookup(&tid);
+}
+
+static __always_inline void charge_preemptor(u64 now, u32 tgid, void *ptask, u32 cpu, u64 count,
+                                             u64 wait)
+{
+    struct preempt_key key = {
+        .bucket = bucket_of(now),
+        .tgid = tgid,
+        .ptid = task_u32(ptask, OFF_TASK_PID),
+        .ptgid = task_u32(ptask, OFF_TASK_TGID),
+        .cpu = cpu,
+    };
+    struct preempt_val *v = preempt_agg.lookup(&key);
+    if (!v) {
+        struct preempt_val zero = {};
+        zero.in_target = key.ptid != 0 && tgid_in_target(key.ptgid);
+        task_comm(ptask, zero.comm);
+        if (preempt_agg.update(&key, &zero) != 0) {
+            count_drop(FAM_SCHED);
+            return;
+        }
+        v = preempt_agg.lookup(&key);
+        if (!v)
+            return;
+    }
+    __sync_fetch_and_add(&v->count, count);
+    __sync_fetch_and_add(&v->wait_ns, wait);
+}
+
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+    u64 now = bpf_ktime_get_ns();
+    bool preempt = (bool)ctx->args[0];
+    void *prev = (void *)ctx->args[1];
+    void *next = (void *)ctx->args[2];
+    u32 prev_state = (u32)ctx->args[3];
+    u32 cpu = bpf_get_smp_processor_id();
+
+    u64 id = bpf_get_current_pid_tgid();   /* current == prev */
+    u32 prev_tid = (u32)id, prev_tgid = id >> 32;
+    u32 next_tid = task_u32(next, OFF_TASK_PID);
+    u32 next_tgid = task_u32(next, OFF_TASK_TGID);
+
+    /* --- prev leaves the CPU --- */
+    if (prev_tid != 0 && current_in_target(prev_tgid)) {
+        count_event(FAM_SCHED);
+        struct thread_state *st = thread_slot(prev_tid);
+        struct sched_val *v = sched_slot(now, prev_tid, prev_tgid, prev);
+        if (st && v) {
+            if (st->ts_in && now > st->ts_in)
+                __sync_fetch_and_add(&v->oncpu_ns, now - st->ts_in);
+            st->ts_in = 0;
+            st->ts_out = now;
+            if (preempt || prev_state == TASK_RUNNING) {
+                __sync_fetch_and_add(&v->invol, 1);
+                st->out = OUT_PREEMPTED;
+                st->ts_wait = now;
+                charge_preemptor(now, prev_tgid, next, cpu, 1, 0);
+            } else {
+                __sync_fetch_and_add(&v->vol, 1);
+                st->out = ((prev_state & TASK_UNINTERRUPTIBLE) && !(prev_state & TASK_NOLOAD))
+                              ? OUT_DSTATE : OUT_SLEEP;
+                st->ts_wait = 0;
+            }
+        }
+    }
+
+    /* --- next gets the CPU --- */
+    if (next_tid != 0 && tgid_in_target(next_tgid)) {
+        count_event(FAM_SCHED);
+        struct thread_state *st = thread_slot(next_tid);
+        if (!st)
+            return 0;
+        if (st->ts_wait && now > st->ts_wait) {
+            u64 wait = now - st->ts_wait;
+            struct sched_val *v = sched_slot(now, next_tid, next_tgid, next);
+            if (v) {
+                __sync_fetch_and_add(&v->runq_count, 1);
+                __sync_fetch_and_add(&v->runq_wait_ns, wait);
+                if (wait > v->runq_max_ns)
+                    v->runq_max_ns = wait;
+                u32 slot = log2_slot(wait / 1000) & (LOG2_SLOTS - 1);
+                __sync_fetch_and_add(&v->hist[slot], 1);
+                if (st->out == OUT_PREEMPTED && st->ts_out && now > st->ts_out)
+                    __sync_fetch_and_add(&v->off_preempted_ns, now - st->ts_out);
+            }
+            /* The task that held the CPU until now is charged with the wait. */
+            charge_preemptor(now, next_tgid, prev, cpu, 0, wait);
+        }
+        st->ts_in = now;
+        st->ts_wait = 0;
+        st->out = OUT_NONE;
+    }
+    return 0;
+}
+
+static __always_inline int on_wakeup(void *p)
+{
+    u32 tid = task_u32(p, OFF_TASK_PID);
+    u32 tgid = task_u32(p, OFF_TASK_TGID);
+    if (tid == 0 || !tgid_in_target(tgid))
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    count_event(FAM_SCHED);
+    struct thread_state *st = thread_slot(tid);
+    if (!st)
+        return 0;
+    if (st->out == OUT_SLEEP || st->out == OUT_DSTATE) {
+        struct sched_val *v = sched_slot(now, tid, tgid, p);
+        if (v && st->ts_out && now > st->ts_out) {
+            if (st->out == OUT_DSTATE)
+                __sync_fetch_and_add(&v->off_dstate_ns, now - st->ts_out);
+            else
+                __sync_fetch_and_add(&v->off_sleep_ns, now - st->ts_out);
+        }
+        st->out = OUT_WOKEN;
+        st->ts_wait = now;
+    } else if (st->out == OUT_NONE && st->ts_in == 0) {
+        /* A new thread (sched_wakeup_new) or one first seen asleep: wait from now. */
+        st->out = OUT_WOKEN;
+        st->ts_wait = now;
+    }
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_wakeup)
+{
+    return on_wakeup((void *)ctx->args[0]);
+}
+
+RAW_TRACEPOINT_PROBE(sched_wakeup_new)
+{
+    return on_wakeup((void *)ctx->args[0]);
+}
+
+RAW_TRACEPOINT_PROBE(sched_migrate_task)
+{
+    void *p = (void *)ctx->args[0];
+    u32 tid = task_u32(p, OFF_TASK_PID);
+    u32 tgid = task_u32(p, OFF_TASK_TGID);
+    if (tid == 0 || !tgid_in_target(tgid))
+        return 0;
+    count_event(FAM_SCHED);
+    struct sched_val *v = sched_slot(bpf_ktime_get_ns(), tid, tgid, p);
+    if (v)
+        __sync_fetch_and_add(&v->migrations, 1);
+    return 0;
+}
