@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 AT := $(VENV)/bin/autoglm-trace
 PYTEST_ARGS ?=
 
-.PHONY: setup test unit lint demo bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
+.PHONY: docs setup test unit lint demo bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,3 +26,7 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+## Regenerate the table reference in docs/format.md from tracer/schema.py.
+docs: setup
+	$(PY) scripts/gen_format_doc.py
