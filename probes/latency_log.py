@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,19 @@ def _first(rec: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _wall(rec: dict[str, Any], key: str) -> float:
+def _ns(v: float, scale: int = 1_000_000_000) -> int:
+    # Through the shortest decimal repr: 1732500000.25 s is exactly ...250000000 ns, which
+    # float multiplication (ulp ~240 ns at this magnitude) would not give.
+    return int((Decimal(repr(v)) * scale).to_integral_value())
+
+
+def _wall_ns(rec: dict[str, Any], key: str) -> int:
     v = _num(rec, key)
     if v > MAX_WALL_S * 100:
         raise LineError(f"{key!r} = {v:.0f} looks like milliseconds or nanoseconds; wall-clock seconds expected")
     if not (MIN_WALL_S <= v <= MAX_WALL_S):
         raise LineError(f"{key!r} = {v} is not a UNIX time in seconds")
-    return v
+    return _ns(v)
 
 
 def _bool(v: Any) -> bool:
@@ -89,28 +96,30 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
     """One parsed line -> a row with wall-clock ns (``start_wall_ns``, ``end_wall_ns``) and the
     optional span fields. Raises LineError saying what is wrong."""
     ks, ke, kt, kl = _first(rec, START_KEYS), _first(rec, END_KEYS), _first(rec, TIME_KEYS), _first(rec, LATENCY_KEYS)
-    latency = None
+    latency: int | None = None
     if kl is not None:
-        latency = _num(rec, kl)
+        lat = _num(rec, kl)
+        latency = _ns(lat)
     elif rec.get("latency_ms") not in (None, ""):
-        latency = _num(rec, "latency_ms") / 1000.0
+        lat = _num(rec, "latency_ms")
+        latency = _ns(lat, 1_000_000)
     if latency is not None and latency < 0:
-        raise LineError(f"negative latency ({latency})")
+        raise LineError(f"negative latency ({lat})")
     if ks is not None and ke is not None:
-        start, end = _wall(rec, ks), _wall(rec, ke)
+        start, end = _wall_ns(rec, ks), _wall_ns(rec, ke)
     elif ks is not None and latency is not None:
-        start = _wall(rec, ks)
+        start = _wall_ns(rec, ks)
         end = start + latency
     elif (ke or kt) is not None and latency is not None:
-        end = _wall(rec, ke or kt)  # type: ignore[arg-type]
+        end = _wall_ns(rec, ke or kt)  # type: ignore[arg-type]
         start = end - latency
     else:
         raise LineError("needs start and end, or a time and a latency")
     if end < start:
-        raise LineError(f"end is before start by {start - end:.6f} s")
+        raise LineError(f"end is before start by {(start - end) / 1e9:.6f} s")
     row: dict[str, Any] = {
-        "start_wall_ns": int(round(start * 1e9)),
-        "end_wall_ns": int(round(end * 1e9)),
+        "start_wall_ns": start,
+        "end_wall_ns": end,
         "name": str(rec.get("name") or "request"),
         "ok": True,
         "prompt_tokens": None,
@@ -129,9 +138,9 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
             row[k] = int(v)
     kttft = _first(rec, ("ttft", "ttft_s"))
     if kttft is not None:
-        row["ttft_ns"] = int(round(_num(rec, kttft) * 1e9))
+        row["ttft_ns"] = _ns(_num(rec, kttft))
     elif rec.get("ttft_ms") not in (None, ""):
-        row["ttft_ns"] = int(round(_num(rec, "ttft_ms") * 1e6))
+        row["ttft_ns"] = _ns(_num(rec, "ttft_ms"), 1_000_000)
     extra = {k: v for k, v in rec.items() if k not in KNOWN and v not in (None, "")}
     row["attrs"] = json.dumps(extra, sort_keys=True, default=str) if extra else None
     return row
