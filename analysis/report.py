@@ -1,0 +1,546 @@
+"""The HTML report: one self-contained file a person opens in a browser, offline.
+
+``write_report(rec, path)`` renders, top to bottom:
+
+* the header: target, host, time span, what each collector recorded, and what was *not* recorded
+  and why (the manifest's collector reasons) -- so a reader knows which causes were not checked;
+* the incidents with their ranked causes and culprit processes (``analysis.diagnosis``);
+* one timeline figure (plotly, plotly.js embedded inline: no network) with a shared wall-clock x
+  axis: request latency (every span, windowed p50/p99, incidents shaded) above the resource
+  tracks of ``analysis.tracks`` (CPU wait, faults, block I/O, memory, GPU), OOM kills, Xid errors
+  and abnormal exits as vertical lines through every row;
+* the OOM post-mortem (``analysis.oom``), the recorder's alerts, and the top preemptors.
+
+Everything that comes from a recording (comm, cmdline, span names, collector reasons) is
+attacker-controlled text: it goes through ``html.escape`` before it reaches HTML *or* a plot label
+(plotly renders a subset of HTML in labels), and plotly's JSON embedding escapes ``</script>``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from autoglm_trace.analysis import tracks as T
+
+UNIT_SCALE: dict[str, tuple[float, str]] = {
+    "bytes": (1 / 2**30, "GiB"),
+    "bytes/s": (1 / 2**20, "MiB/s"),
+    "fraction": (100.0, "%"),
+    "flag": (100.0, "%"),
+}
+# Tracks shown only from the legend when a kernel-side equivalent exists.
+SUPERSEDED = {
+    "proc.ctx_involuntary": "sched.involuntary",
+    "proc.minflt": "faults.minor",
+    "proc.majflt": "faults.major",
+    "proc.io_read": "block_io.target_bytes",
+    "proc.io_write": "block_io.target_bytes",
+}
+PANEL_HEIGHT = {"latency": 330}
+MARKER_COLOURS = {"oom_kill": "#c0392b", "exit": "#7f8c8d", "xid": "#8e44ad"}
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+
+
+def esc(x: Any) -> str:
+    """HTML-escape anything (None -> empty)."""
+    return "" if x is None else html.escape(str(x), quote=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Diagnosis / OOM (other modules, imported lazily so the report works without them)
+# ----------------------------------------------------------------------------------------------
+def _call(module: str, fn: str, rec) -> tuple[dict | None, str | None]:
+    try:
+        mod = __import__(f"autoglm_trace.analysis.{module}", fromlist=[fn])
+        f = getattr(mod, fn)
+    except (ImportError, AttributeError) as e:
+        return None, f"autoglm_trace.analysis.{module}.{fn} is not available ({e})"
+    try:
+        out = f(rec)
+    except Exception as e:  # noqa: BLE001 - a failing analysis must not lose the rest of the report
+        return None, f"{module}.{fn} failed: {type(e).__name__}: {e}"
+    if not isinstance(out, dict):
+        return None, f"{module}.{fn} returned {type(out).__name__}, not a dict"
+    return out, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Time helpers
+# ----------------------------------------------------------------------------------------------
+def wall_strings(ts_ns: np.ndarray, offset_ns: int) -> np.ndarray:
+    """Monotonic ns -> ISO wall-clock strings (UTC, ms), vectorised; plotly reads them as dates."""
+    return np.datetime_as_string((np.asarray(ts_ns, np.int64) + offset_ns).astype("datetime64[ns]"), unit="ms")
+
+
+def wall_one(ts_ns: int, offset_ns: int) -> str:
+    return str(wall_strings(np.array([ts_ns]), offset_ns)[0])
+
+
+def fmt_wall(ts_ns: int | None, offset_ns: int) -> str:
+    if ts_ns is None:
+        return ""
+    return datetime.fromtimestamp((ts_ns + offset_ns) / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def fmt_bytes(n: Any) -> str:
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return "–"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fmt_num(x: Any) -> str:
+    if isinstance(x, bool) or x is None:
+        return esc(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "–"
+        return f"{x:,.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return esc(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# The figure
+# ----------------------------------------------------------------------------------------------
+def simple_incidents(lat: T.LatencySeries) -> list[dict[str, Any]]:
+    """Fallback shading when no diagnosis is available: windows whose p99 is above 3x the median
+    of the windowed p50s (contiguous windows merged). Labelled as such in the report."""
+    if lat is None or lat.p99_ms.size == 0:
+        return []
+    base = float(np.median(lat.p50_ms))
+    hot = lat.p99_ms > 3 * base
+    if not hot.any():
+        return []
+    idx = np.flatnonzero(hot)
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks], idx[-1]]
+    return [{"start_ns": int(lat.win_ts_ns[a]), "end_ns": int(lat.win_ts_ns[b] + lat.window_ns),
+             "latency_ms": float(lat.p99_ms[a:b + 1].max()), "baseline_ms": base, "causes": []}
+            for a, b in zip(starts, ends)]
+
+
+def build_figure(rec, incidents: list[dict], max_points: int = T.DEFAULT_MAX_POINTS):
+    """The timeline figure and the list of track names drawn. Returns (figure or None, drawn)."""
+    from plotly import graph_objects as go
+    from plotly.subplots import make_subplots
+
+    off = rec.wall_offset_ns
+    lat = T.latency_series(rec, max_points)
+    tracks = T.resource_tracks(rec, max_points)
+    names = {t.name for t in tracks}
+    panels = [p for p in T.PANELS if (p == "latency" and lat is not None) or any(t.panel == p for t in tracks)]
+    if not panels:
+        return None, []
+    # Two y axes per panel, keyed by (display unit, the track's preferred side): a track goes on an
+    # axis with its key, else on one with its unit, else on a free one; a track whose unit has no
+    # axis is reachable from the legend only (its numbers would be misread on a foreign axis).
+    slots: dict[str, list[tuple[str, str]]] = {"latency": [("ms", "y")]}
+    placement: dict[str, tuple[int, bool]] = {}  # track name -> (axis 0/1, hidden)
+    ordered = sorted(tracks, key=lambda t: bool(t.meta.get("hidden") or SUPERSEDED.get(t.name) in names))
+    for t in ordered:
+        unit = UNIT_SCALE.get(t.unit, (1, t.unit))[1]
+        hidden = bool(t.meta.get("hidden") or SUPERSEDED.get(t.name) in names)
+        ax = slots.setdefault(t.panel, [])
+        key = (unit, t.axis)
+        same_unit = [i for i, (u, _) in enumerate(ax) if u == unit]
+        if key in ax:
+            placement[t.name] = (ax.index(key), hidden)
+        elif len(ax) < 2 and (not same_unit or (t.axis == "y2" and not hidden)):
+            ax.append(key)
+            placement[t.name] = (len(ax) - 1, hidden)
+        elif same_unit:
+            placement[t.name] = (same_unit[0], hidden)
+        else:
+            placement[t.name] = (1, True)
+    axis_units = {p: [u for u, _ in ax] for p, ax in slots.items()}
+    heights = [PANEL_HEIGHT.get(p, 210) for p in panels]
+    fig = make_subplots(
+        rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.045 if len(panels) < 5 else 0.03,
+        row_heights=heights, specs=[[{"secondary_y": True}] for _ in panels],
+        subplot_titles=[T.PANELS[p] for p in panels],
+    )
+    row_of = {p: i + 1 for i, p in enumerate(panels)}
+    drawn: list[str] = []
+    if lat is not None:
+        r = row_of["latency"]
+        x = wall_strings(lat.ts_ns, off)
+        fig.add_trace(go.Scatter(x=x[lat.ok], y=lat.latency_ms[lat.ok], mode="markers", name="request latency",
+                                   legendgroup="latency", marker={"size": 4, "color": "#1f77b4", "opacity": 0.5},
+                                   hovertemplate="%{y:.1f} ms<extra>request (end time)</extra>"), row=r, col=1)
+        if (~lat.ok).any():
+            fig.add_trace(go.Scatter(x=x[~lat.ok], y=lat.latency_ms[~lat.ok], mode="markers",
+                                       name="failed request", marker={"size": 6, "color": "#d62728", "symbol": "x"},
+                                       hovertemplate="%{y:.1f} ms<extra>failed request</extra>"), row=r, col=1)
+        wx = wall_strings(lat.win_ts_ns + lat.window_ns // 2, off)
+        win = f"{lat.window_ns / 1e9:g} s"
+        fig.add_trace(go.Scatter(x=wx, y=lat.p50_ms, mode="lines", name=f"p50 per {win}",
+                                 line={"color": "#2ca02c", "width": 2}), row=r, col=1)
+        fig.add_trace(go.Scatter(x=wx, y=lat.p99_ms, mode="lines", name=f"p99 per {win}",
+                                 line={"color": "#ff7f0e", "width": 2}), row=r, col=1)
+        fig.update_yaxes(title_text="latency (ms)", rangemode="tozero", row=r, col=1, secondary_y=False)
+        drawn += ["spans.latency", "spans.p50", "spans.p99"]
+    colour_i: dict[str, int] = {}
+    for t in tracks:
+        r = row_of[t.panel]
+        scale, unit = UNIT_SCALE.get(t.unit, (1.0, t.unit))
+        slot, hidden = placement[t.name]
+        secondary = slot == 1
+        y = t.values * scale
+        if t.unit == "flag":
+            y = np.where(t.values > 0, 100.0, np.nan)
+        i = colour_i[t.panel] = colour_i.get(t.panel, -1) + 1
+        dash = "dot" if secondary else None
+        kw: dict[str, Any] = {"mode": t.mode}
+        if t.mode == "markers":
+            kw["marker"] = {"size": 7, "symbol": "triangle-up", "color": PALETTE[i % len(PALETTE)]}
+        else:
+            kw["line"] = {"width": 1.5, "color": PALETTE[i % len(PALETTE)], "dash": dash}
+        fig.add_trace(go.Scatter(
+            x=wall_strings(t.ts_ns, off), y=y, name=esc(f"{t.label} ({unit})"), legendgroup=t.panel,
+            visible="legendonly" if hidden else True,
+            hovertemplate=f"%{{y:.3g}} {esc(unit)}<extra>{esc(t.label)}</extra>", **kw,
+        ), row=r, col=1, secondary_y=secondary)
+        drawn.append(t.name)
+    for p in panels:
+        if p == "latency":
+            continue
+        units = axis_units.get(p, [])
+        if units:
+            fig.update_yaxes(title_text=units[0], rangemode="tozero", row=row_of[p], col=1, secondary_y=False)
+        if len(units) > 1:
+            fig.update_yaxes(title_text=units[1], rangemode="tozero", showgrid=False, row=row_of[p], col=1,
+                             secondary_y=True)
+    # Incidents shaded through every row; markers as vertical lines with a label in the top row.
+    for n, inc in enumerate(incidents, 1):
+        a, b = inc.get("start_ns"), inc.get("end_ns")
+        if a is None or b is None:
+            continue
+        fig.add_vrect(x0=wall_one(int(a), off), x1=wall_one(max(int(b), int(a) + 1), off), row="all", col=1,
+                      fillcolor="#f39c12", opacity=0.18, line_width=0, layer="below")
+        fig.add_annotation(x=wall_one(int(a), off), y=1.0, xref="x", yref="y domain", text=f"#{n}",
+                           showarrow=False, xanchor="left", yanchor="top", font={"color": "#b9770e", "size": 12})
+    for m in T.markers(rec):
+        x0 = wall_one(m.ts_ns, off)
+        fig.add_vline(x=x0, row="all", col=1, line_width=1.5, line_dash="dash",
+                      line_color=MARKER_COLOURS.get(m.kind, "#555"))
+        fig.add_annotation(x=x0, y=1.0, xref="x", yref="y domain", text=esc(m.label), showarrow=False,
+                           textangle=-90, xanchor="right", yanchor="top",
+                           font={"color": MARKER_COLOURS.get(m.kind, "#555"), "size": 10})
+    fig.update_xaxes(type="date", showspikes=True, spikemode="across", spikethickness=1)
+    fig.update_xaxes(title_text="time (UTC)", row=len(panels), col=1)
+    fig.update_layout(
+        height=sum(heights) + 140, template="plotly_white", hovermode="x unified",
+        margin={"l": 70, "r": 70, "t": 40, "b": 50},
+        legend={"orientation": "v", "x": 1.06, "y": 1, "font": {"size": 11}, "groupclick": "toggleitem"},
+    )
+    return fig, drawn
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML sections
+# ----------------------------------------------------------------------------------------------
+def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """An HTML table; cells are already-escaped HTML fragments."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _header(rec) -> str:
+    m = rec.manifest
+    tgt, host = rec.target, m.get("host") or {}
+    off = rec.wall_offset_ns
+    cmd = tgt.get("command")
+    cmd = " ".join(map(str, cmd)) if isinstance(cmd, list) else (cmd or tgt.get("cmdline") or tgt.get("comm") or "")
+    mode = tgt.get("mode", "?")
+    what = {"host": "the whole host", "cgroup": f"cgroup {tgt.get('cgroup', '')}"}.get(
+        mode, f"pid {tgt.get('pid', tgt.get('root_pid', '?'))}")
+    dur = (rec.end_ns - rec.start_ns) / 1e9 if rec.start_ns else m.get("duration_s")
+    items = [
+        ("Target", f"{esc(what)} <code>{esc(cmd)}</code>"),
+        ("Host", esc(" · ".join(str(x) for x in [host.get("hostname"), host.get("kernel"),
+                                                   f"{host.get('cpus')} CPUs" if host.get("cpus") else None,
+                                                   fmt_bytes(host.get("mem_total_bytes")) if host.get("mem_total_bytes") else None]
+                                 if x))),
+        ("Recorded", f"{esc(fmt_wall(rec.start_ns, off))} → {esc(fmt_wall(rec.end_ns, off))} "
+                     f"({esc(f'{dur:.1f}' if isinstance(dur, (int, float)) else '?')} s, "
+                     f"sampling every {esc((m.get('interval_ns') or 0) / 1e6)} ms)"),
+        ("Status", esc("complete" if rec.complete else "INCOMPLETE (the recorder did not finish cleanly)")
+         + (f" · stop: {esc(m.get('stop_reason'))}" if m.get("stop_reason") else "")),
+    ]
+    if m.get("tool"):
+        items.append(("Recorded by", esc(f"{m['tool'].get('name', '')} {m['tool'].get('version', '')}")))
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    return f'<h1>autoglm-trace report</h1><dl class="meta">{dl}</dl>'
+
+
+def _coverage(rec, not_checked: list[dict[str, Any]]) -> str:
+    rows = []
+    for c in T.collector_status(rec):
+        state = '<span class="ok">ok</span>' if c["ok"] else '<span class="bad">not recorded</span>'
+        tabs = ", ".join(f"{esc(t)} ({rec.table(t).num_rows:,} rows)" for t in c["tables"] if rec.has(t))
+        rows.append([esc(c["name"]), state, esc(c["reason"]) or tabs])
+    parts = ["<h2>What was recorded</h2>"]
+    parts.append(_table(["collector", "state", "tables / reason"], rows) if rows
+                 else "<p>The manifest lists no collectors.</p>")
+    if rec.truncated:
+        parts.append("<p class='warn'>Truncated tables (read up to their last whole batch): "
+                     + esc(", ".join(f"{k} ({v})" for k, v in rec.truncated.items())) + "</p>")
+    notes = rec.manifest.get("notes") or []
+    if notes:
+        parts.append("<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    missing = T.missing_signals(rec)
+    seen = {mm["signal"] for mm in missing}
+    for nc in not_checked:
+        if isinstance(nc, dict) and nc.get("signal") not in seen:
+            missing.append({"signal": nc.get("signal", ""), "reason": nc.get("reason", ""), "loses": "", "tables": ""})
+    if missing:
+        parts.append("<h3>Not checked</h3><p>These signals were not recorded, so causes that depend on them "
+                     "could not be confirmed or ruled out:</p>")
+        parts.append(_table(["signal", "why", "what it would have shown"],
+                            [[esc(x["signal"]), esc(x["reason"]), esc(x.get("loses", ""))] for x in missing],
+                            "missing"))
+    return "".join(parts)
+
+
+def _evidence(ev: Any) -> str:
+    if not isinstance(ev, dict):
+        return esc(ev)
+    out = []
+    for k, v in list(ev.items())[:8]:
+        if isinstance(v, float):
+            v = fmt_num(v)
+        elif isinstance(v, (dict, list)):
+            v = esc(json.dumps(v, default=str)[:120])
+        else:
+            v = esc(v)
+        out.append(f"<span class='ev'>{esc(k)}={v}</span>")
+    return " ".join(out)
+
+
+def _culprits(cs: Any) -> str:
+    if not isinstance(cs, list) or not cs:
+        return "–"
+    out = []
+    for c in cs[:5]:
+        if not isinstance(c, dict):
+            out.append(esc(c))
+            continue
+        share = c.get("share")
+        sh = f" {share * 100:.0f}%" if isinstance(share, (int, float)) and math.isfinite(share) else ""
+        out.append(f"<code>{esc(c.get('comm'))}</code> ({esc(c.get('pid'))}){esc(sh)}")
+    return "<br>".join(out)
+
+
+def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) -> str:
+    off = rec.wall_offset_ns
+    parts = ["<h2>Incidents and causes</h2>"]
+    if diag is None:
+        parts.append(f"<p class='warn'>diagnosis unavailable: {esc(why)}</p>")
+        if fallback:
+            parts.append("<p>Shaded on the timeline instead: windows whose p99 latency is above 3× the median "
+                         "p50 (a simple threshold, no cause analysis).</p>")
+            parts.append(_table(["#", "from", "to", "p99 (ms)", "median p50 (ms)"], [
+                [str(i), esc(fmt_wall(x["start_ns"], off)), esc(fmt_wall(x["end_ns"], off)),
+                 fmt_num(x["latency_ms"]), fmt_num(x["baseline_ms"])] for i, x in enumerate(fallback, 1)]))
+        return "".join(parts)
+    incs = diag.get("incidents") or []
+    if not incs:
+        parts.append("<p>No latency incident found.</p>")
+    for i, inc in enumerate(incs, 1):
+        if not isinstance(inc, dict):
+            continue
+        a, b = inc.get("start_ns"), inc.get("end_ns")
+        when = (f"{esc(fmt_wall(int(a), off))} → {esc(fmt_wall(int(b), off))} ({(int(b) - int(a)) / 1e9:.1f} s)"
+                if a is not None and b is not None else esc(f"{inc.get('start', '')} → {inc.get('end', '')}"))
+        parts.append(f"<h3>#{i} · {when} · latency {fmt_num(inc.get('latency_ms'))} ms "
+                     f"(baseline {fmt_num(inc.get('baseline_ms'))} ms)</h3>")
+        causes = [c for c in (inc.get("causes") or []) if isinstance(c, dict)]
+        if causes:
+            parts.append(_table(["rank", "cause", "score", "culprits", "evidence"], [
+                [str(r), f"<b>{esc(c.get('kind'))}</b>", fmt_num(c.get("score")), _culprits(c.get("culprits")),
+                 _evidence(c.get("evidence"))] for r, c in enumerate(causes, 1)], "causes"))
+        else:
+            parts.append("<p>No cause stood out in the recorded signals.</p>")
+    findings = diag.get("findings") or []
+    if findings:
+        parts.append("<h3>Findings</h3><ul>")
+        for f in findings:
+            if isinstance(f, dict):
+                text = f.get("message") or f.get("text") or f.get("summary") or json.dumps(f, default=str)
+                kind = f.get("kind") or f.get("severity")
+                parts.append(f"<li>{f'<b>{esc(kind)}</b>: ' if kind else ''}{esc(text)}</li>")
+            else:
+                parts.append(f"<li>{esc(f)}</li>")
+        parts.append("</ul>")
+    return "".join(parts)
+
+
+def _oom(rec, oom: dict | None, why: str | None) -> str:
+    off = rec.wall_offset_ns
+    parts = ["<h2>OOM post-mortem</h2>"]
+    kills = oom.get("kills") if isinstance(oom, dict) else None
+    if kills is None:
+        raw = rec.table("oom_kills")
+        if why:
+            parts.append(f"<p class='warn'>OOM analysis unavailable: {esc(why)}</p>")
+        if not rec.has("oom_kills"):
+            parts.append("<p>OOM kills were not recorded (no kernel probes).</p>")
+            return "".join(parts)
+        if raw.num_rows == 0:
+            parts.append("<p>No OOM kill during the recording.</p>")
+            return "".join(parts)
+        rows = []
+        for r in raw.to_pylist()[:50]:
+            rows.append([esc(fmt_wall(r["ts_ns"], off)), f"<code>{esc(r['comm'])}</code> ({esc(r['pid'])})",
+                         esc("yes" if r["in_target"] else "no"),
+                         esc(fmt_bytes((r["anon_rss_bytes"] or 0) + (r["file_rss_bytes"] or 0) + (r["shmem_rss_bytes"] or 0))),
+                         esc(r["memcg"] or "host"), esc(fmt_bytes(r["memcg_limit_bytes"]))])
+        parts.append(_table(["time", "victim", "in target", "RSS at kill", "memcg", "limit"], rows))
+        return "".join(parts)
+    if not kills:
+        parts.append("<p>No OOM kill during the recording.</p>")
+        return "".join(parts)
+    rows = []
+    for k in kills:
+        if not isinstance(k, dict):
+            continue
+        ts = k.get("ts_ns")
+        growth = k.get("growth_bytes_per_s")
+        rows.append([
+            esc(fmt_wall(int(ts), off) if isinstance(ts, int) else k.get("time")),
+            f"<code>{esc(k.get('comm'))}</code> ({esc(k.get('pid'))})", esc(k.get("kind")),
+            esc("yes" if k.get("in_target") else "no"), esc(fmt_bytes(k.get("rss_bytes"))),
+            esc(fmt_bytes(k.get("gpu_bytes"))), esc(fmt_bytes(k.get("limit_bytes"))),
+            esc(fmt_bytes(growth) + "/s") if isinstance(growth, (int, float)) else "–", esc(k.get("verdict")),
+        ])
+    parts.append(_table(["time", "victim", "kind", "in target", "RSS", "GPU memory", "limit", "growth", "verdict"],
+                        rows, "oom"))
+    return "".join(parts)
+
+
+def _alerts(rec) -> str:
+    t = rec.table("alerts")
+    if t.num_rows == 0:
+        return ""
+    off = rec.wall_offset_ns
+    rows = [[esc(fmt_wall(r["ts_ns"], off)), esc(r["kind"]), esc(r["subject"]), esc(r["message"])]
+            for r in t.slice(0, 50).to_pylist()]
+    return "<h2>Recorder alerts</h2>" + _table(["time", "kind", "subject", "message"], rows)
+
+
+def _preemptors(rec, top: int = 10) -> str:
+    t = rec.table("preemptions")
+    if t.num_rows == 0:
+        return ""
+    g = t.group_by(["preemptor_pid", "preemptor_comm", "preemptor_in_target"]).aggregate(
+        [("count", "sum"), ("wait_ns", "sum")])
+    g = g.sort_by([("wait_ns_sum", "descending")]).slice(0, top)
+    total = pc.sum(t.column("wait_ns")).as_py() or 0
+    rows = []
+    for r in g.to_pylist():
+        w = r["wait_ns_sum"] or 0
+        rows.append([f"<code>{esc(r['preemptor_comm'])}</code> ({esc(r['preemptor_pid'])})",
+                     esc("target" if r["preemptor_in_target"] else "other"), fmt_num(int(r["count_sum"] or 0)),
+                     esc(f"{w / 1e6:,.1f}"), esc(f"{100 * w / total:.0f}%" if total else "–")])
+    return ("<h2>Who took the CPU from the target</h2>"
+            + _table(["task", "", "preemptions", "run-queue wait charged (ms)", "share"], rows))
+
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1500px;
+ color:#222;padding:0 16px}
+h1{margin:0 0 8px;font-size:24px}h2{margin:28px 0 8px;font-size:19px;border-bottom:1px solid #ddd;
+ padding-bottom:4px}h3{font-size:15px;margin:16px 0 6px}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
+dl.meta dt{font-weight:600;color:#555}dl.meta dd{margin:0}
+table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f4f6f8}code{background:#f4f6f8;padding:0 3px;border-radius:3px}
+.ok{color:#1e8449;font-weight:600}.bad{color:#c0392b;font-weight:600}.warn{color:#a04000}
+.ev{display:inline-block;margin-right:8px;white-space:nowrap}
+table.causes tr:nth-child(1) td{background:#fef5e7}
+.small{color:#777;font-size:12px}
+"""
+
+
+def render_html(rec, diagnosis: dict | None = None, oom: dict | None = None,
+                max_points: int = T.DEFAULT_MAX_POINTS) -> str:
+    """The whole report as one HTML string (plotly.js inline)."""
+    why = None
+    if diagnosis is None:
+        diagnosis, why = _call("diagnosis", "diagnose", rec)
+    oom_why = None
+    if oom is None:
+        oom, oom_why = _call("oom", "oom_postmortem", rec)
+    lat = T.latency_series(rec, max_points)
+    incidents = [i for i in (diagnosis or {}).get("incidents") or [] if isinstance(i, dict)]
+    fallback = simple_incidents(lat) if diagnosis is None else []
+    fig, _ = build_figure(rec, incidents or fallback, max_points)
+    not_checked = [x for x in (diagnosis or {}).get("not_checked") or [] if isinstance(x, dict)]
+    title = rec.target.get("comm") or rec.target.get("mode") or "recording"
+    body = [_header(rec), _incidents(rec, diagnosis, why, fallback)]
+    body.append("<h2>Timeline</h2>")
+    if fig is None:
+        body.append("<p class='warn'>Nothing to plot: the recording holds no time series.</p>")
+    else:
+        body.append("<p class='small'>Shared time axis (UTC). Shaded: incidents. Dashed lines: OOM kills (red), "
+                    "abnormal exits (grey), GPU Xid errors (purple). Click legend entries to show more tracks; "
+                    "latency points are placed at each request's end.</p>")
+        body.append(fig.to_html(full_html=False, include_plotlyjs=True, include_mathjax=False, div_id="timeline",
+                                config={"displaylogo": False, "responsive": True,
+                                        "toImageButtonOptions": {"filename": "autoglm-trace-timeline"}}))
+    body.append(_oom(rec, oom, oom_why))
+    body.append(_preemptors(rec))
+    body.append(_alerts(rec))
+    body.append(_coverage(rec, not_checked))
+    body.append(f"<p class='small'>Recording: <code>{esc(rec.path)}</code> · generated "
+                f"{esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%SZ'))} by autoglm-trace</p>")
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>autoglm-trace: {esc(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` via a new temp file in the same directory and a rename: never follows a link
+    planted at ``path`` (the rename replaces the link itself) and never leaves half a file."""
+    path = Path(path)
+    d = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_report(rec, path: str | Path, diagnosis: dict | None = None, oom: dict | None = None,
+                 max_points: int = T.DEFAULT_MAX_POINTS) -> None:
+    """Render ``rec`` (a Recording) into one self-contained HTML file at ``path``. ``diagnosis`` /
+    ``oom`` default to ``analysis.diagnosis.diagnose(rec)`` / ``analysis.oom.oom_postmortem(rec)``
+    when those modules exist; when they do not (or fail) the report says so and carries on."""
+    write_atomic(Path(path), render_html(rec, diagnosis, oom, max_points).encode("utf-8"))
