@@ -374,7 +374,8 @@ class NvmlSampler(Collector):
             self._drain_events()
             return
         self._next_ns = now_ns + self._interval_ns
-        slow = now_ns >= self._next_slow_ns - self._slow_ns // 10
+        # Tolerance of half a fast interval, so recorder jitter does not skip a slow tick.
+        slow = now_ns >= self._next_slow_ns - self._interval_ns // 2
         if slow:
             self._next_slow_ns = now_ns + self._slow_ns
         self.samples += 1
