@@ -343,7 +343,7 @@ _table(
     [
         _ts,
         _f("gpu", pa.int16(), "device index", False),
-        _f("event", pa.string(), "xid | single_bit_ecc | double_bit_ecc | pstate | clock | other"),
+        _f("event", pa.string(), "xid | single_bit_ecc | double_bit_ecc | pstate | clock | lost | other"),
         _f("data", pa.int64(), "event data (the Xid number for xid)"),
         _f("pid", pa.int32(), "process the driver attributes it to, when given"),
     ],
