@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from autoglm_trace.probes.growth import GrowthEstimator
 from autoglm_trace.tracer import procfs
 from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.tracer.target import HOST
@@ -36,6 +37,11 @@ class ProcSampler(Collector):
         self.samples = 0
         self.last: dict[int, dict[str, Any]] = {}  # pid -> last row, for the live status
         self._psi_ok = True
+        # Time-to-full of the tree's RSS against its memcg limit (or what the host has left).
+        self.growth = GrowthEstimator(kind="memory_growth", what="RSS")
+        self.growth_every = max(1, int(opts.get("growth_every", 5)))
+        self.last_alert: dict[str, Any] | None = None
+        self._limit_cache: tuple[float, float | None] = (0.0, None)
 
     def start(self, ctx: SessionContext) -> None:
         self.ctx = ctx
@@ -112,6 +118,8 @@ class ProcSampler(Collector):
         ctx.emit("proc_samples", rows)
         if self._ticks % self.host_every == 0:
             self._sample_host(now_ns)
+        if rows and self._ticks % self.growth_every == 0:
+            self._watch_growth(now_ns, sum(r["rss_bytes"] or 0 for r in rows))
         self._ticks += 1
         self.samples += 1
 
@@ -171,10 +179,67 @@ class ProcSampler(Collector):
         if cols["ts_ns"]:
             ctx.emit_columns("host_cpu", cols)
 
+    def _memory_limit(self, now_ns: int, rss: float) -> float | None:
+        """The tree's memcg limit (re-read every 10 s), else RSS plus what the host has available."""
+        ctx = self.ctx
+        assert ctx is not None
+        if now_ns - self._limit_cache[0] > 10e9:
+            limit = None
+            root = ctx.target.root_pid
+            if root is not None:
+                limit = memcg_limit_bytes(procfs.read_pid_cgroup(root))
+            self._limit_cache = (now_ns, limit)
+        limit = self._limit_cache[1]
+        if limit is not None:
+            return limit
+        try:
+            return rss + procfs.read_meminfo().get("MemAvailable", 0)
+        except OSError:
+            return None
+
+    def _watch_growth(self, now_ns: int, rss: float) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        root = ctx.target.root_pid
+        subject = f"pid {root} tree" if root is not None else "target"
+        alert = self.growth.observe(subject, now_ns, rss, self._memory_limit(now_ns, rss))
+        if alert is not None:
+            self.last_alert = alert
+            ctx.emit("alerts", [alert])
+
     def status(self) -> dict[str, Any]:
         rss = sum(r["rss_bytes"] or 0 for r in self.last.values())
         cpu = sum((r["cpu_user_s"] or 0) + (r["cpu_system_s"] or 0) for r in self.last.values())
-        return {"procs": len(self.last), "rss_bytes": rss, "cpu_s": cpu}
+        out: dict[str, Any] = {"procs": len(self.last), "rss_bytes": rss, "cpu_s": cpu}
+        if self.last_alert is not None:
+            out["alert"] = self.last_alert["message"]
+        return out
+
+
+# A v1 memcg without a limit reports PAGE_COUNTER_MAX rounded to pages (~2^63); v2 says "max".
+_NO_LIMIT = 1 << 60
+
+
+def memcg_limit_bytes(cgroup_path: str) -> float | None:
+    """Memory limit of a cgroup (v1 memory.limit_in_bytes or v2 memory.max); None when unlimited."""
+    if not cgroup_path:
+        return None
+    rel = cgroup_path.lstrip("/")
+    for f in (procfs.sys_path("fs/cgroup/memory", rel, "memory.limit_in_bytes"),
+              procfs.sys_path("fs/cgroup", rel, "memory.max"),
+              procfs.sys_path("fs/cgroup/unified", rel, "memory.max")):
+        try:
+            text = f.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            v = int(text)
+        except ValueError:
+            continue
+        return None if v >= _NO_LIMIT else float(v)
+    return None
 
 
 def _int(v: str | None) -> int | None:

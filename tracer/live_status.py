@@ -46,8 +46,11 @@ def status_text(rec: Any, cpu_pct: float | None) -> Text:
     t.append(" ".join(f"{k} {human_count(v)}" for k, v in busy), style="dim")
     t.append("  lost ", style="dim")
     t.append(str(lost), style="bold red" if lost else "green")
+    alerts = [v["alert"] for v in st.values() if isinstance(v, dict) and v.get("alert")]
     notes = rec.ctx.notes if rec.ctx else []
-    if notes:
+    if alerts:
+        t.append(f"  ⚠ {alerts[-1][:100]}", style="bold yellow")
+    elif notes:
         t.append(f"  ⚠ {notes[-1][:80]}", style="yellow")
     return t
 
