@@ -1,0 +1,606 @@
+"""Prometheus /metrics for a running recording (``record --prometheus``, ``top --prometheus``).
+
+``PrometheusExporter`` is a recorder sink (tracer/sinks.py): every batch a collector emits reaches
+``emit_batch`` and is folded into running totals right away, vectorised per batch (numpy / pyarrow;
+Python loops run only over the per-batch groups -- pids, devices, probes -- never over events). A
+custom collector registered in the exporter's own ``CollectorRegistry`` turns those totals into
+metric families at scrape time.
+
+Why a custom collector rather than prometheus_client's Histogram objects: the kernel tables carry
+log2 histograms (bucket i counts values in [2**(i-1), 2**i) microseconds), not the raw values, so
+the honest exposition is those bucket counts made cumulative with ``le = 2**i`` us. Spans do carry
+exact durations; they are bucketed here into fixed bounds.
+
+Sources, chosen so that every series is a true counter (never decreasing):
+
+* context switches, page faults, CPU seconds and RSS come from ``proc_samples`` -- the kernel's own
+  per-process cumulative counters (/proc/PID/status, /proc/PID/stat), exact and available without
+  root. A pid whose counter goes backwards (pid reuse) keeps its earlier total as a base.
+* run-queue latency, off-CPU time by state and preemptors come from ``sched`` / ``preemptions``;
+  block I/O from ``block_io``; reclaim stalls from ``reclaim``; OOM kills from ``oom_kills`` (all
+  kernel probes, root); GPU gauges from ``gpu_devices`` / ``gpu_processes`` (NVML); request latency
+  from ``spans``; losses from ``probe_stats``.
+
+Label cardinality is bounded: the first ``max_pids`` pids seen get their own ``pid`` label (a pid
+keeps its label for the life of the exporter, so counters stay monotonic), later ones are folded
+into ``pid="other"``; likewise span names, preemptor comms and OOM victim comms.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.tracer.schema import LOG2_BUCKETS
+
+PREFIX = "autoglm_trace_"
+OTHER = "other"
+DEFAULT_ADDR = "127.0.0.1"
+DEFAULT_PORT = 9464
+
+# Log2 buckets exposed as their own ``le``; longer waits land in +Inf only (2**25 us = 33.5 s).
+LOG2_EXPOSED = 26
+LOG2_LE_S = [(2.0**i) * 1e-6 for i in range(LOG2_EXPOSED)]
+# Request latency bounds (seconds): LLM requests run from milliseconds to minutes.
+SPAN_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+                  120.0, 300.0)
+
+# NVML clocks-event (throttle) reason bits (nvml.h nvmlClocksEventReason*).
+THROTTLE_REASONS: dict[str, int] = {
+    "gpu_idle": 0x1,
+    "applications_clocks": 0x2,
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal": 0x20,
+    "hw_thermal": 0x40,
+    "hw_power_brake": 0x80,
+    "display_clocks": 0x100,
+}
+
+# Every family the exporter can serve: name (without _total) -> (type, help, labels).
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "context_switches": ("counter", "Context switches of the process, all threads (/proc/PID/status)",
+                         ("pid", "comm", "kind")),
+    "page_faults": ("counter", "Page faults of the process, all threads (/proc/PID/stat minflt/majflt)",
+                    ("pid", "comm", "kind")),
+    "process_cpu_seconds": ("counter", "CPU time of the process (/proc/PID/stat utime/stime)",
+                            ("pid", "comm", "mode")),
+    "process_rss_bytes": ("gauge", "Resident set size of the process at the latest sample", ("pid", "comm")),
+    "processes": ("gauge", "Processes in the target tree at the latest sample", ()),
+    "runq_latency_seconds": ("histogram", "Run-queue latency of target threads (wakeup or preemption "
+                             "to run), from in-kernel log2 histograms", ("pid", "comm")),
+    "offcpu_seconds": ("counter", "Off-CPU time of target threads by state (sleep = S, dstate = D, "
+                       "preempted = runnable, waiting for a CPU)", ("pid", "comm", "state")),
+    "oncpu_seconds": ("counter", "On-CPU time of target threads (sched_switch)", ("pid", "comm")),
+    "preemptions": ("counter", "Involuntary switches of target threads in favour of another task",
+                    ("preemptor", "in_target")),
+    "preemption_wait_seconds": ("counter", "Run-queue wait of target threads charged to the task that ran",
+                                ("preemptor", "in_target")),
+    "block_io_latency_seconds": ("histogram", "Block request issue-to-complete latency, from in-kernel "
+                                 "log2 histograms", ("dev", "op", "in_target")),
+    "block_io_bytes": ("counter", "Bytes of completed block requests", ("dev", "op", "in_target")),
+    "reclaim_stall_seconds": ("counter", "Time stalled in direct / memcg reclaim", ("kind", "in_target")),
+    "reclaim_stalls": ("counter", "Direct / memcg reclaim stalls (and kswapd wakeups)", ("kind", "in_target")),
+    "oom_kills": ("counter", "OOM-killer victims on the host (oom:mark_victim)", ("comm", "in_target")),
+    "gpu_memory_used_bytes": ("gauge", "GPU memory used (NVML)", ("gpu",)),
+    "gpu_memory_total_bytes": ("gauge", "GPU memory total (NVML)", ("gpu",)),
+    "gpu_utilization_ratio": ("gauge", "Fraction of the driver's sample window in which a kernel ran "
+                              "(not SM occupancy)", ("gpu",)),
+    "gpu_memory_utilization_ratio": ("gauge", "Memory controller busy fraction", ("gpu",)),
+    "gpu_power_watts": ("gauge", "GPU power draw (1 s average on Ampere+)", ("gpu",)),
+    "gpu_power_limit_watts": ("gauge", "Enforced GPU power limit", ("gpu",)),
+    "gpu_sm_clock_hertz": ("gauge", "SM clock", ("gpu",)),
+    "gpu_temperature_celsius": ("gauge", "GPU temperature", ("gpu",)),
+    "gpu_throttle_active": ("gauge", "1 while the clocks-event (throttle) reason is active", ("gpu", "reason")),
+    "gpu_process_memory_bytes": ("gauge", "GPU memory used per compute process", ("gpu", "pid")),
+    "lost_events": ("counter", "Events the probes lost (buffer overruns, full maps); never silent",
+                    ("probe", "reason")),
+    "probe_events": ("counter", "Events the probes handled", ("probe",)),
+    "span_latency_seconds": ("histogram", "Request latency (span end - start)", ("name",)),
+    "span_ttft_seconds": ("histogram", "Time to first token, where the span marked it", ("name",)),
+    "span_failures": ("counter", "Spans that ended with ok = false", ("name",)),
+    "rows": ("counter", "Rows received per recording table", ("table",)),
+}
+
+
+def metric_names() -> list[str]:
+    """Every sample-name stem the exporter can serve (``autoglm_trace_*``; add ``_total`` to counters
+    and ``_bucket`` / ``_sum`` / ``_count`` to histograms for the series names)."""
+    return [PREFIX + n for n in METRICS]
+
+
+def series_names() -> set[str]:
+    """Every sample name the exporter can serve, as a PromQL query names it."""
+    out: set[str] = set()
+    for n, (typ, _, _) in METRICS.items():
+        full = PREFIX + n
+        if typ == "counter":
+            out.add(full + "_total")
+        elif typ == "histogram":
+            out.update({full + "_bucket", full + "_sum", full + "_count"})
+        else:
+            out.add(full)
+    return out
+
+
+def parse_listen(spec: str, default_addr: str = DEFAULT_ADDR) -> tuple[str, int]:
+    """``PORT``, ``ADDR:PORT`` or ``[V6ADDR]:PORT`` -> (addr, port). Binds loopback unless told."""
+    s = spec.strip()
+    m = re.fullmatch(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)", s)
+    if m:
+        addr = m.group("v6") or m.group("host") or default_addr
+        port_s = m.group("port")
+    elif s.isdigit():
+        addr, port_s = default_addr, s
+    else:
+        raise UsageError(f"--prometheus: expected [ADDR:]PORT, got {spec!r}")
+    port = int(port_s)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--prometheus: port {port} out of range")
+    return addr, port
+
+
+class _Folder:
+    """First ``limit`` distinct keys keep their own label, the rest share ``other``. A key never
+    changes label, so a counter summed per label never goes backwards."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.labels: dict[Any, str] = {}
+        self._own = 0
+
+    def __call__(self, key: Any) -> str:
+        lab = self.labels.get(key)
+        if lab is None:
+            if self._own < self.limit:
+                lab = str(key)
+                self._own += 1
+            else:
+                lab = OTHER
+            if len(self.labels) < 1_000_000:  # remembering folded keys is only an optimisation
+                self.labels[key] = lab
+        return lab
+
+
+def _np(col: pa.ChunkedArray | pa.Array, dtype: Any = np.int64, fill: Any = 0) -> np.ndarray:
+    if np.issubdtype(np.dtype(dtype), np.floating) and not pa.types.is_floating(col.type):
+        col = col.cast(pa.float64())
+    if col.null_count:
+        col = pc.fill_null(col, fill)
+    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def _strs(col: pa.ChunkedArray | pa.Array, fill: str = "") -> list[str]:
+    if col.null_count:
+        col = pc.fill_null(col, fill)
+    return col.to_pylist()
+
+
+def _hist_matrix(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
+    """A list<uint32> column of log2 histograms as an (n, LOG2_BUCKETS) array (short lists padded,
+    null lists as zeros)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    out = np.zeros((n, LOG2_BUCKETS), dtype=np.float64)
+    if n == 0:
+        return out
+    lens = _np(pc.list_value_length(col), np.int64)
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+    if lens.size and (lens == LOG2_BUCKETS).all():
+        return flat.reshape(n, LOG2_BUCKETS)
+    rows = np.repeat(np.arange(n), lens)
+    pos = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
+    keep = pos < LOG2_BUCKETS
+    np.add.at(out, (rows[keep], pos[keep]), flat[keep])
+    return out
+
+
+def _groups(*keys: np.ndarray | list) -> tuple[list[tuple], np.ndarray]:
+    """Distinct key tuples of the batch and each row's group index."""
+    n = len(keys[0])
+    if n == 0:
+        return [], np.empty(0, np.int64)
+    if len(keys) == 1:
+        u, inv = np.unique(np.asarray(keys[0]), return_inverse=True)
+        return [(x.item() if hasattr(x, "item") else x,) for x in u], inv.reshape(-1)
+    index: dict[tuple, int] = {}
+    inv = np.empty(n, np.int64)
+    cols = [k.tolist() if isinstance(k, np.ndarray) else k for k in keys]
+    # One dict lookup per row of an aggregated table (rows are per bucket x key, not events).
+    for i, t in enumerate(zip(*cols)):
+        inv[i] = index.setdefault(t, len(index))
+    return list(index), inv
+
+
+def _group_sum(inv: np.ndarray, ngroups: int, values: np.ndarray) -> np.ndarray:
+    if values.ndim == 1:
+        return np.bincount(inv, weights=values, minlength=ngroups)
+    out = np.zeros((ngroups, values.shape[1]))
+    np.add.at(out, inv, values)
+    return out
+
+
+class _Hist:
+    __slots__ = ("buckets", "sum")
+
+    def __init__(self, nb: int) -> None:
+        self.buckets = np.zeros(nb)
+        self.sum = 0.0
+
+
+class PrometheusExporter:
+    """A recorder sink serving ``autoglm_trace_*`` metrics. ``start(addr, port)`` opens /metrics."""
+
+    def __init__(self, max_pids: int = 20, max_names: int = 20, max_comms: int = 20) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.RLock()
+        self._pid = _Folder(max_pids)
+        self._name = _Folder(max_names)
+        self._comm = _Folder(max_comms)
+        self._comms: dict[int, str] = {}
+        self.counters: dict[str, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
+        self.hists: dict[str, dict[tuple[str, ...], _Hist]] = defaultdict(dict)
+        self.gauges: dict[str, dict[tuple[str, ...], float]] = {}
+        # proc_samples: pid -> (last cumulative values, base carried over a pid reuse)
+        self._proc_last: dict[int, np.ndarray] = {}
+        self._proc_base: dict[int, np.ndarray] = {}
+        self._proc_ts = -1
+        self._rss: dict[int, float] = {}
+        self._gpu_ts: dict[int, int] = {}
+        self._gpu_proc_ts: dict[int, int] = {}
+        self._gpu_proc: dict[int, dict[str, float]] = {}
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.addr: str | None = None
+        self.port: int | None = None
+        self.registry.register(self)
+
+    # Serving -----------------------------------------------------------------------------------
+    def start(self, addr: str = DEFAULT_ADDR, port: int = DEFAULT_PORT) -> PrometheusExporter:
+        """Serve /metrics on addr:port (port 0: any free port; see ``self.port``)."""
+        try:
+            self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise UsageError(f"--prometheus: cannot listen on {addr}:{port}: {e.strerror or e}") from None
+        self.addr = addr
+        self.port = int(self._server.server_port)
+        return self
+
+    @property
+    def url(self) -> str | None:
+        if self.port is None:
+            return None
+        host = f"[{self.addr}]" if self.addr and ":" in self.addr else self.addr
+        return f"http://{host}:{self.port}/metrics"
+
+    def flush(self) -> None:
+        """Nothing is buffered: totals are updated as batches arrive."""
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    # Ingest ------------------------------------------------------------------------------------
+    def emit_batch(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
+        n = batch.num_rows
+        if n == 0:
+            return
+        handler = getattr(self, f"_on_{table}", None)
+        with self._lock:
+            self.counters["rows"][(table,)] += n
+            if handler is not None:
+                handler(batch)
+
+    def _pid_labels(self, pid: int) -> tuple[str, str]:
+        lab = self._pid(pid)
+        if lab == OTHER:
+            return OTHER, OTHER
+        return lab, self._comms.get(pid, "")
+
+    def _learn_comms(self, pids: np.ndarray, comms: list[str]) -> None:
+        for p, c in zip(pids.tolist(), comms):
+            if c and p not in self._comms:
+                self._comms[p] = c
+
+    def _on_processes(self, b: pa.RecordBatch) -> None:
+        # The process comm (not a thread's) names the pid's series; first one seen sticks.
+        self._learn_comms(_np(b.column("pid")), _strs(b.column("comm")))
+
+    _PROC_COLS = ("ctx_voluntary", "ctx_involuntary", "minflt", "majflt", "cpu_user_s", "cpu_system_s")
+
+    def _on_proc_samples(self, b: pa.RecordBatch) -> None:
+        ts = _np(b.column("ts_ns"))
+        pid = _np(b.column("pid"))
+        vals = np.stack([_np(b.column(c), np.float64, np.nan) for c in self._PROC_COLS], axis=1)
+        rss = _np(b.column("rss_bytes"), np.float64, np.nan)
+        order = np.argsort(ts, kind="stable")
+        # The last sample of each pid in the batch (np.unique on the reversed order keeps it).
+        rev = order[::-1]
+        upid, idx = np.unique(pid[rev], return_index=True)
+        last = rev[idx]
+        for p, i in zip(upid.tolist(), last.tolist()):
+            v = vals[i]
+            prev = self._proc_last.get(p)
+            if prev is not None:
+                v = np.where(np.isnan(v), prev, v)
+                if (v < prev).any():  # a new process under a reused pid: keep the old total
+                    self._proc_base[p] = self._proc_base.get(p, 0.0) + prev
+            self._proc_last[p] = v
+            self._pid(p)
+        tmax = int(ts.max())
+        if tmax > self._proc_ts:
+            # RSS is a gauge of the processes alive at the latest sample.
+            at = ts == tmax
+            self._rss = {int(p): float(r) for p, r in zip(pid[at], rss[at]) if np.isfinite(r)}
+            self._proc_ts = tmax
+
+    def _on_sched(self, b: pa.RecordBatch) -> None:
+        n = b.num_rows
+        pid = _np(b.column("pid"))
+        self._learn_comms(pid, _strs(b.column("comm")))
+        keys, inv = _groups(pid)
+        g = len(keys)
+        hist = _group_sum(inv, g, _hist_matrix(b.column("runq_hist"), n))
+        wait = _group_sum(inv, g, _np(b.column("runq_wait_ns"), np.float64))
+        on = _group_sum(inv, g, _np(b.column("oncpu_ns"), np.float64))
+        off = {s: _group_sum(inv, g, _np(b.column(f"offcpu_{s}_ns"), np.float64))
+               for s in ("sleep", "dstate", "preempted")}
+        c = self.counters
+        for j, (p,) in enumerate(keys):
+            lab = self._pid_labels(p)
+            self._add_log2("runq_latency_seconds", lab, hist[j], wait[j] / 1e9)
+            c["oncpu_seconds"][lab] += on[j] / 1e9
+            for s, arr in off.items():
+                c["offcpu_seconds"][(*lab, s)] += arr[j] / 1e9
+
+    def _on_preemptions(self, b: pa.RecordBatch) -> None:
+        comm = _strs(b.column("preemptor_comm"), "?")
+        intgt = ["true" if x else "false" for x in _strs(b.column("preemptor_in_target"), False)]
+        keys, inv = _groups(comm, intgt)
+        cnt = _group_sum(inv, len(keys), _np(b.column("count"), np.float64))
+        wait = _group_sum(inv, len(keys), _np(b.column("wait_ns"), np.float64))
+        for j, (cm, it) in enumerate(keys):
+            lab = (self._preemptor(cm), it)
+            self.counters["preemptions"][lab] += cnt[j]
+            self.counters["preemption_wait_seconds"][lab] += wait[j] / 1e9
+
+    def _preemptor(self, comm: str) -> str:
+        lab = self._comm(("preemptor", comm))
+        return comm if lab != OTHER else OTHER
+
+    def _on_block_io(self, b: pa.RecordBatch) -> None:
+        n = b.num_rows
+        dev = _strs(b.column("dev"), "?")
+        op = _strs(b.column("op"), "O")
+        intgt = ["true" if x else "false" for x in _strs(b.column("in_target"), False)]
+        keys, inv = _groups(dev, op, intgt)
+        g = len(keys)
+        hist = _group_sum(inv, g, _hist_matrix(b.column("lat_hist"), n))
+        lat = _group_sum(inv, g, _np(b.column("lat_sum_ns"), np.float64))
+        byt = _group_sum(inv, g, _np(b.column("bytes"), np.float64))
+        for j, lab in enumerate(keys):
+            self._add_log2("block_io_latency_seconds", lab, hist[j], lat[j] / 1e9)
+            self.counters["block_io_bytes"][lab] += byt[j]
+
+    def _on_reclaim(self, b: pa.RecordBatch) -> None:
+        kind = _strs(b.column("kind"), "direct")
+        intgt = ["true" if x else "false" for x in _strs(b.column("in_target"), False)]
+        keys, inv = _groups(kind, intgt)
+        dur = _group_sum(inv, len(keys), _np(b.column("duration_ns"), np.float64))
+        cnt = np.bincount(inv, minlength=len(keys))
+        for j, lab in enumerate(keys):
+            self.counters["reclaim_stall_seconds"][lab] += dur[j] / 1e9
+            self.counters["reclaim_stalls"][lab] += float(cnt[j])
+
+    def _on_oom_kills(self, b: pa.RecordBatch) -> None:
+        comm = _strs(b.column("comm"), "?")
+        intgt = _strs(b.column("in_target"), False)
+        for cm, it in zip(comm, intgt):  # one row per kill: rare by nature
+            lab = self._comm(("oom", cm))
+            self.counters["oom_kills"][(cm if lab != OTHER else OTHER, "true" if it else "false")] += 1
+
+    def _on_probe_stats(self, b: pa.RecordBatch) -> None:
+        probe = _strs(b.column("probe"), "?")
+        reason = _strs(b.column("reason"), "")
+        lost = _np(b.column("lost"), np.float64)
+        events = _np(b.column("events"), np.float64)
+        keys, inv = _groups(probe, reason)
+        lsum = _group_sum(inv, len(keys), lost)
+        for j, lab in enumerate(keys):
+            self.counters["lost_events"][lab] += lsum[j]
+            # A probe with nothing lost still exports 0, so "no loss" is visible rather than absent.
+        pkeys, pinv = _groups(probe)
+        esum = _group_sum(pinv, len(pkeys), events)
+        for j, lab in enumerate(pkeys):
+            self.counters["probe_events"][lab] += esum[j]
+
+    def _on_gpu_devices(self, b: pa.RecordBatch) -> None:
+        ts = _np(b.column("ts_ns"))
+        gpu = _np(b.column("gpu"))
+        rev = np.argsort(ts, kind="stable")[::-1]
+        ug, idx = np.unique(gpu[rev], return_index=True)
+        rows = rev[idx]
+        cols = {name: b.column(name) for name in b.schema.names}
+
+        def val(name: str, i: int, scale: float = 1.0) -> float | None:
+            v = cols[name][i].as_py()
+            return None if v is None else float(v) * scale
+
+        for g, i in zip(ug.tolist(), rows.tolist()):
+            t = int(ts[i])
+            if t < self._gpu_ts.get(g, -1):
+                continue
+            self._gpu_ts[g] = t
+            lab = (str(g),)
+            for metric, col, scale in (
+                ("gpu_memory_used_bytes", "mem_used_bytes", 1.0),
+                ("gpu_memory_total_bytes", "mem_total_bytes", 1.0),
+                ("gpu_utilization_ratio", "util_gpu_pct", 0.01),
+                ("gpu_memory_utilization_ratio", "util_mem_pct", 0.01),
+                ("gpu_power_watts", "power_mw", 1e-3),
+                ("gpu_power_limit_watts", "power_limit_mw", 1e-3),
+                ("gpu_sm_clock_hertz", "sm_clock_mhz", 1e6),
+                ("gpu_temperature_celsius", "temp_c", 1.0),
+            ):
+                v = val(col, i, scale)
+                d = self.gauges.setdefault(metric, {})
+                if v is None:
+                    d.pop(lab, None)
+                else:
+                    d[lab] = v
+            mask = cols["clocks_event_reasons"][i].as_py()
+            d = self.gauges.setdefault("gpu_throttle_active", {})
+            for reason, bit in THROTTLE_REASONS.items():
+                if mask is None:
+                    d.pop((str(g), reason), None)
+                else:
+                    d[(str(g), reason)] = 1.0 if mask & bit else 0.0
+
+    def _on_gpu_processes(self, b: pa.RecordBatch) -> None:
+        ts = _np(b.column("ts_ns"))
+        gpu = _np(b.column("gpu"))
+        pid = _np(b.column("pid"))
+        used = _np(b.column("used_bytes"), np.float64, np.nan)
+        for g in np.unique(gpu).tolist():
+            m = gpu == g
+            t = int(ts[m].max())
+            if t < self._gpu_proc_ts.get(g, -1):
+                continue
+            at = m & (ts == t)
+            if t > self._gpu_proc_ts.get(g, -1):
+                self._gpu_proc[g] = {}
+            self._gpu_proc_ts[g] = t
+            cur = self._gpu_proc[g]
+            for p, u in zip(pid[at].tolist(), used[at].tolist()):
+                if np.isfinite(u):
+                    lab = self._pid(p)
+                    cur[lab] = cur.get(lab, 0.0) + u if lab == OTHER else u
+
+    def _on_spans(self, b: pa.RecordBatch) -> None:
+        start = _np(b.column("ts_ns"))
+        end = _np(b.column("end_ns"))
+        lat = (end - start).astype(np.float64) / 1e9
+        names = [self._name(x) for x in _strs(b.column("name"), "")]
+        ok = _np(b.column("ok"), bool, True)
+        ttft_col = b.column("ttft_ns")
+        ttft = _np(ttft_col, np.float64, np.nan) / 1e9
+        keys, inv = _groups(names)
+        bounds = np.asarray(SPAN_BUCKETS_S)
+        nb = len(bounds) + 1
+        # Bucket index per span: first bound >= value (le semantics), len(bounds) for +Inf.
+        bi = np.searchsorted(bounds, lat, side="left")
+        counts = np.zeros((len(keys), nb))
+        np.add.at(counts, (inv, bi), 1)
+        sums = _group_sum(inv, len(keys), lat)
+        fails = _group_sum(inv, len(keys), (~ok).astype(np.float64))
+        has_t = np.isfinite(ttft)
+        tcounts = np.zeros((len(keys), nb))
+        if has_t.any():
+            np.add.at(tcounts, (inv[has_t], np.searchsorted(bounds, ttft[has_t], side="left")), 1)
+        tsums = _group_sum(inv, len(keys), np.where(has_t, ttft, 0.0))
+        for j, lab in enumerate(keys):
+            self._add_hist("span_latency_seconds", lab, counts[j], sums[j])
+            self.counters["span_failures"][lab] += fails[j]
+            if tcounts[j].sum():
+                self._add_hist("span_ttft_seconds", lab, tcounts[j], tsums[j])
+
+    def _add_log2(self, metric: str, labels: tuple[str, ...], hist: np.ndarray, total_s: float) -> None:
+        # Fold the log2 buckets beyond the exposed ones into the last (+Inf) slot.
+        h = np.zeros(LOG2_EXPOSED + 1)
+        h[:LOG2_EXPOSED] = hist[:LOG2_EXPOSED]
+        h[LOG2_EXPOSED] = hist[LOG2_EXPOSED:].sum()
+        self._add_hist(metric, labels, h, total_s)
+
+    def _add_hist(self, metric: str, labels: tuple[str, ...], counts: np.ndarray, total: float) -> None:
+        d = self.hists[metric]
+        h = d.get(labels)
+        if h is None:
+            h = d[labels] = _Hist(counts.size)
+        h.buckets += counts
+        h.sum += float(total)
+
+    # Exposition --------------------------------------------------------------------------------
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            yield from self._proc_families()
+            for name, (typ, doc, labels) in METRICS.items():
+                if typ == "counter" and name in self.counters and name not in ("context_switches", "page_faults",
+                                                                                 "process_cpu_seconds"):
+                    fam = CounterMetricFamily(PREFIX + name, doc, labels=labels)
+                    for lab, v in sorted(self.counters[name].items()):
+                        fam.add_metric(list(lab), v)
+                    yield fam
+                elif typ == "histogram" and name in self.hists:
+                    yield self._hist_family(name, doc, labels)
+                elif typ == "gauge" and self.gauges.get(name):
+                    fam = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+                    for lab, v in sorted(self.gauges[name].items()):
+                        fam.add_metric(list(lab), v)
+                    yield fam
+            if self._gpu_proc:
+                name = "gpu_process_memory_bytes"
+                fam = GaugeMetricFamily(PREFIX + name, METRICS[name][1], labels=METRICS[name][2])
+                for g, d in sorted(self._gpu_proc.items()):
+                    for lab, v in sorted(d.items()):
+                        fam.add_metric([str(g), lab], v)
+                yield fam
+
+    def _proc_families(self) -> Iterator[Metric]:
+        if not self._proc_last:
+            return
+        per_label: dict[tuple[str, str], np.ndarray] = {}
+        for p, v in self._proc_last.items():
+            total = np.nan_to_num(v) + self._proc_base.get(p, 0.0)
+            lab = self._pid_labels(p)
+            per_label[lab] = per_label[lab] + total if lab in per_label else total
+        specs = (
+            ("context_switches", (("voluntary", 0), ("involuntary", 1))),
+            ("page_faults", (("minor", 2), ("major", 3))),
+            ("process_cpu_seconds", (("user", 4), ("system", 5))),
+        )
+        for name, kinds in specs:
+            _, doc, labels = METRICS[name]
+            fam = CounterMetricFamily(PREFIX + name, doc, labels=labels)
+            for lab, v in sorted(per_label.items()):
+                for kind, k in kinds:
+                    fam.add_metric([*lab, kind], float(v[k]))
+            yield fam
+        rss: dict[tuple[str, str], float] = defaultdict(float)
+        for p, r in self._rss.items():
+            rss[self._pid_labels(p)] += r
+        fam = GaugeMetricFamily(PREFIX + "process_rss_bytes", METRICS["process_rss_bytes"][1],
+                                labels=METRICS["process_rss_bytes"][2])
+        for lab, v in sorted(rss.items()):
+            fam.add_metric(list(lab), v)
+        yield fam
+        yield GaugeMetricFamily(PREFIX + "processes", METRICS["processes"][1], value=len(self._rss))
+
+    def _hist_family(self, name: str, doc: str, labels: tuple[str, ...]) -> HistogramMetricFamily:
+        les = LOG2_LE_S if name in ("runq_latency_seconds", "block_io_latency_seconds") else SPAN_BUCKETS_S
+        fam = HistogramMetricFamily(PREFIX + name, doc, labels=labels)
+        for lab, h in sorted(self.hists[name].items()):
+            cum = np.cumsum(h.buckets)
+            buckets = [(floatToGoString(le), float(c)) for le, c in zip(les, cum[:-1])]
+            buckets.append(("+Inf", float(cum[-1])))
+            fam.add_metric(list(lab), buckets, sum_value=h.sum)
+        return fam
