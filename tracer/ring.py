@@ -55,6 +55,7 @@ class _Chunk:
     batches: list[pa.RecordBatch]
     rows: int
     nbytes: int
+    first_seq: int = 0  # the table's rows_in before this chunk's first row (rows arrive in order)
     closed: bool = False
 
 
@@ -146,7 +147,7 @@ class RingSink:
                 if last is not None and not last.closed:
                     self._compact(tr, last)
                     last.closed = True
-                tr.chunks.append(_Chunk(lo, hi, [batch], batch.num_rows, nb))
+                tr.chunks.append(_Chunk(lo, hi, [batch], batch.num_rows, nb, first_seq=tr.rows_in))
             tr.rows += batch.num_rows
             tr.rows_in += batch.num_rows
             tr.nbytes += nb
@@ -226,6 +227,42 @@ class RingSink:
                 t = t.filter(mask)
             out[name] = t
         return out
+
+    def cursor(self) -> dict[str, int]:
+        """Rows received so far per table: pass it to ``since`` later to get only what came after."""
+        with self._lock:
+            return {name: tr.rows_in for name, tr in self._tables.items()}
+
+    def since(self, cursor: dict[str, int] | None, tables: list[str] | tuple[str, ...] | None = None,
+              ) -> tuple[dict[str, pa.Table], dict[str, int]]:
+        """Rows that arrived after ``cursor`` (from ``cursor()`` or a previous ``since``), in arrival
+        order, and the new cursor -- exact whatever the rows' timestamps (late kernel buckets,
+        spans stamped at their start). Rows already evicted are not returned. ``tables`` limits the
+        tables looked at (the returned cursor then covers only those)."""
+        cursor = cursor or {}
+        with self._lock:
+            names = [n for n in (tables if tables is not None else list(self._tables)) if n in self._tables]
+            held: dict[str, tuple[pa.Schema, list[pa.RecordBatch]]] = {}
+            new_cursor: dict[str, int] = {}
+            for name in names:
+                tr = self._tables[name]
+                c = cursor.get(name, 0)
+                new_cursor[name] = tr.rows_in
+                out: list[pa.RecordBatch] = []
+                if tr.rows_in > c:
+                    for ch in tr.chunks:
+                        if ch.first_seq + ch.rows <= c:
+                            continue
+                        seq = ch.first_seq
+                        for b in ch.batches:
+                            n = b.num_rows
+                            if seq + n > c:
+                                out.append(b.slice(max(0, c - seq)))
+                            seq += n
+                held[name] = (tr.schema, out)
+        result = {name: (pa.Table.from_batches(b, schema=sch) if b else sch.empty_table())
+                  for name, (sch, b) in held.items()}
+        return result, new_cursor
 
     def has(self, name: str) -> bool:
         """The table received rows at some point (even if they have aged out since)."""

@@ -251,3 +251,34 @@ def test_live_recording_runs_the_summary():
     out = summarize(LiveRecording(ring, manifest))
     assert isinstance(out, dict)
     assert str(out.get("path")) == "<live>"
+
+
+def test_since_cursor_returns_exactly_the_rows_that_arrived_after_it():
+    ring = RingSink(duration_ns=100 * S, max_bytes=1 << 30, chunk_ns=S)
+    for i in range(10):
+        ring.emit_batch("proc_samples", _samples([i * S // 4, i * S // 4 + 1], pid=1))
+    cur = ring.cursor()
+    assert cur == {"proc_samples": 20}
+    # Late rows (timestamps older than what the ring holds) and several batches, some into the
+    # chunk that is still open and compacted meanwhile.
+    ring.emit_batch("proc_samples", _samples([5], pid=2))
+    for i in range(70):
+        ring.emit_batch("proc_samples", _samples([3 * S + i], pid=3))
+    ring.emit_batch("host_samples", _host(4 * S))
+    new, cur2 = ring.since(cur)
+    assert new["proc_samples"].column("pid").to_pylist() == [2] + [3] * 70
+    assert new["proc_samples"].column("ts_ns").to_pylist() == [5] + [3 * S + i for i in range(70)]
+    assert new["host_samples"].num_rows == 1
+    assert cur2 == {"proc_samples": 91, "host_samples": 1}
+    again, cur3 = ring.since(cur2)
+    assert all(t.num_rows == 0 for t in again.values()) and cur3 == cur2
+    only, c4 = ring.since({}, tables=["host_samples", "sched"])
+    assert set(only) == {"host_samples"} and c4 == {"host_samples": 1}
+    # Rows evicted before they were read are simply not there.
+    ring2 = RingSink(duration_ns=2 * S, max_bytes=1 << 30, chunk_ns=S // 10)
+    ring2.emit_batch("proc_samples", _samples([0]))
+    c = ring2.cursor()
+    ring2.emit_batch("proc_samples", _samples([S // 2]))
+    ring2.emit_batch("proc_samples", _samples([10 * S]))
+    got, _ = ring2.since(c)
+    assert got["proc_samples"].column("ts_ns").to_pylist() == [10 * S]
