@@ -1,0 +1,242 @@
+"""Causes of an incident: every resource signal compared with the baseline, ranked by what it explains.
+
+For each signal (see ``analysis.timeline``) the incident value is its mean over the incident's windows
+and the baseline is the windows outside every incident. Two numbers come out:
+
+* ``ratio`` = incident / max(baseline mean, the signal's floor) (inverted for signals where lower is
+  worse: free memory, clocks), and
+* ``z`` = (incident - baseline median) / scale, scale = max(1.4826 MAD, (p90 - median) / 1.28, floor):
+  a robust effect size that a bursty baseline shrinks.
+
+``confidence = clip(log(ratio) / log 8, 0, 1) * clip(z / 3, 0, 1)``: 8x the baseline at 3 robust
+sigmas is certain. A cause kind's confidence is the best of its *specific* signals.
+
+``share`` is how much of the extra latency the cause can account for. For stall causes it compares
+the target's stall fraction of busy time (on CPU + stalled) in the incident and the baseline with the
+slow requests' extra-latency fraction (1 - expected / latency): threads that lose 60 % of their time
+to the run queue make requests 2.5x slower, i.e. an extra fraction of 0.6. GPU throttling's share is
+the lost clock fraction over the same. ``score = confidence * (0.5 + 0.5 * share)``; where no share
+can be computed, ``score = 0.5 * confidence``. Kinds with confidence >= 0.5 are reported, best score
+first; when none is, the incident's cause is ``unexplained`` and the largest changes are shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoglm_trace.analysis.spikes import Incident
+from autoglm_trace.analysis.timeline import Signal, Timeline
+
+PRESENT = 0.5
+
+# kind -> (specific signals that show it, stall signals it can be charged with)
+CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cpu_contention": (("runq_wait", "preempted_time", "wait_charged_to_others", "involuntary_switches",
+                        "psi_cpu", "host_steal", "runq_max"), ("runq_wait",)),
+    "memory_pressure": (("reclaim_target", "major_faults", "psi_memory", "psi_memory_full", "allocstalls",
+                         "pgscan_direct", "mem_available", "reclaim_others", "host_major_faults"),
+                        ("reclaim_target",)),
+    "io_wait": (("blkio_target_avg_latency", "blkio_others_bytes", "blkio_others_count", "psi_io",
+                 "psi_io_full", "host_iowait"), ("dstate_time",)),
+    "gpu_throttle": (("gpu_throttle", "gpu_sm_clock"), ()),
+    "gpu_memory": (("gpu_memory",), ()),
+    "gpu_error": (("gpu_xid",), ()),
+    "oom": (("oom_kills_target", "oom_kills"), ()),
+    "load": (("request_arrivals",), ()),
+}
+# Signals shown as context with every incident (not causes themselves).
+CONTEXT = ("oncpu_time", "dstate_time", "target_cpu", "target_rss", "gpu_util", "requests_in_flight",
+           "host_cpu_busy", "minor_faults", "blkio_target_latency", "gpu_pcie", "kswapd_wakes")
+
+
+@dataclass
+class Stat:
+    signal: Signal
+    incident: float
+    baseline: float
+    median: float
+    ratio: float
+    z: float
+
+    @property
+    def confidence(self) -> float:
+        if not np.isfinite(self.ratio) or self.ratio <= 1:
+            return 0.0
+        return float(np.clip(np.log(self.ratio) / np.log(8), 0, 1) * np.clip(self.z / 3, 0, 1))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"incident": _num(self.incident), "baseline": _num(self.baseline), "ratio": _num(self.ratio, 3),
+                "z": _num(self.z, 2), "unit": self.signal.unit, "describe": self.signal.describe,
+                "source": self.signal.source, "scope": self.signal.scope}
+
+
+def _num(v: float, nd: int = 6) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), nd)
+
+
+def signal_stat(sig: Signal, inc: np.ndarray, base: np.ndarray, weights: np.ndarray | None = None) -> Stat | None:
+    vi, vb = sig.values[inc], sig.values[base]
+    wi = weights[inc] if weights is not None else np.ones(len(vi))
+    fi = np.isfinite(vi)
+    vi, wi, vb = vi[fi], wi[fi], vb[np.isfinite(vb)]
+    if len(vi) == 0 or len(vb) == 0:
+        return None
+    b = float(vb.mean())
+    if sig.peak:  # "how close to the limit did it get", not the average
+        i = float(vi.max() if sig.direction >= 0 else vi.min())
+    elif wi.sum() > 0:
+        i = float(np.average(vi, weights=wi))
+    else:
+        i = float(vi.mean())
+    med = float(np.median(vb))
+    mad = 1.4826 * float(np.median(np.abs(vb - med)))
+    tail = (float(np.percentile(vb, 90)) - med) / 1.28
+    scale = max(mad, tail, sig.floor, 1e-12)
+    if sig.direction >= 0:
+        ratio = i / max(b, sig.floor, 1e-12)
+        z = (i - med) / scale
+    else:
+        ratio = b / max(i, sig.floor, 1e-12)
+        z = (med - i) / scale
+    return Stat(sig, i, b, med, ratio, z)
+
+
+def _gpu_memory_confidence(st: Stat) -> float:
+    # "Near the limit" matters, not the ratio: 70 % -> 99 % is only 1.4x but is the whole story.
+    near = np.clip((st.incident - 0.90) / 0.08, 0, 1)
+    rise = np.clip((st.incident - st.baseline) / 0.05, 0, 1)
+    return float(near * max(rise, 0.5 if st.incident >= 0.98 else 0.0))
+
+
+def _stall_fraction(tl: Timeline, names: tuple[str, ...], mask: np.ndarray) -> float | None:
+    stalls = [tl.signals[n] for n in names if n in tl.signals]
+    if not stalls:
+        return None
+    stall = sum(np.nansum(s.values[mask]) for s in stalls)
+    busy = stall
+    for n in ("oncpu_time", "runq_wait", "dstate_time", "reclaim_target"):
+        if n in tl.signals and n not in names:
+            busy += np.nansum(tl.signals[n].values[mask])
+    return float(stall / busy) if busy > 0 else None
+
+
+def _psi_fraction(tl: Timeline, name: str, mask: np.ndarray) -> float | None:
+    s = tl.get(name)
+    if s is None or not mask.any():
+        return None
+    return float(np.nanmean(s.values[mask]) / tl.width_ns)
+
+
+def baseline_mask(tl: Timeline, incidents: list[Incident], margin: int = 1) -> np.ndarray:
+    m = np.ones(tl.n, dtype=bool)
+    for inc in incidents:
+        a = max(0, int(tl.index(np.array([inc.start_ns]))[0]) - margin)
+        b = int(tl.index(np.array([inc.end_ns]))[0]) + margin
+        m[a : b + 1] = False
+    if m.sum() < 3:  # everything is an incident: compare with the whole recording
+        m[:] = True
+    return m
+
+
+def _summary(st: Stat) -> str:
+    s = st.signal
+    if s.direction < 0:
+        return f"{s.describe} {_fmt(st.incident, s.unit)} vs {_fmt(st.baseline, s.unit)} baseline"
+    if st.ratio >= 100 and st.baseline < s.floor:
+        return f"{s.describe} {_fmt(st.incident, s.unit)} vs ~none at baseline"
+    return f"{s.describe} {st.ratio:.1f}x baseline ({_fmt(st.incident, s.unit)} vs {_fmt(st.baseline, s.unit)})"
+
+
+def _fmt(v: float, unit: str) -> str:
+    if unit == "ns/window":
+        return f"{v / 1e6:.1f} ms/s"
+    if unit == "ns":
+        return f"{v / 1e6:.2f} ms"
+    if unit == "fraction":
+        return f"{100 * v:.0f}%"
+    if unit.startswith("bytes"):
+        return f"{v / 2**20:.1f} MiB" + ("/s" if "window" in unit else "")
+    if unit == "count/window":
+        return f"{v:.1f}/s"
+    return f"{v:.3g} {unit}"
+
+
+def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[str, Any]]:
+    """Ranked causes (dicts without culprits) for one incident."""
+    im = tl.window_mask(inc.start_ns, inc.end_ns)
+    stats: dict[str, Stat] = {}
+    for name, sig in tl.signals.items():
+        st = signal_stat(sig, im, base, inc.weights)
+        if st is not None:
+            stats[name] = st
+    lat_frac = inc.latency_frac if inc.latency_frac and inc.latency_frac > 0 else None
+    causes: list[dict[str, Any]] = []
+    for kind, (specific, stall_names) in CAUSES.items():
+        present = [stats[n] for n in specific if n in stats]
+        if not present:
+            continue
+        if kind == "gpu_memory":
+            conf = _gpu_memory_confidence(present[0])
+        elif kind in ("oom", "gpu_error"):
+            conf = 1.0 if any(st.incident > 0 for st in present if st.signal.name != "oom_kills") else 0.0
+            if kind == "oom" and conf == 0 and "oom_kills" in stats and stats["oom_kills"].incident > 0:
+                conf = 0.6  # someone else was killed: the host/memcg was out of memory
+        else:
+            conf = max(st.confidence for st in present)
+        if conf < PRESENT:
+            continue
+        top = max(present, key=lambda st: st.confidence if kind not in ("gpu_memory",) else st.incident)
+        ev: dict[str, Any] = {n: stats[n].as_dict() for n in specific if n in stats}
+        share = _share(kind, tl, stats, stall_names, im, base, lat_frac, ev)
+        score = conf * (0.5 + 0.5 * share) if share is not None else 0.5 * conf
+        causes.append({"kind": kind, "score": round(float(score), 3), "confidence": round(conf, 3),
+                       "share": None if share is None else round(float(share), 3),
+                       "effect_size": _num(top.z, 2), "ratio": _num(top.ratio, 3),
+                       "summary": _summary(top), "signal": top.signal.name, "evidence": ev,
+                       "culprits": []})
+    causes.sort(key=lambda c: c["score"], reverse=True)
+    if not causes:
+        ranked = sorted((st for st in stats.values() if st.signal.scope != "load"),
+                        key=lambda st: st.confidence + 1e-3 * min(st.ratio, 1e3), reverse=True)[:3]
+        causes.append({
+            "kind": "unexplained", "score": round(1 - max((st.confidence for st in ranked), default=0), 3),
+            "confidence": None, "share": None, "effect_size": None, "ratio": None,
+            "summary": "no recorded resource signal stands out"
+            + (f"; largest change: {_summary(ranked[0])}" if ranked else ""),
+            "signal": None, "evidence": {st.signal.name: st.as_dict() for st in ranked}, "culprits": [],
+        })
+    context = {n: stats[n].as_dict() for n in CONTEXT if n in stats}
+    for c in causes:
+        c["context"] = context
+    return causes
+
+
+def _share(kind: str, tl: Timeline, stats: dict[str, Stat], stall_names: tuple[str, ...], im: np.ndarray,
+           base: np.ndarray, lat_frac: float | None, ev: dict[str, Any]) -> float | None:
+    if lat_frac is None:
+        return None
+    if kind == "gpu_throttle":
+        st = stats.get("gpu_sm_clock")
+        if st is None or not st.baseline:
+            return None
+        lost = max(0.0, 1 - st.incident / st.baseline)
+        ev["clock_lost_fraction"] = round(lost, 4)
+        return float(np.clip(lost / lat_frac, 0, 1))
+    if kind == "memory_pressure" and "major_faults" in stats and stats["major_faults"].confidence >= PRESENT:
+        stall_names = stall_names + ("dstate_time",)  # major faults sleep in D state waiting for the read
+    if not stall_names:
+        return None
+    fi, fb = _stall_fraction(tl, stall_names, im), _stall_fraction(tl, stall_names, base)
+    psi = {"cpu_contention": "psi_cpu", "memory_pressure": "psi_memory", "io_wait": "psi_io"}.get(kind)
+    if fi is None and psi:  # no sched table: the host's pressure stall fraction stands in
+        fi, fb = _psi_fraction(tl, psi, im), _psi_fraction(tl, psi, base)
+        ev["stall_source"] = psi
+    if fi is None:
+        return None
+    extra = max(0.0, fi - (fb or 0.0))
+    ev["stall_fraction"] = {"incident": round(fi, 4), "baseline": round(fb or 0.0, 4), "extra": round(extra, 4)}
+    ev["latency_extra_fraction"] = round(lat_frac, 4)
+    return float(np.clip(extra / lat_frac, 0, 1))

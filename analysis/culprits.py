@@ -1,0 +1,225 @@
+"""Who is responsible: processes named from the kernel tables' attribution columns.
+
+* CPU: ``preemptions`` rows of the incident (the task switched in while a target thread lost the CPU
+  or waited on the run queue), weighted by the run-queue wait charged to it (by count when the wait
+  is not recorded).
+* I/O: ``block_io`` issuers outside the target on the devices the target itself uses, by bytes.
+* Memory: ``reclaim`` direct-reclaim stalls host-wide (a process allocating hard stalls in reclaim
+  itself, so the allocator shows up by name), by stall time; plus the target processes whose RSS grew.
+* GPU memory: ``gpu_processes`` by used memory.
+
+Shares are fractions of the incident's total for that resource, target included, so "91 % of
+preemptions by pid 4242" means 91 % of all the wait the target suffered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.analysis.timeline import col
+
+TOP = 3
+
+
+def _in_range(t: pa.Table, start_ns: int, end_ns: int, slack_ns: int = 0) -> pa.Table:
+    if not t.num_rows:
+        return t
+    ts = t.column("ts_ns")
+    m = pc.and_(pc.greater_equal(ts, start_ns - slack_ns), pc.less_equal(ts, end_ns))
+    return t.filter(m)
+
+
+def process_info(rec: Recording) -> dict[int, dict[str, Any]]:
+    """pid -> {comm, cgroup} for the target's processes (from the ``processes`` table)."""
+    if not rec.has("processes"):
+        return {}
+    t = rec.table("processes")
+    if not t.num_rows:
+        return {}
+    pids = col(t, "pid", np.int64)
+    comm = t.column("comm").to_pylist()
+    cg = t.column("cgroup").to_pylist()
+    # Later rows (exec) win: they come later in the table.
+    return {int(p): {"comm": c, "cgroup": g} for p, c, g in zip(pids.tolist(), comm, cg, strict=False)}
+
+
+def _grouped(t: pa.Table, key: str, sums: list[str], comm: str) -> pa.Table:
+    aggs = [(s, "sum") for s in sums] + [(comm, "max")]
+    return t.group_by(key).aggregate(aggs)
+
+
+def _culprit(pid: int, comm: Any, share: float, in_target: bool, info: dict[int, dict[str, Any]],
+             **extra: Any) -> dict[str, Any]:
+    meta = info.get(pid, {})
+    out = {"pid": pid, "comm": comm if comm is not None else meta.get("comm"),
+           "cgroup": meta.get("cgroup"), "in_target": in_target, "share": round(float(share), 4)}
+    out.update(extra)
+    return out
+
+
+def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:
+    if not rec.has("preemptions"):
+        return {"culprits": [], "note": "preemptions not recorded"}
+    t = _in_range(rec.table("preemptions"), start_ns, end_ns, bucket_slack_ns)
+    if not t.num_rows:
+        return {"culprits": [], "note": "no preemptions of the target in the incident"}
+    g = _grouped(t, "preemptor_pid", ["wait_ns", "count"], "preemptor_comm")
+    inn = t.group_by("preemptor_pid").aggregate([("preemptor_in_target", "max")])
+    in_map = dict(zip(inn.column("preemptor_pid").to_pylist(),
+                      inn.column("preemptor_in_target_max").to_pylist(), strict=False))
+    wait = col(g, "wait_ns_sum")
+    cnt = col(g, "count_sum")
+    weight, unit = (wait, "wait_ns") if wait.sum() > 0 else (cnt, "count")
+    total = float(weight.sum()) or 1.0
+    pids = col(g, "preemptor_pid", np.int64)
+    comms = g.column("preemptor_comm_max").to_pylist()
+    order = np.argsort(-weight)
+    info = process_info(rec)
+    tpid, tcpu, tcnt = col(t, "preemptor_pid", np.int64), col(t, "cpu", np.int64, -1), col(t, "count")
+    out = []
+    for i in order[: TOP + 2]:
+        pid = int(pids[i])
+        if in_map.get(pid):
+            continue  # the target's own threads competing with each other are not a culprit
+        m = tpid == pid
+        cpus, cw = np.unique(tcpu[m], return_inverse=True)
+        top_cpu = int(cpus[np.argmax(np.bincount(cw, weights=tcnt[m] + 1))]) if m.any() else None
+        out.append(_culprit(pid, comms[i], weight[i] / total, False, info, cpu=top_cpu,
+                            wait_ms=round(float(wait[i]) / 1e6, 3), preemptions=int(cnt[i])))
+        if len(out) >= TOP:
+            break
+    self_share = float(sum(weight[i] for i in range(len(pids)) if in_map.get(int(pids[i])))) / total
+    return {"culprits": out, "weighted_by": unit, "target_self_share": round(self_share, 4),
+            "total_wait_ms": round(float(wait.sum()) / 1e6, 3), "total_preemptions": int(cnt.sum())}
+
+
+def io_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:
+    if not rec.has("block_io"):
+        return {"culprits": [], "note": "block_io not recorded"}
+    full = rec.table("block_io")
+    inn_all = pc.fill_null(full.column("in_target"), False)
+    tdevs = pc.unique(pc.filter(full.column("dev"), inn_all)) if pc.any(inn_all).as_py() else None
+    t = _in_range(full, start_ns, end_ns, bucket_slack_ns)
+    if tdevs is not None and t.num_rows:
+        t = t.filter(pc.is_in(t.column("dev"), value_set=tdevs))
+    if not t.num_rows:
+        return {"culprits": [], "note": "no block I/O on the target's devices in the incident"}
+    g = _grouped(t, "pid", ["bytes", "count", "lat_sum_ns"], "comm")
+    inn = t.group_by("pid").aggregate([("in_target", "max")])
+    in_map = dict(zip(inn.column("pid").to_pylist(), inn.column("in_target_max").to_pylist(), strict=False))
+    byt = col(g, "bytes_sum")
+    total = float(byt.sum()) or 1.0
+    pids = col(g, "pid", np.int64)
+    comms = g.column("comm_max").to_pylist()
+    info = process_info(rec)
+    devs = sorted(set(t.column("dev").to_pylist()) - {None})
+    out = []
+    for i in np.argsort(-byt):
+        pid = int(pids[i])
+        if in_map.get(pid):
+            continue
+        out.append(_culprit(pid, comms[i], byt[i] / total, False, info, bytes=int(byt[i]),
+                            requests=int(col(g, "count_sum")[i]), devices=devs))
+        if len(out) >= TOP:
+            break
+    tshare = float(sum(byt[i] for i in range(len(pids)) if in_map.get(int(pids[i])))) / total
+    return {"culprits": out, "weighted_by": "bytes", "target_self_share": round(tshare, 4),
+            "total_bytes": int(byt.sum()), "devices": devs}
+
+
+def growth_by_pid(rec: Recording, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
+    """Target processes' RSS change over [start, end] from proc_samples (first vs last sample)."""
+    if not rec.has("proc_samples"):
+        return []
+    t = _in_range(rec.table("proc_samples"), start_ns, end_ns)
+    if t.num_rows < 2:
+        return []
+    ts, pid, rss = col(t, "ts_ns", np.int64), col(t, "pid", np.int64), col(t, "rss_bytes", np.float64, np.nan)
+    ok = np.isfinite(rss)
+    ts, pid, rss = ts[ok], pid[ok], rss[ok]
+    order = np.lexsort((ts, pid))
+    ts, pid, rss = ts[order], pid[order], rss[order]
+    upid, first = np.unique(pid, return_index=True)
+    last = np.r_[first[1:], len(pid)] - 1
+    dt = (ts[last] - ts[first]) / 1e9
+    d = rss[last] - rss[first]
+    out = []
+    for i in np.argsort(-d)[:TOP]:
+        if d[i] <= 0:
+            break
+        out.append({"pid": int(upid[i]), "growth_bytes": int(d[i]), "rss_bytes": int(rss[last[i]]),
+                    "growth_bytes_per_s": float(d[i] / dt[i]) if dt[i] > 0 else None})
+    return out
+
+
+def memory_culprits(rec: Recording, start_ns: int, end_ns: int) -> dict[str, Any]:
+    info = process_info(rec)
+    out: list[dict[str, Any]] = []
+    res: dict[str, Any] = {}
+    if rec.has("reclaim"):
+        t = _in_range(rec.table("reclaim"), start_ns, end_ns)
+        if t.num_rows:
+            t = t.filter(pc.fill_null(pc.not_equal(t.column("kind"), "kswapd_wake"), True))
+        if t.num_rows:
+            g = _grouped(t, "pid", ["duration_ns", "nr_reclaimed"], "comm")
+            inn = t.group_by("pid").aggregate([("in_target", "max")])
+            in_map = dict(zip(inn.column("pid").to_pylist(), inn.column("in_target_max").to_pylist(),
+                              strict=False))
+            dur = col(g, "duration_ns_sum")
+            cnt = t.group_by("pid").aggregate([("pid", "count")])
+            cnt_map = dict(zip(cnt.column("pid").to_pylist(), cnt.column("pid_count").to_pylist(), strict=False))
+            total = float(dur.sum()) or 1.0
+            pids = col(g, "pid", np.int64)
+            comms = g.column("comm_max").to_pylist()
+            for i in np.argsort(-dur)[:TOP]:
+                pid = int(pids[i])
+                out.append(_culprit(pid, comms[i], dur[i] / total, bool(in_map.get(pid)), info,
+                                    reclaim_stall_ms=round(float(dur[i]) / 1e6, 3),
+                                    stalls=int(cnt_map.get(pid, 0)),
+                                    pages_reclaimed=int(col(g, "nr_reclaimed_sum")[i])))
+            res.update(weighted_by="reclaim_stall_ns", total_stall_ms=round(float(dur.sum()) / 1e6, 3))
+    else:
+        res["note"] = "reclaim not recorded"
+    growers = growth_by_pid(rec, start_ns, end_ns)
+    if growers:
+        res["target_growth"] = [dict(g, comm=info.get(g["pid"], {}).get("comm")) for g in growers]
+    res["culprits"] = out
+    return res
+
+
+def gpu_memory_culprits(rec: Recording, start_ns: int, end_ns: int, before_ns: int = 60_000_000_000
+                        ) -> dict[str, Any]:
+    """Processes whose GPU memory grew into the incident (incident peak minus the median of the
+    minute before; a process new in the incident grew from 0), by growth."""
+    if not rec.has("gpu_processes"):
+        return {"culprits": [], "note": "gpu_processes not recorded"}
+    full = rec.table("gpu_processes")
+    t = _in_range(full, start_ns, end_ns)
+    if not t.num_rows:
+        return {"culprits": [], "note": "no GPU processes sampled in the incident"}
+    g = t.group_by("pid").aggregate([("used_bytes", "max"), ("in_target", "max"), ("gpu", "max")])
+    pre = _in_range(full, start_ns - before_ns, start_ns - 1)
+    pre_map: dict[int, float] = {}
+    if pre.num_rows:
+        pg = pre.group_by("pid").aggregate([("used_bytes", "approximate_median")])
+        pre_map = dict(zip(pg.column("pid").to_pylist(), pg.column("used_bytes_approximate_median").to_pylist(),
+                           strict=False))
+    used = col(g, "used_bytes_max")
+    pids = col(g, "pid", np.int64)
+    growth = np.array([max(0.0, u - float(pre_map.get(int(p)) or 0.0)) for p, u in zip(pids, used, strict=False)])
+    weight, unit = (growth, "gpu_growth_bytes") if growth.sum() > 0 else (used, "gpu_used_bytes")
+    total = float(weight.sum()) or 1.0
+    info = process_info(rec)
+    inn = g.column("in_target_max").to_pylist()
+    gpus = g.column("gpu_max").to_pylist()
+    out = []
+    for i in np.argsort(-weight)[:TOP]:
+        pid = int(pids[i])
+        out.append(_culprit(pid, info.get(pid, {}).get("comm"), weight[i] / total, bool(inn[i]), info,
+                            gpu_bytes=int(used[i]), gpu_growth_bytes=int(growth[i]), gpu=gpus[i]))
+    return {"culprits": out, "weighted_by": unit}

@@ -1,0 +1,246 @@
+"""``diagnose(rec)``: incidents, their ranked causes and culprits, OOMs and findings -- one dict.
+
+This is the ``autoglm-trace analyze --json`` contract (documented in docs/analysis.md; key names are
+stable, new keys may be added). Times are given both as wall-clock ISO-8601 (UTC) and as the
+recording's monotonic ``*_ns``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from autoglm_trace.analysis import causes as causes_mod
+from autoglm_trace.analysis import culprits as culprits_mod
+from autoglm_trace.analysis.oom import iso, oom_postmortem
+from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.analysis.spikes import (
+    Incident,
+    latency_incidents,
+    rank_and_cap,
+    resource_incidents,
+    score_spans,
+)
+from autoglm_trace.analysis.timeline import Timeline, build_timeline, in_flight
+from autoglm_trace.tracer import schema
+
+SCHEMA_ID = "autoglm-trace.diagnosis/1"
+
+
+def latency_table(rec: Recording, rows: list[dict[str, Any]], wall_clock: bool = True) -> pa.Table:
+    """Spans-table rows from a latency log (wall-clock ns) moved onto the recording's clock."""
+    t = pa.Table.from_pylist(rows, schema=schema.schema_for("spans"))
+    if wall_clock and t.num_rows:
+        off = rec.wall_offset_ns
+        t = t.set_column(t.schema.get_field_index("ts_ns"), schema.schema_for("spans").field("ts_ns"),
+                         pc.subtract(t.column("ts_ns"), off))
+        t = t.set_column(t.schema.get_field_index("end_ns"), schema.schema_for("spans").field("end_ns"),
+                         pc.subtract(t.column("end_ns"), off))
+    return t
+
+
+def _spans(rec: Recording, latency_rows: list[dict[str, Any]] | None) -> tuple[pa.Table, list[str]]:
+    parts, sources = [], []
+    t = rec.table("spans")
+    if t.num_rows:
+        parts.append(t)
+        sources.append("spans")
+    if latency_rows:
+        lt = latency_table(rec, latency_rows)
+        # Keep what overlaps the recording: a log usually covers more than the traced minutes.
+        lt = lt.filter(pc.and_(pc.greater_equal(lt.column("end_ns"), rec.start_ns),
+                               pc.less_equal(lt.column("ts_ns"), rec.end_ns)))
+        if lt.num_rows:
+            parts.append(lt)
+            sources.append("latency_log")
+    if not parts:
+        return schema.empty_table("spans"), sources
+    return pa.concat_tables(parts), sources
+
+
+def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int) -> dict[str, Any]:
+    a, b = inc.start_ns, inc.end_ns
+    if kind == "cpu_contention":
+        return culprits_mod.cpu_culprits(rec, a, b, slack)
+    if kind == "io_wait":
+        return culprits_mod.io_culprits(rec, a, b, slack)
+    if kind in ("memory_pressure", "oom"):
+        return culprits_mod.memory_culprits(rec, a, b)
+    if kind == "gpu_memory":
+        return culprits_mod.gpu_memory_culprits(rec, a, b)
+    return {"culprits": []}
+
+
+def culprit_sentence(kind: str, c: dict[str, Any]) -> str:
+    who = f"pid {c['pid']}" + (f" `{c['comm']}`" if c.get("comm") else "")
+    if c.get("in_target"):
+        who += " (in the target)"
+    share = f"{100 * c['share']:.0f}%" if c.get("share") is not None else "?"
+    if kind == "cpu_contention":
+        where = f" on CPU {c['cpu']}" if c.get("cpu") is not None else ""
+        return f"{share} of the target's run-queue wait charged to {who}{where}"
+    if kind == "io_wait":
+        return f"{share} of block I/O bytes on {', '.join(c.get('devices') or []) or 'its devices'} from {who}"
+    if kind in ("memory_pressure", "oom"):
+        return f"{share} of direct-reclaim stall time in {who} ({c.get('stalls', 0)} stalls)"
+    if kind == "gpu_memory":
+        return (f"{who} grew to {c.get('gpu_bytes', 0) / 2**30:.1f} GiB on GPU {c.get('gpu')} "
+                f"(+{c.get('gpu_growth_bytes', 0) / 2**30:.1f} GiB, {share} of the growth)")
+    return f"{who} ({share})"
+
+
+def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np.ndarray) -> dict[str, Any]:
+    slack = tl.width_ns
+    causes = causes_mod.score_incident(tl, inc, base)
+    for c in causes:
+        if c["kind"] == "unexplained":
+            continue
+        found = _culprits_for(rec, c["kind"], inc, slack)
+        c["culprits"] = found.pop("culprits", [])
+        c["attribution"] = found
+        if c["culprits"]:
+            c["culprit_summary"] = culprit_sentence(c["kind"], c["culprits"][0])
+    d: dict[str, Any] = {
+        "id": i + 1, "kind": inc.kind, "start": iso(rec, inc.start_ns), "end": iso(rec, inc.end_ns),
+        "start_ns": inc.start_ns, "end_ns": inc.end_ns, "offset_s": round((inc.start_ns - tl.start_ns) / 1e9, 3),
+        "duration_s": round((inc.end_ns - inc.start_ns) / 1e9, 3),
+        "requests": inc.n_requests, "requests_overlapping": inc.n_overlapping, "failed": inc.n_failed,
+        "latency_ms": _r(inc.latency_ms), "max_latency_ms": _r(inc.max_ms), "baseline_ms": _r(inc.baseline_ms),
+        "extra_ms": _r(inc.extra_ms), "latency_extra_fraction": _r(inc.latency_frac, 4),
+        "span_names": inc.names, "trigger": inc.trigger or None, "causes": causes,
+    }
+    d["headline"] = headline(d)
+    return d
+
+
+def _r(v: float | None, nd: int = 3) -> float | None:
+    return None if v is None else round(float(v), nd)
+
+
+def headline(inc: dict[str, Any]) -> str:
+    top = inc["causes"][0] if inc["causes"] else None
+    if inc["kind"] == "latency":
+        what = (f"{inc['requests']} slow request{'s' if inc['requests'] != 1 else ''}, p99 "
+                f"{inc['latency_ms']:.0f} ms vs {inc['baseline_ms']:.0f} ms expected")
+    else:
+        trig = inc.get("trigger") or {}
+        what = f"{trig.get('describe', 'a resource signal')} spiked {trig.get('ratio', 0):.0f}x"
+    if top is None:
+        return what
+    cause = f"{top['kind']} (score {top['score']:.2f}): {top['summary']}"
+    if top.get("culprit_summary"):
+        cause += f"; {top['culprit_summary']}"
+    return f"{what} -> {cause}"
+
+
+def _findings(rec: Recording, tl: Timeline, sc: Any, incidents: list[dict[str, Any]], oom: dict[str, Any],
+              dropped: int, resource_only: list[Incident]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(kind: str, severity: str, message: str, **kw: Any) -> None:
+        out.append({"kind": kind, "severity": severity, "message": message, **kw})
+
+    for k in oom["kills"]:
+        verb = "failed with CUDA out of memory" if k["kind"] == "cuda" else "killed"
+        add("oom", "critical", f"{k['kind']} OOM: pid {k['pid']} `{k.get('comm')}` {verb} at {k['time']}"
+            f" ({k['verdict']}: {k['verdict_reason']})", pid=k["pid"], ts_ns=k["ts_ns"])
+    if sc is not None and not incidents:
+        add("no_incident", "info", f"no latency spike: all {len(sc.latency)} requests within the expected "
+            "range for their size")
+    if dropped:
+        add("incidents_capped", "info", f"{dropped} smaller incidents not shown (the largest "
+            f"{len(incidents)} are)")
+    for inc in resource_only:
+        trig = inc.trigger
+        add("resource_anomaly", "warning", f"{trig['describe']} spiked {trig['ratio']:.0f}x at "
+            f"{iso(rec, inc.start_ns)} without slowing requests", ts_ns=inc.start_ns, signal=trig["signal"])
+    for inc in incidents:
+        if inc["causes"] and inc["causes"][0]["kind"] == "unexplained":
+            add("unexplained", "warning", f"incident {inc['id']}: no recorded signal explains it "
+                "(application-level cause? e.g. GC, lock, batch scheduling)", incident=inc["id"])
+    if sc is not None:
+        failed = int((~sc.ok).sum())
+        if failed:
+            add("failed_requests", "warning", f"{failed} of {len(sc.ok)} requests failed", count=failed)
+    for name, c in rec.collectors.items():
+        if isinstance(c, dict) and c.get("status") not in (None, "ok"):
+            add("collector", "info", f"collector {name} {c.get('status')}: {c.get('reason') or ''}".strip(),
+                collector=name)
+    for name, err in rec.truncated.items():
+        add("truncated", "warning", f"table {name} is cut short ({err}); analysed up to its last whole batch")
+    if not rec.complete and not rec.truncated:
+        add("incomplete", "warning", "the recording did not finish cleanly (recorder killed?)")
+    if rec.has("probe_stats") and rec.table("probe_stats").num_rows:
+        ps = rec.table("probe_stats")
+        g = ps.group_by("probe").aggregate([("lost", "sum"), ("events", "sum")])
+        for probe, lost, ev in zip(g.column("probe").to_pylist(), g.column("lost_sum").to_pylist(),
+                                   g.column("events_sum").to_pylist(), strict=False):
+            if lost:
+                add("lost_events", "warning", f"probe {probe} lost {lost} of {(ev or 0) + lost} events; "
+                    "its signals undercount", probe=probe, lost=int(lost))
+    if rec.has("alerts") and rec.table("alerts").num_rows:
+        for a in rec.table("alerts").slice(0, 20).to_pylist():
+            add(f"alert_{a['kind']}", "warning", a.get("message") or a["kind"], ts_ns=a["ts_ns"],
+                eta_s=a.get("eta_s"))
+    return out
+
+
+def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
+             window_ns: int | None = None) -> dict[str, Any]:
+    """The analysis of one recording (see the module docstring and docs/analysis.md)."""
+    tl = build_timeline(rec, window_ns)
+    spans, span_sources = _spans(rec, latency_rows)
+    sc = score_spans(spans)
+    not_checked = list(tl.not_checked)
+    resource_only: list[Incident] = []
+    if sc is not None:
+        found = latency_incidents(sc)
+        if not found:
+            resource_only = resource_incidents(tl)[:5]
+    else:
+        not_checked.append({"signal": "request_latency", "reason": "no spans and no --latency log: incidents "
+                            "are found from resource signals alone"})
+        found = resource_incidents(tl)
+    found, dropped = rank_and_cap(found)
+    if sc is not None and found:
+        w = in_flight(tl, sc.start[sc.slow], sc.end[sc.slow])
+        for inc in found:
+            inc.weights = w
+    base = causes_mod.baseline_mask(tl, found)
+    incidents = [_incident_dict(rec, tl, i, inc, base) for i, inc in enumerate(found)]
+    oom = oom_postmortem(rec)
+    for nc in oom["not_checked"]:
+        if nc not in not_checked:
+            not_checked.append(nc)
+    target = dict(rec.target)
+    target.setdefault("pids", _target_pids(rec))
+    requests = None
+    if sc is not None:
+        lat_ms = sc.latency / 1e6
+        requests = {"count": len(lat_ms), "failed": int((~sc.ok).sum()), "sources": span_sources,
+                    "p50_ms": _r(float(np.percentile(lat_ms, 50))), "p90_ms": _r(float(np.percentile(lat_ms, 90))),
+                    "p99_ms": _r(float(np.percentile(lat_ms, 99))), "slow": int(sc.slow.sum()),
+                    "model": sc.model}
+    return {
+        "schema": SCHEMA_ID,
+        "recording": str(rec.path),
+        "target": target,
+        "window": {"start": iso(rec, tl.start_ns), "end": iso(rec, tl.end_ns), "start_ns": tl.start_ns,
+                   "end_ns": tl.end_ns, "duration_s": round((tl.end_ns - tl.start_ns) / 1e9, 3),
+                   "analysis_window_s": tl.width_ns / 1e9},
+        "requests": requests,
+        "incidents": incidents,
+        "oom": oom["kills"],
+        "findings": _findings(rec, tl, sc, incidents, oom, dropped, resource_only),
+        "checked": sorted(tl.signals),
+        "not_checked": not_checked,
+    }
+
+
+def _target_pids(rec: Recording) -> list[int]:
+    if rec.has("processes") and rec.table("processes").num_rows:
+        return sorted(set(rec.table("processes").column("pid").to_pylist()))[:50]
+    return []
