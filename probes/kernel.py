@@ -558,7 +558,7 @@ class KernelProbes(Collector):
             self._seed_filter(ctx)
             self._open_buffers()
             self._drainers = {
-                m: _MapDrainer(self.bpf[m], bcc.libbcc.lib)
+                m: _MapDrainer(self.bpf[m.encode()], bcc.libbcc.lib)
                 for m, fam in (("sched_agg", "sched"), ("preempt_agg", "sched"), ("fault_agg", "faults"),
                                ("io_agg", "io"))
                 if fam in self.enabled
@@ -585,7 +585,7 @@ class KernelProbes(Collector):
         if self.filter_mode == "host":
             return
         if self.filter_mode == "cgroup" and ctx.target.cgroup_path:
-            table = self.bpf["target_cgroups"]
+            table = self.bpf[b"target_cgroups"]
             for cg in _cgroup2_ids(ctx.target.cgroup_path)[: 1024]:
                 table[ct.c_uint64(cg)] = ct.c_uint8(1)
         self._push_pids(ctx.target.pids())
@@ -594,7 +594,7 @@ class KernelProbes(Collector):
         new = [p for p in pids if p not in self._pushed]
         if not new:
             return
-        table = self.bpf["target_tgids"]
+        table = self.bpf[b"target_tgids"]
         for pid in new:
             try:
                 table[ct.c_uint32(pid)] = ct.c_uint8(1)
@@ -614,7 +614,7 @@ class KernelProbes(Collector):
             def lost(n: int, fam: str = fam) -> None:
                 self._perf_lost[fam] += n
 
-            self.bpf[buf].open_perf_buffer(fn, page_cnt=self.perf_pages, lost_cb=lost)
+            self.bpf[buf.encode()].open_perf_buffer(fn, page_cnt=self.perf_pages, lost_cb=lost)
 
     # Perf-buffer callbacks (rare events only) -------------------------------------------------
     def _on_proc(self, _cpu: int, data: Any, _size: int) -> None:
@@ -814,7 +814,7 @@ class KernelProbes(Collector):
 
     def _read_stats(self) -> np.ndarray:
         out = np.zeros(NR_FAMILIES * 2, dtype=np.int64)
-        table = self.bpf["stats"]
+        table = self.bpf[b"stats"]
         for i in range(NR_FAMILIES * 2):
             out[i] = sum(table[ct.c_int(i)])
         return out

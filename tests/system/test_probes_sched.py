@@ -1,0 +1,92 @@
+"""Context switches against /proc/PID/status, and the CPU hog named as the top preemptor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from kernel_harness import GatedChild, KernelRun, status_counts
+
+from autoglm_trace.tracer.target import TargetTree
+
+
+def oncpu_ns(pid: int) -> int:
+    """sum_exec_runtime of the process's threads (kernel/sched/stats.c proc_schedstat_show)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
+
+SLEEPS = 100
+# Busy ~10 ms, then sleep 1 ms, SLEEPS times, on the hog's CPU.
+WORK = f"""
+for i in range({SLEEPS}):
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.010:
+        pass
+    time.sleep(0.001)
+"""
+
+
+def test_switch_counts_match_proc_and_hog_is_top_preemptor(tmp_path):
+    cpu = max(os.sched_getaffinity(0))
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    child = GatedChild(WORK)
+    run = None
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        os.sched_setaffinity(child.pid, {cpu})
+        run = KernelRun(tmp_path / "rec", TargetTree.for_pid(child.pid), {"families": ["sched", "proc"]})
+        run.start()
+        vol0, inv0 = status_counts(child.pid)
+        run0 = oncpu_ns(child.pid)
+        child.release()
+        child.wait_done()
+        hog.kill()
+        hog.wait()
+        rec = run.stop()
+        run = None
+        vol1, inv1 = status_counts(child.pid)
+        run1 = oncpu_ns(child.pid)
+    finally:
+        if run is not None:
+            run.stop()
+        if hog.poll() is None:
+            hog.kill()
+            hog.wait()
+        child.kill()
+
+    sched = rec.table("sched").to_pylist()
+    mine = [r for r in sched if r["pid"] == child.pid]
+    assert mine, "no sched rows for the child"
+    vol = sum(r["switches_voluntary"] for r in mine)
+    inv = sum(r["switches_involuntary"] for r in mine)
+    dvol, dinv = vol1 - vol0, inv1 - inv0
+    assert dvol >= SLEEPS and dinv > 20, (dvol, dinv)  # the workload did what it should
+    assert abs(vol - dvol) <= max(2, 0.02 * dvol), (vol, dvol)
+    assert abs(inv - dinv) <= max(2, 0.02 * dinv), (inv, dinv)
+
+    # On-CPU time against the scheduler's own sum_exec_runtime (/proc/PID/schedstat).
+    oncpu = sum(r["oncpu_ns"] for r in mine)
+    assert abs(oncpu - (run1 - run0)) <= 0.05 * (run1 - run0), (oncpu, run1 - run0)
+    assert sum(r["runq_count"] for r in mine) > 0
+    assert sum(r["offcpu_preempted_ns"] for r in mine) > 0
+    for r in mine:
+        assert sum(r["runq_hist"]) == r["runq_count"]
+        assert r["bucket_ns"] == 100_000_000 and r["ts_ns"] % r["bucket_ns"] == 0
+
+    pre = [r for r in rec.table("preemptions").to_pylist() if r["pid"] == child.pid]
+    by_count = Counter()
+    for r in pre:
+        by_count[r["preemptor_pid"]] += r["count"]
+    assert sum(by_count.values()) == inv
+    top, _n = by_count.most_common(1)[0]
+    assert top == hog.pid, by_count.most_common(3)
+    assert any(r["preemptor_pid"] == hog.pid and r["preemptor_comm"].startswith("python") for r in pre)
+
+    stats = rec.table("probe_stats").to_pylist()
+    assert {r["probe"] for r in stats} == {"kernel.sched", "kernel.proc"}
+    assert sum(r["lost"] for r in stats) == 0
