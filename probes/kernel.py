@@ -639,9 +639,7 @@ class KernelProbes(Collector):
 
     def _on_oom(self, _cpu: int, data: Any, _size: int) -> None:
         e = ct.cast(data, ct.POINTER(OomEvent)).contents
-        memcg = procfs.read_pid_cgroup(e.pid) or self._cg_cache.get(e.pid) or ""
-        if not memcg and e.trigger_tgid:
-            memcg = procfs.read_pid_cgroup(e.trigger_tgid) or self._cg_cache.get(e.trigger_tgid, "")
+        memcg = self._memcg_of(e.pid) or (self._memcg_of(e.trigger_tgid) if e.trigger_tgid else "")
         limit, usage, max_usage = memcg_numbers(memcg) if memcg else (None, None, None)
         in_target = bool(e.in_target) or (self.ctx is not None and self.ctx.target.contains(e.pid))
         self._oom_rows.append({
@@ -660,6 +658,23 @@ class KernelProbes(Collector):
             "kind": RECLAIM_KINDS.get(e.kind, "other"), "duration_ns": e.duration_ns,
             "nr_reclaimed": e.nr_reclaimed,
         })
+
+    def _memcg_of(self, pid: int) -> str:
+        """The victim's cgroup: an exiting task is moved to the root css_set (kernel/cgroup/
+        cgroup.c cgroup_exit), so a live read of '/' or of a zombie is not trusted over the
+        path cached while the process lived."""
+        cached = self._cg_cache.get(pid, "")
+        try:
+            raw = procfs.proc_path(pid, "stat").read_text()
+            state = raw[raw.rindex(")") + 2]
+        except (OSError, ValueError, IndexError):
+            return cached
+        if state in "ZXx":
+            return cached
+        live = procfs.read_pid_cgroup(pid)
+        if live in ("", "/") and cached:
+            return cached
+        return live
 
     def _cache_cgroup(self, pid: int) -> None:
         cg = procfs.read_pid_cgroup(pid)
