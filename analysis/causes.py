@@ -34,7 +34,8 @@ PRESENT = 0.5
 
 # kind -> (specific signals that show it, stall signals it can be charged with)
 CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "cpu_contention": (("runq_wait", "preempted_time", "wait_charged_to_others", "involuntary_switches",
+    "cpu_contention": (("runq_wait", "preempted_time", "wait_charged_to_others", "preemptions_by_others",
+                        "involuntary_switches",
                         "psi_cpu", "host_steal", "runq_max"), ("runq_wait",)),
     "memory_pressure": (("reclaim_target", "major_faults", "psi_memory", "psi_memory_full", "allocstalls",
                          "pgscan_direct", "mem_available", "reclaim_others", "host_major_faults"),

@@ -30,8 +30,9 @@ from autoglm_trace.tracer import schema
 SCHEMA_ID = "autoglm-trace.diagnosis/1"
 
 
-def latency_table(rec: Recording, rows: list[dict[str, Any]], wall_clock: bool = True) -> pa.Table:
-    """Spans-table rows from a latency log (wall-clock ns) moved onto the recording's clock."""
+def latency_table(rec: Recording, rows: list[dict[str, Any]], wall_clock: bool = False) -> pa.Table:
+    """Spans-table rows as a table; ``wall_clock``: their times are UNIX ns, moved onto the recording's
+    monotonic clock (``probes.latency_log.to_spans`` already does that for a parsed log)."""
     t = pa.Table.from_pylist(rows, schema=schema.schema_for("spans"))
     if wall_clock and t.num_rows:
         off = rec.wall_offset_ns
@@ -190,7 +191,11 @@ def _findings(rec: Recording, tl: Timeline, sc: Any, incidents: list[dict[str, A
 
 def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
              window_ns: int | None = None) -> dict[str, Any]:
-    """The analysis of one recording (see the module docstring and docs/analysis.md)."""
+    """The analysis of one recording (see the module docstring and docs/analysis.md).
+
+    ``latency_rows``: extra request timings as ``spans``-table rows on the recording's monotonic clock
+    (``probes.latency_log.to_spans(parse_latency_file(path)[0], rec.wall_offset_ns)``).
+    """
     tl = build_timeline(rec, window_ns)
     spans, span_sources = _spans(rec, latency_rows)
     sc = score_spans(spans)

@@ -223,7 +223,9 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
             tts, tmem = _pid_series(rec, None, ts)
             gts, gmem = _gpu_series(rec, ts)
             growth, _ = _growth(vts, vmem, ts)
-            tgrowth, tlast = _growth(tts, tmem, ts)
+            # The tree as it was at the victim's last sample (after it, the victim is gone).
+            upto = int(vts[-1]) if len(vts) else ts
+            tgrowth, tlast = _growth(tts[tts <= upto], tmem[tts <= upto], upto)
             series = (vts, vmem) if len(vts) >= 8 else (tts, tmem)
             verdict = growth_verdict(series[0], series[1], starts, ends)
             kills.append({

@@ -22,6 +22,7 @@ import html
 import json
 import math
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -308,8 +309,12 @@ def _coverage(rec, not_checked: list[dict[str, Any]]) -> str:
         parts.append("<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     missing = T.missing_signals(rec)
     seen = {mm["signal"] for mm in missing}
+    covered = {t.strip() for mm in missing for t in mm.get("tables", "").split(",") if t.strip()}
     for nc in not_checked:
-        if isinstance(nc, dict) and nc.get("signal") not in seen:
+        reason = str(nc.get("reason", ""))
+        if any(re.search(rf"\b{re.escape(t)}\b", reason) for t in covered):
+            continue  # the same missing table, already listed with what it would have shown
+        if nc.get("signal") not in seen:
             missing.append({"signal": nc.get("signal", ""), "reason": nc.get("reason", ""), "loses": "", "tables": ""})
     if missing:
         parts.append("<h3>Not checked</h3><p>These signals were not recorded, so causes that depend on them "
@@ -320,19 +325,24 @@ def _coverage(rec, not_checked: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _evidence(ev: Any) -> str:
+def _evidence(ev: Any, limit: int = 4) -> str:
+    """Evidence of a cause: per signal ``{describe, incident, baseline, ratio, unit}`` (diagnosis'
+    shape) as "run-queue wait ×201.9"; scalars as k=v. Strongest ratios first."""
     if not isinstance(ev, dict):
         return esc(ev)
-    out = []
-    for k, v in list(ev.items())[:8]:
-        if isinstance(v, float):
-            v = fmt_num(v)
-        elif isinstance(v, (dict, list)):
-            v = esc(json.dumps(v, default=str)[:120])
-        else:
-            v = esc(v)
-        out.append(f"<span class='ev'>{esc(k)}={v}</span>")
-    return " ".join(out)
+    sig = [(k, v) for k, v in ev.items() if isinstance(v, dict) and isinstance(v.get("ratio"), (int, float))]
+    # What rose, most first (a signal that fell is context, not evidence, unless nothing rose).
+    sig.sort(key=lambda kv: -float(kv[1]["ratio"]))
+    rose = [kv for kv in sig if float(kv[1]["ratio"]) > 1.0] or sig
+    out = [f"<span class='ev'>{esc(v.get('describe') or k)} ×{fmt_num(float(v['ratio']))}</span>"
+           for k, v in rose[:limit]]
+    for k, v in ev.items():
+        if len(out) >= limit + 2:
+            break
+        if isinstance(v, dict):
+            continue
+        out.append(f"<span class='ev'>{esc(k)}={fmt_num(v) if isinstance(v, (int, float)) else esc(json.dumps(v, default=str)[:80])}</span>")
+    return " ".join(out) or "–"
 
 
 def _culprits(cs: Any) -> str:
@@ -345,8 +355,29 @@ def _culprits(cs: Any) -> str:
             continue
         share = c.get("share")
         sh = f" {share * 100:.0f}%" if isinstance(share, (int, float)) and math.isfinite(share) else ""
-        out.append(f"<code>{esc(c.get('comm'))}</code> ({esc(c.get('pid'))}){esc(sh)}")
+        more = []
+        if isinstance(c.get("wait_ms"), (int, float)):
+            more.append(f"{c['wait_ms']:,.0f} ms wait")
+        if c.get("in_target") is False:
+            more.append("outside the target")
+        extra = f" <span class='small'>{esc(', '.join(more))}</span>" if more else ""
+        out.append(f"<code>{esc(c.get('comm'))}</code> ({esc(c.get('pid'))}){esc(sh)}{extra}")
     return "<br>".join(out)
+
+
+def _requests_line(diag: dict) -> str:
+    r = diag.get("requests")
+    if not isinstance(r, dict) or not r.get("count"):
+        return ""
+    bits = [f"{r.get('count'):,} requests" if isinstance(r.get("count"), int) else ""]
+    for q in ("p50_ms", "p90_ms", "p99_ms"):
+        if isinstance(r.get(q), (int, float)):
+            bits.append(f"{q[:-3]} {r[q]:,.1f} ms")
+    if r.get("failed"):
+        bits.append(f"{r['failed']:,} failed")
+    if r.get("slow") is not None:
+        bits.append(f"{r['slow']:,} slow")
+    return f"<p>{esc(' · '.join(b for b in bits if b))}</p>"
 
 
 def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) -> str:
@@ -361,6 +392,7 @@ def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) ->
                 [str(i), esc(fmt_wall(x["start_ns"], off)), esc(fmt_wall(x["end_ns"], off)),
                  fmt_num(x["latency_ms"]), fmt_num(x["baseline_ms"])] for i, x in enumerate(fallback, 1)]))
         return "".join(parts)
+    parts.append(_requests_line(diag))
     incs = diag.get("incidents") or []
     if not incs:
         parts.append("<p>No latency incident found.</p>")
@@ -370,23 +402,28 @@ def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) ->
         a, b = inc.get("start_ns"), inc.get("end_ns")
         when = (f"{esc(fmt_wall(int(a), off))} → {esc(fmt_wall(int(b), off))} ({(int(b) - int(a)) / 1e9:.1f} s)"
                 if a is not None and b is not None else esc(f"{inc.get('start', '')} → {inc.get('end', '')}"))
-        parts.append(f"<h3>#{i} · {when} · latency {fmt_num(inc.get('latency_ms'))} ms "
-                     f"(baseline {fmt_num(inc.get('baseline_ms'))} ms)</h3>")
+        lat = (f" · latency {fmt_num(inc.get('latency_ms'))} ms (baseline {fmt_num(inc.get('baseline_ms'))} ms)"
+               if inc.get("latency_ms") is not None else "")
+        parts.append(f"<h3>#{i} · {when}{lat}</h3>")
+        if inc.get("headline"):
+            parts.append(f"<p class='headline'>{esc(inc['headline'])}</p>")
         causes = [c for c in (inc.get("causes") or []) if isinstance(c, dict)]
         if causes:
-            parts.append(_table(["rank", "cause", "score", "culprits", "evidence"], [
-                [str(r), f"<b>{esc(c.get('kind'))}</b>", fmt_num(c.get("score")), _culprits(c.get("culprits")),
-                 _evidence(c.get("evidence"))] for r, c in enumerate(causes, 1)], "causes"))
+            parts.append(_table(["rank", "cause", "score", "what changed", "culprits", "evidence"], [
+                [str(r), f"<b>{esc(c.get('kind'))}</b>", fmt_num(c.get("score")), esc(c.get("summary", "")),
+                 _culprits(c.get("culprits")), _evidence(c.get("evidence"))] for r, c in enumerate(causes, 1)],
+                "causes"))
         else:
             parts.append("<p>No cause stood out in the recorded signals.</p>")
     findings = diag.get("findings") or []
     if findings:
-        parts.append("<h3>Findings</h3><ul>")
+        parts.append("<h3>Findings</h3><ul class='findings'>")
         for f in findings:
             if isinstance(f, dict):
                 text = f.get("message") or f.get("text") or f.get("summary") or json.dumps(f, default=str)
-                kind = f.get("kind") or f.get("severity")
-                parts.append(f"<li>{f'<b>{esc(kind)}</b>: ' if kind else ''}{esc(text)}</li>")
+                sev = f.get("severity") or f.get("kind")
+                cls = {"critical": "bad", "warning": "warn"}.get(str(sev), "")
+                parts.append(f"<li>{f'<b class={chr(39)}{cls}{chr(39)}>{esc(sev)}</b>: ' if sev else ''}{esc(text)}</li>")
             else:
                 parts.append(f"<li>{esc(f)}</li>")
         parts.append("</ul>")
@@ -429,7 +466,9 @@ def _oom(rec, oom: dict | None, why: str | None) -> str:
             f"<code>{esc(k.get('comm'))}</code> ({esc(k.get('pid'))})", esc(k.get("kind")),
             esc("yes" if k.get("in_target") else "no"), esc(fmt_bytes(k.get("rss_bytes"))),
             esc(fmt_bytes(k.get("gpu_bytes"))), esc(fmt_bytes(k.get("limit_bytes"))),
-            esc(fmt_bytes(growth) + "/s") if isinstance(growth, (int, float)) else "–", esc(k.get("verdict")),
+            esc(fmt_bytes(growth) + "/s") if isinstance(growth, (int, float)) else "–",
+            f"<b>{esc(k.get('verdict'))}</b>" + (f"<br><span class='small'>{esc(k.get('verdict_reason'))}</span>"
+                                                 if k.get("verdict_reason") else ""),
         ])
     parts.append(_table(["time", "victim", "kind", "in target", "RSS", "GPU memory", "limit", "growth", "verdict"],
                         rows, "oom"))
@@ -478,6 +517,7 @@ th{background:#f4f6f8}code{background:#f4f6f8;padding:0 3px;border-radius:3px}
 .ev{display:inline-block;margin-right:8px;white-space:nowrap}
 table.causes tr:nth-child(1) td{background:#fef5e7}
 .small{color:#777;font-size:12px}
+.headline{background:#fef5e7;border-left:4px solid #f39c12;padding:6px 10px;margin:4px 0 8px}
 """
 
 
@@ -488,6 +528,8 @@ def render_html(rec, diagnosis: dict | None = None, oom: dict | None = None,
     if diagnosis is None:
         diagnosis, why = _call("diagnosis", "diagnose", rec)
     oom_why = None
+    if oom is None and isinstance((diagnosis or {}).get("oom"), list):
+        oom = {"kills": diagnosis["oom"]}  # diagnose() already ran the post-mortem
     if oom is None:
         oom, oom_why = _call("oom", "oom_postmortem", rec)
     lat = T.latency_series(rec, max_points)

@@ -116,7 +116,7 @@ def counter_rate(
     dt = np.diff(t)
     dv = np.diff(v)
     ok = (k[1:] == k[:-1]) & (dt > 0) & np.isfinite(dv) & (dv >= 0)
-    rate = np.divide(dv, dt, out=np.zeros_like(dv), where=dt > 0) * (NS * scale)
+    rate = np.divide(dv * (NS * scale), dt, out=np.zeros_like(dv), where=dt > 0)
     return t[1:][ok], rate[ok], k[1:][ok]
 
 

@@ -208,7 +208,7 @@ def write_recording(path: str | Path, sc: Scenario) -> dict[str, Any]:
 
 def _oom_kill(sc: Scenario, emit: _Emitter, truth: dict[str, Any]) -> None:
     t = sc.kill_s
-    rss = float(_rss_model(sc, np.array([t - 0.05]))[0])
+    rss = min(float(_rss_model(sc, np.array([t - 0.05]))[0]), 0.98 * MEMCG_LIMIT)
     emit("oom_kills", {"ts_ns": _ns([t]), "pid": [WORKER_PID], "comm": ["python3"], "uid": [0],
                        "in_target": [True], "total_vm_bytes": [int(rss * 3)], "anon_rss_bytes": [int(rss * 0.97)],
                        "file_rss_bytes": [int(rss * 0.03)], "shmem_rss_bytes": [0], "oom_score_adj": [0],

@@ -1,0 +1,133 @@
+"""``diff_recordings(base, new)``: a performance-regression root-cause hunt between two recordings.
+
+1. Latency distribution change: p50 / p90 / p99 of request latency (and latency per output token) in
+   each recording with distribution-free 95 % confidence intervals from order statistics (the ranks
+   ``n q +- 1.96 sqrt(n q (1 - q))``), the change, and whether the intervals are disjoint.
+2. Every resource signal of ``analysis.timeline`` normalised per request (per second when either side
+   has no requests): additive signals (time, counts, bytes per window) as totals / requests, level
+   signals (fractions, clocks, memory) as their mean. Ranked by |log ratio| of the worsening.
+3. The likely cause: the cause kind (``analysis.causes.CAUSES``) of the highest-ranked signal that got
+   worse by at least 1.5x.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from autoglm_trace.analysis.causes import CAUSES
+from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.analysis.timeline import Signal, Timeline, build_timeline, col
+
+SCHEMA_ID = "autoglm-trace.diff/1"
+QUANTILES = (50, 90, 99)
+WORSE = 1.5
+ADDITIVE_UNITS = ("ns/window", "count/window", "bytes/window")
+
+
+def quantile_ci(x: np.ndarray, q: float, z: float = 1.96) -> tuple[float, float, float] | None:
+    """(estimate, low, high) of the q-quantile (0..1) with an order-statistic confidence interval."""
+    n = len(x)
+    if n == 0:
+        return None
+    s = np.sort(x)
+    half = z * np.sqrt(n * q * (1 - q))
+    lo = int(np.clip(np.floor(n * q - half), 0, n - 1))
+    hi = int(np.clip(np.ceil(n * q + half), 0, n - 1))
+    return float(np.quantile(s, q)), float(s[lo]), float(s[hi])
+
+
+def _latencies(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
+    t = rec.table("spans")
+    if not t.num_rows:
+        return np.empty(0), np.empty(0)
+    lat = (col(t, "end_ns", np.int64) - col(t, "ts_ns", np.int64)) / 1e6
+    tok = col(t, "output_tokens", np.float64, 0)
+    return lat, lat[tok > 0] / tok[tok > 0]
+
+
+def _dist(b: np.ndarray, n: np.ndarray, unit: str) -> dict[str, Any] | None:
+    if not len(b) or not len(n):
+        return None
+    out: dict[str, Any] = {"unit": unit, "base_count": len(b), "new_count": len(n)}
+    for q in QUANTILES:
+        eb, en = quantile_ci(b, q / 100), quantile_ci(n, q / 100)
+        assert eb is not None and en is not None
+        out[f"p{q}"] = {
+            "base": round(eb[0], 4), "base_ci": [round(eb[1], 4), round(eb[2], 4)],
+            "new": round(en[0], 4), "new_ci": [round(en[1], 4), round(en[2], 4)],
+            "change": round(en[0] - eb[0], 4), "ratio": round(en[0] / eb[0], 4) if eb[0] > 0 else None,
+            # Disjoint intervals: conservative (each at 95 %), so "significant" is a strong claim.
+            "significant": bool(en[1] > eb[2] or en[2] < eb[1]),
+        }
+    return out
+
+
+def _normalised(tl: Timeline, sig: Signal, requests: int) -> tuple[float, str, str] | None:
+    """(value, normalisation, unit): time in ms, counts and bytes as they are."""
+    v = sig.values[np.isfinite(sig.values)]
+    if not len(v):
+        return None
+    scale, base_unit = (1e-6, "ms") if sig.unit.startswith("ns") else (1.0, sig.unit.split("/")[0])
+    if sig.unit in ADDITIVE_UNITS:
+        total = float(v.sum()) * scale
+        if requests > 0:
+            return total / requests, "per_request", f"{base_unit}/request"
+        return total / (tl.n * tl.width_ns / 1e9), "per_second", f"{base_unit}/s"
+    return float(v.mean()) * scale, "mean", base_unit
+
+
+_KIND_OF = {s: kind for kind, (specific, stalls) in CAUSES.items() for s in specific + stalls}
+
+
+def diff_recordings(base: Recording, new: Recording) -> dict[str, Any]:
+    lb, tb = _latencies(base)
+    ln, tn = _latencies(new)
+    latency = _dist(lb, ln, "ms")
+    per_token = _dist(tb, tn, "ms/token")
+    tlb, tln = build_timeline(base), build_timeline(new)
+    signals = []
+    for name, sb in tlb.signals.items():
+        sn = tln.signals.get(name)
+        if sn is None or sb.scope == "load":
+            continue
+        vb, vn = _normalised(tlb, sb, len(lb)), _normalised(tln, sn, len(ln))
+        if vb is None or vn is None or vb[1] != vn[1]:
+            continue
+        b, n = vb[0], vn[0]
+        floor = sb.floor * (1e-6 if sb.unit.startswith("ns") else 1) / (10 if vb[1] == "per_request" else 1)
+        if sb.direction >= 0:
+            ratio = max(n, floor) / max(b, floor)
+        else:
+            ratio = max(b, floor) / max(n, floor)
+        signals.append({"signal": name, "describe": sb.describe, "unit": vb[2], "normalised": vb[1],
+                        "base": round(b, 4), "new": round(n, 4), "ratio": round(ratio, 4),
+                        "worse": ratio >= WORSE, "cause_kind": _KIND_OF.get(name), "scope": sb.scope})
+    signals.sort(key=lambda s: abs(np.log(max(s["ratio"], 1e-9))), reverse=True)
+    not_checked = []
+    for side, tl in (("base", tlb), ("new", tln)):
+        for nc in tl.not_checked:
+            not_checked.append({**nc, "recording": side})
+    only = sorted(set(tlb.signals) ^ set(tln.signals))
+    for s in only:
+        not_checked.append({"signal": s, "reason": "recorded in only one of the two recordings"})
+    regressed = None
+    if latency is not None:
+        regressed = any(latency[f"p{q}"]["significant"] and latency[f"p{q}"]["change"] > 0 for q in QUANTILES)
+    likely = None
+    for s in signals:
+        if s["worse"] and s["cause_kind"] and s["cause_kind"] != "load":
+            likely = {"kind": s["cause_kind"], "signal": s["signal"],
+                      "summary": f"{s['describe']} {s['ratio']:.1f}x worse ({s['normalised'].replace('_', ' ')})"}
+            break
+    if likely is None and regressed:
+        likely = {"kind": "unexplained", "signal": None,
+                  "summary": "latency regressed but no recorded resource signal changed by 1.5x or more"}
+    return {
+        "schema": SCHEMA_ID,
+        "base": {"recording": str(base.path), "requests": len(lb), "duration_s": round(tlb.n * tlb.width_ns / 1e9, 3)},
+        "new": {"recording": str(new.path), "requests": len(ln), "duration_s": round(tln.n * tln.width_ns / 1e9, 3)},
+        "latency": latency, "latency_per_token": per_token, "regressed": regressed,
+        "likely_cause": likely, "signals": signals, "not_checked": not_checked,
+    }

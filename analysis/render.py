@@ -1,0 +1,161 @@
+"""Terminal rendering of diagnose / oom_postmortem / diff_recordings results.
+
+Evidence first and culprits in the first lines: a tired on-call engineer reads the headline of each
+incident and stops. Output is rich markup (escaped where it carries recorded text); rich drops the
+styling when stdout is not a terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+
+def _mib(v: float | None) -> str:
+    if v is None:
+        return "?"
+    if abs(v) >= 2**30:
+        return f"{v / 2**30:.2f} GiB"
+    return f"{v / 2**20:.0f} MiB"
+
+
+def _clock(iso: str | None) -> str:
+    return iso[11:23] if iso else "?"
+
+
+def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
+    out: list[str] = []
+    t = d.get("target") or {}
+    w = d["window"]
+    head = f"[bold]autoglm-trace analyze[/] {escape(d['recording'])}: "
+    head += escape(f"{t.get('comm') or '?'} (pid {t.get('pid')}) {w['start']} .. {_clock(w['end'])}, "
+                   f"{w['duration_s']:.0f} s")
+    out.append(head)
+    r = d.get("requests")
+    if r:
+        out.append(escape(f"requests: {r['count']} ({r['failed']} failed), p50 {r['p50_ms']:.0f} ms, "
+                          f"p99 {r['p99_ms']:.0f} ms, {r['slow']} slow for their size"))
+    incs = d["incidents"]
+    if not incs:
+        out.append("[green]No incident:[/] " + ("no request was slow for its size." if r else
+                                                "no resource signal spiked."))
+    for inc in incs:
+        out.append("")
+        when = f"Incident {inc['id']} at {_clock(inc['start'])} (+{inc['offset_s']:.1f} s, {inc['duration_s']:.1f} s)"
+        out.append(f"[bold red]{escape(when)}[/] {escape(inc['headline'])}")
+        for c in inc["causes"]:
+            style = "yellow" if c["kind"] == "unexplained" else "cyan"
+            share = f", accounts for {100 * c['share']:.0f}% of the extra latency" if c.get("share") is not None else ""
+            score = f"score {c['score']:.2f}" if c.get("score") is not None else ""
+            out.append(f"  [{style}]{escape(c['kind'])}[/] ({score}{share}): {escape(c['summary'])}")
+            for cu in c.get("culprits", [])[:3]:
+                cg = f" cgroup {cu['cgroup']}" if cu.get("cgroup") else ""
+                tgt = " [in target]" if cu.get("in_target") else ""
+                out.append(escape(f"      pid {cu['pid']} {cu.get('comm') or '?'}{cg}{tgt}: "
+                                  f"{100 * (cu.get('share') or 0):.0f}%"))
+            if verbose:
+                for name, ev in c.get("evidence", {}).items():
+                    if isinstance(ev, dict) and "ratio" in ev:
+                        out.append(escape(f"      {name}: {ev['incident']} vs {ev['baseline']} {ev['unit']} "
+                                          f"(x{ev['ratio']}, z {ev['z']})"))
+    if d.get("oom"):
+        out.append("")
+        out.append("[bold red]OOM[/]")
+        for k in d["oom"]:
+            out.append("  " + escape(oom_line(k)))
+    notes = [f for f in d["findings"] if f["kind"] not in ("oom", "no_incident")]
+    if notes:
+        out.append("")
+        out.append("[bold]Findings[/]")
+        for f in notes:
+            out.append(f"  {escape(f['severity'])}: {escape(f['message'])}")
+    if d.get("not_checked"):
+        out.append("")
+        names = sorted({n["signal"] for n in d["not_checked"]})
+        out.append("[dim]" + escape(f"Not checked ({len(names)}): {', '.join(names)}") + "[/]")
+        if verbose:
+            for n in d["not_checked"]:
+                out.append("[dim]" + escape(f"  {n['signal']}: {n['reason']}") + "[/]")
+        else:
+            reasons = sorted({n["reason"] for n in d["not_checked"]})
+            for reason in reasons[:4]:
+                out.append("[dim]" + escape(f"  - {reason}") + "[/]")
+    return "\n".join(out)
+
+
+def oom_line(k: dict[str, Any]) -> str:
+    what = {"host": "host OOM kill", "memcg": "memcg OOM kill", "cuda": "CUDA out of memory"}.get(k["kind"], k["kind"])
+    s = f"{_clock(k['time'])} {what}: pid {k['pid']} {k.get('comm') or '?'}"
+    mem = k["gpu_bytes"] if k["kind"] == "cuda" else k["rss_bytes"]
+    s += f", {'GPU' if k['kind'] == 'cuda' else 'RSS'} {_mib(mem)}"
+    if k.get("limit_bytes"):
+        s += f" of {_mib(k['limit_bytes'])} limit"
+        if k.get("memcg"):
+            s += f" ({k['memcg']})"
+    if k.get("growth_bytes_per_s") is not None:
+        s += f", growing {_mib(k['growth_bytes_per_s'])}/s over the last minute"
+    s += f" -> {k['verdict']}: {k['verdict_reason']}"
+    return s
+
+
+def render_oom(d: dict[str, Any]) -> str:
+    out = []
+    if not d["kills"]:
+        out.append("[green]No OOM kill and no CUDA out-of-memory in this recording.[/]")
+    for k in d["kills"]:
+        out.append("[bold red]" + escape(oom_line(k)) + "[/]")
+        b = k.get("before") or {}
+        out.append(escape(f"  last {b.get('window_s', 10):.0f} s: direct-reclaim stall "
+                          f"{b.get('reclaim_stall_ms_target')} ms in the target, {b.get('reclaim_stall_ms_others')} ms "
+                          f"in others; {b.get('major_faults_target')} major faults"))
+        if k.get("tree_rss_bytes") is not None:
+            out.append(escape(f"  target tree RSS {_mib(k['tree_rss_bytes'])}, growing "
+                              f"{_mib(k.get('tree_growth_bytes_per_s') or 0)}/s"))
+        for g in k.get("others_grew", [])[:5]:
+            what = (f"grew {_mib(g['growth_bytes'])}" if g.get("growth_bytes") is not None
+                    else f"{g.get('reclaim_stall_ms')} ms reclaim stalls")
+            out.append(escape(f"  also: pid {g['pid']} {g.get('comm') or '?'}"
+                              f"{' (target)' if g.get('in_target') else ''} {what}"))
+        for line in k.get("stderr", []) or []:
+            out.append("  [dim]stderr:[/] " + escape(line))
+    for n in d.get("not_checked", []):
+        out.append("[dim]" + escape(f"not checked: {n['signal']}: {n['reason']}") + "[/]")
+    return "\n".join(out)
+
+
+def render_diff(d: dict[str, Any], top: int = 10) -> str:
+    out = [escape(f"base {d['base']['recording']} ({d['base']['requests']} requests) vs "
+                  f"new {d['new']['recording']} ({d['new']['requests']} requests)")]
+    lc = d.get("likely_cause")
+    if d.get("regressed"):
+        out.append("[bold red]Latency regressed.[/]" + (f" Likely cause: [cyan]{escape(lc['kind'])}[/]: "
+                                                        f"{escape(lc['summary'])}" if lc else ""))
+    elif d.get("regressed") is False:
+        out.append("[green]No significant latency regression.[/]" + (
+            f" Largest resource change: {escape(lc['summary'])}" if lc else ""))
+    else:
+        out.append("No request latency in one of the recordings." + (
+            f" Likely cause of a change: {escape(lc['kind'])}: {escape(lc['summary'])}" if lc else ""))
+    for key, label in (("latency", "latency"), ("latency_per_token", "per token")):
+        dist = d.get(key)
+        if not dist:
+            continue
+        for q in (50, 90, 99):
+            p = dist[f"p{q}"]
+            mark = " *" if p["significant"] else ""
+            out.append(escape(f"  {label} p{q}: {p['base']:.2f} -> {p['new']:.2f} {dist['unit']} "
+                              f"(95% CI {p['base_ci'][0]:.2f}-{p['base_ci'][1]:.2f} -> "
+                              f"{p['new_ci'][0]:.2f}-{p['new_ci'][1]:.2f}){mark}"))
+    out.append("[bold]Signals, largest change first:[/]")
+    for s in d["signals"][:top]:
+        flag = "[red]worse[/]" if s["worse"] else "     "
+        out.append(f"  {flag} " + escape(f"{s['describe']}: {s['base']:.4g} -> {s['new']:.4g} {s['unit']}"
+                                         f"{' (mean)' if s['normalised'] == 'mean' else ''} (x{s['ratio']:.2f})"
+                                         + (f" [{s['cause_kind']}]" if s.get("cause_kind") else "")))
+    return "\n".join(out)
+
+
+def print_markup(text: str) -> None:
+    Console(highlight=False, soft_wrap=True).print(text)

@@ -1,0 +1,73 @@
+"""``autoglm-trace analyze REC [--latency FILE] [--json]``: latency incidents, causes, culprits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from autoglm_trace.tracer.errors import UsageError
+
+NAME = "analyze"
+SUMMARY = "find latency spikes, name their cause and the culprit process, OOM post-mortems (--json)"
+ORDER = 30
+
+EPILOG = """examples:
+  autoglm-trace analyze rec
+  autoglm-trace analyze rec --latency requests.jsonl      # request timings logged by the server
+  autoglm-trace analyze rec --json | jq '.incidents[0].causes[0]'
+  autoglm-trace analyze rec -v                             # every signal's numbers, every reason
+
+Incidents are requests slow for their size (latency vs a per-name fit on output tokens), merged
+when close; without request timings, windows where a stall signal spiked. Each incident's causes
+are ranked by how much of the extra latency they account for; culprits come from the kernel's
+preemption, block-I/O, reclaim and GPU-process tables. The JSON is a stable contract documented in
+docs/analysis.md."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"analyze: {message}")
+
+
+def load_latency(path: str, wall_offset_ns: int) -> tuple[list[dict[str, Any]], list[str]]:
+    from autoglm_trace.probes.latency_log import parse_latency_file, to_spans
+
+    try:
+        rows, errors = parse_latency_file(path)
+    except OSError as e:
+        raise UsageError(f"analyze: cannot read --latency {path}: {e.strerror or e}") from None
+    if not rows and errors:
+        raise UsageError(f"analyze: --latency {path} has no usable requests ({errors[0]})")
+    return to_spans(rows, wall_offset_ns), errors
+
+
+def main(argv: list[str]) -> int:
+    p = _Parser(prog="autoglm-trace analyze", description=SUMMARY, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recording", help="recording directory")
+    p.add_argument("--latency", metavar="FILE", help="request latency log (JSONL or CSV) to analyse with the recording")
+    p.add_argument("--window", type=float, default=1.0, metavar="S",
+                   help="analysis window in seconds (default 1; never shorter than the kernel buckets)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (docs/analysis.md)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every signal's numbers")
+    args = p.parse_args(argv)
+    if not args.window > 0:
+        raise UsageError("analyze: --window must be positive")
+    from autoglm_trace.analysis.diagnosis import diagnose
+    from autoglm_trace.analysis.reader import Recording
+    from autoglm_trace.analysis.render import print_markup, render_diagnosis
+
+    rec = Recording(args.recording)
+    rows, errors = (load_latency(args.latency, rec.wall_offset_ns) if args.latency else (None, []))
+    d = diagnose(rec, latency_rows=rows, window_ns=int(args.window * 1e9))
+    if errors:
+        d["findings"].append({"kind": "latency_log", "severity": "warning",
+                              "message": f"{len(errors)} latency-log lines skipped (first: {errors[0]})"})
+    if args.json:
+        json.dump(d, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print_markup(render_diagnosis(d, verbose=args.verbose))
+    return 0
