@@ -96,7 +96,8 @@ def write_recording(path: Path, worker_comm: str = EVIL, full: bool = True) -> P
             "ctx_voluntary": np.arange(k) * 50,
             "minflt": np.arange(k) * 100, "majflt": np.arange(k) // 10,
             "io_read_bytes": np.arange(k, dtype=np.int64) * 4096, "io_write_bytes": np.zeros(k, np.int64),
-            "num_threads": np.full(k, 8, np.int32), "state": ["S"] * k,
+            "num_threads": np.full(k, 8, np.int32), "state": ["S"] * k, "vms_bytes": np.full(k, 8 << 30),
+            "shared_bytes": np.full(k, 64 << 20), "num_fds": np.full(k, 40, np.int32),
         })
     mem_total = 24 << 30
     w.emit_columns("host_samples", {
@@ -104,7 +105,11 @@ def write_recording(path: Path, worker_comm: str = EVIL, full: bool = True) -> P
         "mem_available_bytes": (12 << 30) - np.minimum(np.arange(n), 500) * (16 << 20),
         "psi_mem_some_us": np.cumsum(np.where((ts - T0) > 45 * NS, 30_000, 100)),
         "psi_cpu_some_us": np.cumsum(np.where(_in_spike(ts), 60_000, 1000)),
-        "psi_io_some_us": np.cumsum(np.full(n, 500)),
+        "psi_io_some_us": np.cumsum(np.full(n, 500)), "psi_io_full_us": np.cumsum(np.full(n, 100)),
+        "psi_mem_full_us": np.cumsum(np.where((ts - T0) > 45 * NS, 10_000, 0)),
+        "mem_free_bytes": np.full(n, 1 << 30), "mem_cached_bytes": np.full(n, 4 << 30),
+        "pgscan_direct": np.zeros(n, np.int64), "ctxt": np.arange(n) * 5000,
+        "load5": np.full(n, 1.2), "load15": np.full(n, 1.0),
         "pgmajfault": np.arange(n) * 3, "allocstall": np.zeros(n, np.int64),
         "swap_total_bytes": np.zeros(n, np.int64), "swap_free_bytes": np.zeros(n, np.int64),
         "load1": np.full(n, 1.5),
@@ -180,6 +185,11 @@ def _write_bpf_and_gpu(w, ts, rng, worker_comm, alive_worker) -> None:
         "mem_used_bytes": (20 << 30) + np.arange(n, dtype=np.int64) * (50 << 20),
         "util_gpu_pct": np.where(spike, 20.0, 95.0), "power_mw": np.where(spike, 150_000, 350_000),
         "clocks_event_reasons": np.where((ts - T0) > 55 * NS, 0x20, 0).astype(np.uint64),
+        "mem_free_bytes": (60 << 30) - np.arange(n, dtype=np.int64) * (50 << 20), "mem_reserved_bytes": np.full(n, 512 << 20),
+        "util_mem_pct": np.where(spike, 10.0, 60.0), "sm_clock_mhz": np.full(n, 1980), "mem_clock_mhz": np.full(n, 2619),
+        "power_limit_mw": np.full(n, 700_000), "energy_mj": np.arange(n) * 35_000, "temp_c": np.full(n, 61),
+        "pcie_tx_kbps": np.full(n, 1000), "pcie_rx_kbps": np.full(n, 2000), "ecc_corrected": np.zeros(n, np.int64),
+        "ecc_uncorrected": np.zeros(n, np.int64),
     })
     w.emit("gpu_events", [{"ts_ns": T0 + 58 * NS, "gpu": 0, "event": "xid", "data": 79, "pid": ROOT}])
     # spans: a request every 50 ms, 80 ms baseline (+noise), 600 ms during the CPU hog.

@@ -1,0 +1,66 @@
+"""``autoglm-trace report REC -o report.html``: one self-contained HTML report (opens offline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from autoglm_trace.tracer.errors import UsageError, WriteError
+
+NAME = "report"
+SUMMARY = "self-contained HTML report: latency timeline, resource tracks, causes, OOM post-mortem"
+ORDER = 40
+
+EPILOG = """examples:
+  autoglm-trace report rec -o report.html
+  autoglm-trace report rec -o /tmp/incident.html --open-browser yes
+
+The file embeds plotly.js (about 5 MB) and needs no network to open. When the recording lacks
+tables (no root: no kernel probes; no GPU), the report says which signals it could not check."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"report: {message}")
+
+
+def main(argv: list[str]) -> int:
+    p = _Parser(prog="autoglm-trace report", description=SUMMARY, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recording", help="recording directory")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--open-browser", choices=("yes", "no"), default="no",
+                   help="open the report in the default browser when written (default: no)")
+    p.add_argument("--max-points", type=int, default=2000, metavar="N",
+                   help="points per plotted track; spikes are kept when downsampling (default: 2000)")
+    args = p.parse_args(argv)
+    if args.max_points < 10:
+        raise UsageError("report: --max-points must be at least 10")
+    out = Path(args.output)
+    if out.is_dir():
+        raise UsageError(f"report: {out} is a directory; give a file name (e.g. {out / 'report.html'})")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise UsageError(f"report: directory {out.parent} does not exist")
+
+    from autoglm_trace.analysis import tracks
+    from autoglm_trace.analysis.reader import Recording
+    from autoglm_trace.analysis.report import write_report
+
+    rec = Recording(args.recording)
+    try:
+        write_report(rec, out, max_points=args.max_points)
+    except OSError as e:
+        raise WriteError(f"cannot write {out}: {e.strerror or e}") from None
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")
+    missing = tracks.missing_signals(rec)
+    if missing:
+        print("not checked (not recorded): " + ", ".join(m["signal"] for m in missing), file=sys.stderr)
+    if args.open_browser == "yes":
+        import webbrowser
+
+        if not webbrowser.open(out.resolve().as_uri()):
+            print(f"could not start a browser; open {out.resolve()} yourself", file=sys.stderr)
+    return 0
