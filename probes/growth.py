@@ -8,7 +8,8 @@ Why Theil-Sen (the median of pairwise slopes) and not least squares: memory seri
 (allocators grab big blocks, a KV cache grows a block at a time, the GC frees a burst), and one
 outlier step drags a least-squares slope far more than the median of all pairwise slopes. The fit
 runs on at most ``fit_points`` evenly spaced samples of the window, so its cost is bounded
-(64 points: about 2,000 pairs, one numpy expression) whatever the sampling interval.
+(64 points: about 2,000 pairs, one numpy expression) whatever the sampling interval, and it is
+redone at most every ``refit_s`` (1 s) per subject; the ETA uses each new value.
 
 Rate limiting: one alert per subject when the condition starts, then at most one every
 ``repeat_s`` seconds while it lasts, plus one at once whenever the ETA has halved since the last
@@ -55,6 +56,8 @@ class _Series:
     points: deque = field(default_factory=deque)  # (t_s, value)
     alert_t: float | None = None  # when the current condition last alerted (None: no condition)
     alert_eta: float | None = None
+    fit_t: float | None = None  # when the cached slope was fitted
+    slope: float | None = None
 
 
 class GrowthEstimator:
@@ -70,6 +73,7 @@ class GrowthEstimator:
         repeat_s: float = 5.0,
         fit_points: int = 64,
         max_points: int = 2048,
+        refit_s: float = 1.0,
         what: str = "memory",
     ) -> None:
         self.kind = kind
@@ -80,6 +84,7 @@ class GrowthEstimator:
         self.repeat_s = repeat_s
         self.fit_points = max(3, fit_points)
         self.max_points = max(self.fit_points, max_points)
+        self.refit_s = refit_s
         self.what = what
         self._series: dict[str, _Series] = {}
 
@@ -119,6 +124,7 @@ class GrowthEstimator:
             # Time went backwards (a different clock was mixed in): start over rather than fit
             # nonsense.
             s.points.clear()
+            s.fit_t = s.slope = None
         s.points.append((t, float(value)))
         while s.points and t - s.points[0][0] > self.window_s:
             s.points.popleft()
@@ -127,7 +133,12 @@ class GrowthEstimator:
 
         if limit is None or limit <= 0:
             return None
-        slope = self._fit(s)
+        # Refit at most every refit_s (the slope of a 30 s window barely moves in 100 ms, and the
+        # fit is most of this class's cost); the ETA uses every new value.
+        if s.fit_t is None or t - s.fit_t >= self.refit_s or t < s.fit_t:
+            s.slope = self._fit(s)
+            s.fit_t = t if s.slope is not None else None
+        slope = s.slope
         if slope is None or slope <= 0:
             s.alert_t = s.alert_eta = None
             return None

@@ -680,7 +680,7 @@ class SimulatedNvml:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NVMLError(NVML_ERROR_TIMEOUT)
-            time.sleep(min(0.005, left))
+            time.sleep(min(0.02, left))  # polls the sim clock; the real call blocks in the driver
 
     def nvmlEventSetWait(self, eventSet: dict[str, Any], timeoutms: int) -> c_nvmlEventData_t:  # noqa: N802, N803
         return self.nvmlEventSetWait_v2(eventSet, timeoutms)
