@@ -291,13 +291,17 @@ def _thread_states(rec, w: TraceWriter, clk: _Clock) -> int:
     pct = {k: (T.col(t, c)[order] / bucket * 100.0) for k, c in
            [("on-CPU %", "oncpu_ns"), ("run-queue %", "runq_wait_ns"), ("D-state %", "offcpu_dstate_ns")]}
     comm = np.array(t.column("comm").to_pylist(), dtype=object)[order]
-    names = [f"state {c or ''} {q}".replace("  ", " ") for c, q in zip(comm.tolist(), tid.tolist())]
-    lines = _counter_lines(clk, pid, names, ts, pct)
-    # A bucket with no successor for the same thread: the counter returns to 0 at its end.
+    # A bucket with no successor for the same thread: the counter returns to 0 at its end, so an
+    # idle or exited thread does not look busy until the end of the trace.
     nxt_same = np.r_[(pid[1:] == pid[:-1]) & (tid[1:] == tid[:-1]) & (ts[1:] <= ts[:-1] + bucket[:-1]), False]
     gap = np.flatnonzero(~nxt_same)
-    zeros = {k: np.zeros(gap.size) for k in pct}
-    lines += _counter_lines(clk, pid[gap], [names[i] for i in gap.tolist()], ts[gap] + bucket[gap], zeros)
+    allpid, alltid = np.r_[pid, pid[gap]], np.r_[tid, tid[gap]]
+    allts = np.r_[ts, ts[gap] + bucket[gap]]
+    allcomm = np.r_[comm, comm[gap]]
+    vals = {k: np.r_[v, np.zeros(gap.size)] for k, v in pct.items()}
+    o = np.lexsort((allts, alltid, allpid))  # each track in time order in the file
+    names = [f"state {c or ''} {q}".replace("  ", " ") for c, q in zip(allcomm[o].tolist(), alltid[o].tolist())]
+    lines = _counter_lines(clk, allpid[o], names, allts[o], {k: v[o] for k, v in vals.items()})
     w.add("C", lines)
     return len(lines)
 
