@@ -165,7 +165,8 @@ class NvmlSampler(Collector):
         self._driver_version: str | None = None
         self._nvml_version: str | None = None
         self._initialised = False
-        self._interval_ns = int(float(self.options.get("gpu_interval_ms", 100)) * 1e6)
+        # --gpu-interval, else the recorder's interval, else 100 ms.
+        self._interval_ns = int(float(self.options.get("gpu_interval_ms") or self.options.get("interval_ms") or 100) * 1e6)
         self._slow_ns = int(float(self.options.get("gpu_slow_interval_ms", 1000)) * 1e6)
         self._next_ns = 0
         self._next_slow_ns = 0
@@ -592,7 +593,14 @@ class NvmlSampler(Collector):
 
     def info(self) -> dict[str, Any]:
         backend = "simulated" if hasattr(self.nvml, "sim_set_target") else "pynvml"
-        return {
+        out: dict[str, Any] = {}
+        if backend == "simulated":
+            # What a test needs to recompute what the simulation served (a testing aid only).
+            out["simulation"] = {
+                "t0_ns": getattr(self.nvml, "t0_ns", None),
+                "scenario": os.environ.get(ENV_SCENARIO) or "default",
+            }
+        return out | {
             "backend": backend,
             "driver_version": self._driver_version,
             "nvml_version": self._nvml_version,
