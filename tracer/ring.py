@@ -228,6 +228,17 @@ class RingSink:
             out[name] = t
         return out
 
+    def capture(self) -> tuple[dict[str, pa.Table], dict[str, int]]:
+        """Everything held now and the cursor of that instant, atomically: ``since(cursor)`` later
+        returns exactly the rows that are not in the capture (zero-copy: the tables reference the
+        ring's batches, which stay alive while the capture is held even if the ring evicts them)."""
+        with self._lock:
+            held = {name: (tr.schema, [b for c in tr.chunks for b in c.batches]) for name, tr in self._tables.items()}
+            cur = {name: tr.rows_in for name, tr in self._tables.items()}
+        tables = {name: (pa.Table.from_batches(b, schema=sch) if b else sch.empty_table())
+                  for name, (sch, b) in sorted(held.items())}
+        return tables, cur
+
     def cursor(self) -> dict[str, int]:
         """Rows received so far per table: pass it to ``since`` later to get only what came after."""
         with self._lock:
