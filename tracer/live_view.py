@@ -555,13 +555,30 @@ def render_frame(f: Frame, header: str | None = None) -> RenderableType:
     title.append(f"window {f.window_s:.0f} s  ", style="dim")
     if header:
         title.append(header, style="dim")
-    grid = Table.grid(expand=True, padding=(0, 1))
-    grid.add_column(ratio=1)
-    grid.add_column(ratio=1)
-    grid.add_row(_cpu_panel(f), _memory_panel(f))
-    grid.add_row(_io_panel(f), _lost_panel(f))
-    # Requests and GPUs get the full width: their tables have the most columns.
-    return Group(title, _requests_panel(f), grid, _gpu_panel(f))
+    return _Layout(title, [_cpu_panel(f), _memory_panel(f), _io_panel(f), _lost_panel(f)],
+                   _requests_panel(f), _gpu_panel(f))
+
+
+class _Layout:
+    """Requests and GPUs span the full width (their tables have the most columns); the four other
+    panels go two per row on a wide terminal and one per row below ``TWO_COLUMNS_MIN``."""
+
+    TWO_COLUMNS_MIN = 110
+
+    def __init__(self, title: Text, pairs: list[Panel], top: Panel, bottom: Panel) -> None:
+        self.title, self.pairs, self.top, self.bottom = title, pairs, top, bottom
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        if options.max_width >= self.TWO_COLUMNS_MIN:
+            grid = Table.grid(expand=True, padding=(0, 1))
+            grid.add_column(ratio=1)
+            grid.add_column(ratio=1)
+            for i in range(0, len(self.pairs), 2):
+                grid.add_row(*self.pairs[i:i + 2])
+            middle: list[RenderableType] = [grid]
+        else:
+            middle = list(self.pairs)
+        yield Group(self.title, self.top, *middle, self.bottom)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,10 +642,46 @@ class LiveView:
 
     def start(self) -> None:
         self._live = Live(get_renderable=self.frame, console=self.console, screen=self.screen,
-                          refresh_per_second=self.refresh_hz, transient=False, redirect_stderr=False)
+                          refresh_per_second=self.refresh_hz, transient=True, redirect_stderr=False)
         self._live.start()
 
     def stop(self) -> None:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            if self.frames:  # leave the last frame on the terminal (the live one was transient)
+                self.console.print(self.frame())
+
+
+def ring_for_window(window_s: float) -> Any:
+    """The in-memory ring a live view reads: a few windows of every table, at most 64 MiB."""
+    from autoglm_trace.tracer.ring import RingSink
+
+    return RingSink(duration_ns=int(max(30.0, 3 * window_s) * NS), max_bytes=64 << 20)
+
+
+def side_outputs(live: bool, prometheus: str | None, window_s: float = DEFAULT_WINDOW_S,
+                 console: Console | None = None) -> tuple[list[Any], LiveView | None, Any]:
+    """The sinks and live view behind ``--live`` / ``--prometheus [ADDR:]PORT`` (record and top):
+    returns (sinks for the Recorder, the LiveView or None, the started exporter or None). The
+    exporter listens before the recording starts, so a bad address fails fast as a UsageError."""
+    sinks: list[Any] = []
+    exporter = None
+    header = None
+    if prometheus:
+        from autoglm_trace.tracer.exporter import PrometheusExporter, parse_listen
+
+        addr, port = parse_listen(prometheus)
+        exporter = PrometheusExporter().start(addr, port)
+        sinks.append(exporter)
+        header = exporter.url
+        Console(stderr=True).print(f"autoglm-trace: serving metrics on {exporter.url}", style="dim",
+                                   highlight=False)
+    view = None
+    if live:
+        ring = ring_for_window(window_s)
+        sinks.append(ring)
+        console = console or Console(stderr=True)
+        view = LiveView(ring=ring, window_s=window_s, console=console, screen=console.is_terminal,
+                        header=header)
+    return sinks, view, exporter
