@@ -22,6 +22,7 @@ EPILOG = """examples:
   sudo autoglm-trace record --cgroup system.slice/vllm.service --duration 300
   sudo autoglm-trace record --scrape http://127.0.0.1:8000/metrics -o rec -- vllm serve MODEL
   autoglm-trace record --no-bpf -o rec -- ./bench.sh      # unprivileged: /proc sampler only
+  sudo autoglm-trace record --live --prometheus 9464 -o rec -p 4242   # live view + /metrics
 
 The target runs as the user who invoked sudo (SUDO_UID/SUDO_GID), never through a shell; the
 recording is owned by that user too. Ctrl-C ends the recording cleanly (a second Ctrl-C aborts).
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-interval", type=float, default=1.0, metavar="S")
     p.add_argument("--latency-log", metavar="FILE", help="tail a JSONL/CSV latency log while recording")
     p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
+    p.add_argument("--live", action="store_true", help="show the live view (as 'top') while recording")
+    p.add_argument("--prometheus", metavar="[ADDR:]PORT",
+                   help="serve autoglm_trace_* metrics on http://ADDR:PORT/metrics (ADDR default 127.0.0.1)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     # Hidden: print the generated BPF program and exit (tested without root).
     p.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
@@ -107,16 +111,22 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"record: latency log {opts.latency_log} does not exist")
 
     from autoglm_trace.tracer.live_status import StatusLine
+    from autoglm_trace.tracer.live_view import side_outputs
 
-    status = StatusLine(enabled=not args.quiet and not args.json)
-    rec = Recorder(opts, on_tick=status.update)
+    status = StatusLine(enabled=not args.quiet and not args.json and not args.live)
+    sinks, live, _exporter = side_outputs(args.live, args.prometheus)  # the recorder closes the sinks
+    rec = Recorder(opts, on_tick=live.update if live else status.update, sinks=sinks)
     restore = install_signal_handlers(rec)
     try:
         status.start()
+        if live:
+            live.start()
         try:
             manifest = rec.run()
         finally:
             status.stop()
+            if live:
+                live.stop()
     finally:
         restore()
     if manifest["target"].get("mode") == "pid" and rec.samples <= 2 and manifest["stop_reason"] == "target exited":
