@@ -149,10 +149,13 @@ def parse_expr(text: str) -> Threshold:
         raise ValueError(f"unknown metric {metric!r} in {text!r}; known: {', '.join(sorted(METRICS))}")
     value = float(num)
     u = unit.lower()
+    is_ms = metric.endswith("_ms") or "_ms_" in metric
     if u == "%":
-        if not metric.endswith("_pct"):
+        if metric.endswith("_frac"):
             value /= 100.0  # 97% of a fraction metric
-    elif u in ("ms", "s") and metric.endswith("_ms"):
+        elif not metric.endswith("_pct"):
+            raise ValueError(f"unit '%' does not fit metric {metric!r} in {text!r}")
+    elif u in ("ms", "s") and is_ms:
         value *= 1000.0 if u == "s" else 1.0
     elif u:
         if u not in _SIZE_UNITS or not metric.endswith("_bytes"):
