@@ -279,6 +279,18 @@ def _counter_lines(clk: _Clock, pid: np.ndarray | int, name: str | list[str], ts
     return out
 
 
+def _add_counters(w: TraceWriter, clk: _Clock, pid: np.ndarray | int, name: str | list[str], ts: np.ndarray,
+                  args: dict[str, np.ndarray], chunk: int = 4 * CHUNK) -> int:
+    """``_counter_lines`` a slice at a time, so a million-row table never becomes a million strings
+    in memory at once."""
+    for a in range(0, ts.size, chunk):
+        b = a + chunk
+        w.add("C", _counter_lines(clk, pid if isinstance(pid, int) else pid[a:b],
+                                  name if isinstance(name, str) else name[a:b], ts[a:b],
+                                  {k: v[a:b] for k, v in args.items()}))
+    return int(ts.size)
+
+
 def _thread_states(rec, w: TraceWriter, clk: _Clock) -> int:
     t = rec.table("sched")
     if not t.num_rows:
@@ -300,25 +312,29 @@ def _thread_states(rec, w: TraceWriter, clk: _Clock) -> int:
     allcomm = np.r_[comm, comm[gap]]
     vals = {k: np.r_[v, np.zeros(gap.size)] for k, v in pct.items()}
     o = np.lexsort((allts, alltid, allpid))  # each track in time order in the file
-    names = [f"state {c or ''} {q}".replace("  ", " ") for c, q in zip(allcomm[o].tolist(), alltid[o].tolist())]
-    lines = _counter_lines(clk, allpid[o], names, allts[o], {k: v[o] for k, v in vals.items()})
-    w.add("C", lines)
-    return len(lines)
+    allpid, alltid, allts, allcomm = allpid[o], alltid[o], allts[o], allcomm[o]
+    vals = {k: v[o] for k, v in vals.items()}
+    step = 4 * CHUNK
+    for a in range(0, allts.size, step):
+        sl = slice(a, a + step)
+        names = [f"state {c or ''} {q}".replace("  ", " ") for c, q in zip(allcomm[sl].tolist(), alltid[sl].tolist())]
+        _add_counters(w, clk, allpid[sl], names, allts[sl], {k: v[sl] for k, v in vals.items()})
+    return int(allts.size)
 
 
 def _process_counters(rec, w: TraceWriter, clk: _Clock) -> None:
     ps = rec.table("proc_samples")
     if ps.num_rows:
-        w.add("C", _counter_lines(clk, T.col(ps, "pid", np.int64), "RSS", T.col(ps, "ts_ns", np.int64),
-                                  {"MiB": T.col(ps, "rss_bytes") / 2**20}))
+        _add_counters(w, clk, T.col(ps, "pid", np.int64), "RSS", T.col(ps, "ts_ns", np.int64),
+                      {"MiB": T.col(ps, "rss_bytes") / 2**20})
     f = rec.table("faults")
     if f.num_rows:
         g = f.group_by(["pid", "ts_ns", "bucket_ns"]).aggregate([("faults", "sum"), ("major", "sum")])
         g = g.sort_by([("pid", "ascending"), ("ts_ns", "ascending")])
         per_s = 1e9 / np.maximum(T.col(g, "bucket_ns"), 1)
         allf, maj = T.col(g, "faults_sum"), T.col(g, "major_sum")
-        w.add("C", _counter_lines(clk, T.col(g, "pid", np.int64), "page faults/s", T.col(g, "ts_ns", np.int64),
-                                  {"minor": (allf - maj) * per_s, "major": maj * per_s}))
+        _add_counters(w, clk, T.col(g, "pid", np.int64), "page faults/s", T.col(g, "ts_ns", np.int64),
+                      {"minor": (allf - maj) * per_s, "major": maj * per_s})
     b = rec.table("block_io")
     if b.num_rows:
         tgt = T._target_filter(b)
@@ -329,8 +345,8 @@ def _process_counters(rec, w: TraceWriter, clk: _Clock) -> None:
             per_s = 1e9 / np.maximum(T.col(g, "bucket_ns"), 1)
             cnt = T.col(g, "count_sum")
             lat = np.divide(T.col(g, "lat_sum_ns_sum"), cnt, out=np.zeros_like(cnt), where=cnt > 0) / 1e6
-            w.add("C", _counter_lines(clk, T.col(g, "pid", np.int64), "block I/O", T.col(g, "ts_ns", np.int64),
-                                      {"MiB/s": T.col(g, "bytes_sum") * per_s / 2**20, "mean latency ms": lat}))
+            _add_counters(w, clk, T.col(g, "pid", np.int64), "block I/O", T.col(g, "ts_ns", np.int64),
+                          {"MiB/s": T.col(g, "bytes_sum") * per_s / 2**20, "mean latency ms": lat})
 
 
 def _host_and_gpu_counters(rec, w: TraceWriter, clk: _Clock) -> None:
@@ -350,21 +366,21 @@ def _host_and_gpu_counters(rec, w: TraceWriter, clk: _Clock) -> None:
         for name, arg, scale in members:
             tr = by_name.get(name)
             if tr is not None and len(tr):
-                w.add("C", _counter_lines(clk, HOST_PID, f"{gname} {arg}", tr.ts_ns, {"value": tr.values * scale}))
+                _add_counters(w, clk, HOST_PID, f"{gname} {arg}", tr.ts_ns, {"value": tr.values * scale})
     g = rec.table("gpu_devices")
     if g.num_rows:
         ts, gpu = T.col(g, "ts_ns", np.int64), T.col(g, "gpu", np.int64)
         for gi in np.unique(gpu).tolist():
             m = gpu == gi
             pid = GPU_PID + gi
-            w.add("C", _counter_lines(clk, pid, "memory", ts[m], {"used GiB": T.col(g, "mem_used_bytes")[m] / 2**30}))
-            w.add("C", _counter_lines(clk, pid, "utilisation", ts[m], {"gpu %": T.col(g, "util_gpu_pct")[m],
-                                                                       "memory %": T.col(g, "util_mem_pct")[m]}))
+            _add_counters(w, clk, pid, "memory", ts[m], {"used GiB": T.col(g, "mem_used_bytes")[m] / 2**30})
+            _add_counters(w, clk, pid, "utilisation", ts[m], {"gpu %": T.col(g, "util_gpu_pct")[m],
+                                                              "memory %": T.col(g, "util_mem_pct")[m]})
             pw = T.col(g, "power_mw")[m]
             if np.isfinite(pw).any():
-                w.add("C", _counter_lines(clk, pid, "power", ts[m], {"W": pw / 1000}))
-            w.add("C", _counter_lines(clk, pid, "throttle reasons", ts[m],
-                                      {"bitmask": T.col(g, "clocks_event_reasons", np.uint64)[m].astype(np.float64)}))
+                _add_counters(w, clk, pid, "power", ts[m], {"W": pw / 1000})
+            _add_counters(w, clk, pid, "throttle reasons", ts[m],
+                          {"bitmask": T.col(g, "clocks_event_reasons", np.uint64)[m].astype(np.float64)})
 
 
 def _reclaim(rec, w: TraceWriter, clk: _Clock) -> bool:

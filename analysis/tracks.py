@@ -408,7 +408,7 @@ def gpu_tracks(rec, max_points: int = DEFAULT_MAX_POINTS) -> list[Track]:
         m = gpu == g
         gts = ts[m]
         out.append(_track(f"gpu.{g}.mem_used", f"GPU{g} memory used", "bytes", "gpu", gts, used[m], "gpu_devices",
-                          max_points, meta={"gpu": g, "total": float(np.nanmax(col(t, "mem_total_bytes")[m]))}))
+                          max_points, meta={"gpu": g}))
         out.append(_track(f"gpu.{g}.util", f"GPU{g} util", "%", "gpu", gts, util[m], "gpu_devices", max_points,
                           "mean", axis="y2", meta={"gpu": g}))
         if np.isfinite(power[m]).any():
