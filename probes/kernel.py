@@ -93,6 +93,7 @@ FAMILIES: dict[str, Family] = {
     )
 }
 NR_FAMILIES = 6
+NR_STATS = 3  # per family in the `stats` map: events, map_full, perf_full (common.h)
 FAMILY_BY_INDEX = {f.index: f.name for f in FAMILIES.values()}
 
 
@@ -497,9 +498,9 @@ class KernelProbes(Collector):
         self._pushed: set[int] = set()
         self._cg_cache: dict[int, str] = {}
         self._cg_refreshed_ns = 0
-        self._perf_lost = dict.fromkeys(FAMILIES, 0)
-        self._perf_lost_reported = dict.fromkeys(FAMILIES, 0)
-        self._stats_prev = np.zeros(NR_FAMILIES * 2, dtype=np.int64)
+        self._perf_lost = dict.fromkeys(FAMILIES, 0)  # PERF_RECORD_LOST, for info()
+        self._user_drops = dict.fromkeys(FAMILIES, 0)
+        self._stats_prev = np.zeros(NR_FAMILIES * NR_STATS, dtype=np.int64)
         self._events_total = 0
         self._lost_total = 0
         self._proc_rows: list[dict[str, Any]] = []
@@ -599,7 +600,7 @@ class KernelProbes(Collector):
             try:
                 table[ct.c_uint32(pid)] = ct.c_uint8(1)
             except Exception:
-                self._perf_lost["proc"] += 1  # filter map full: counted as loss
+                self._user_drops["proc"] += 1  # filter map full: counted as loss
                 continue
             self._pushed.add(pid)
             self._cache_cgroup(pid)
@@ -677,7 +678,7 @@ class KernelProbes(Collector):
         return live
 
     def _cache_cgroup(self, pid: int) -> None:
-        cg = procfs.read_pid_cgroup(pid)
+        cg = self._memcg_of(pid)
         if cg:
             self._cg_cache[pid] = cg
 
@@ -828,9 +829,9 @@ class KernelProbes(Collector):
         })
 
     def _read_stats(self) -> np.ndarray:
-        out = np.zeros(NR_FAMILIES * 2, dtype=np.int64)
+        out = np.zeros(NR_FAMILIES * NR_STATS, dtype=np.int64)
         table = self.bpf[b"stats"]
-        for i in range(NR_FAMILIES * 2):
+        for i in range(NR_FAMILIES * NR_STATS):
             out[i] = sum(table[ct.c_int(i)])
         return out
 
@@ -841,10 +842,13 @@ class KernelProbes(Collector):
         rows = []
         for name in self.enabled:
             idx = FAMILIES[name].index
-            events = int(delta[idx * 2])
-            map_full = int(delta[idx * 2 + 1])
-            perf_lost = self._perf_lost[name] - self._perf_lost_reported[name]
-            self._perf_lost_reported[name] = self._perf_lost[name]
+            events = int(delta[idx * NR_STATS])
+            map_full = int(delta[idx * NR_STATS + 1]) + self._user_drops[name]
+            self._user_drops[name] = 0
+            # Counted in the kernel where bpf_perf_event_output() refuses a record: exact and
+            # immediate. (The PERF_RECORD_LOST count bcc reports through lost_cb only arrives
+            # once the buffer has room again, so it can miss the last overrun of a recording.)
+            perf_lost = int(delta[idx * NR_STATS + 2])
             reasons = [f"perf_buffer={perf_lost}" if perf_lost else "", f"map_full={map_full}" if map_full else ""]
             lost = perf_lost + map_full
             self._events_total += events
@@ -880,4 +884,5 @@ class KernelProbes(Collector):
             "filter": self.filter_mode,
             "major_faults": self.major_faults,
             "struct_offsets": "btf",
+            "perf_records_lost": dict(self._perf_lost),
         }

@@ -28,24 +28,23 @@ BPF_HASH(target_tgids, u32, u8, MAX_TARGETS);
 /* cgroup v2 ids (kernfs inode numbers) of the traced cgroup and its descendants. */
 BPF_HASH(target_cgroups, u64, u8, 1024);
 
-/* stats[fam * 2] = events handled, stats[fam * 2 + 1] = updates refused because a map was full. */
-BPF_PERCPU_ARRAY(stats, u64, NR_FAMILIES * 2);
+/* Per family: stats[fam * 3] = events handled, stats[fam * 3 + 1] = map updates refused (map
+ * full), stats[fam * 3 + 2] = perf-buffer writes refused (buffer full: the sample is lost). */
+#define NR_STATS 3
+BPF_PERCPU_ARRAY(stats, u64, NR_FAMILIES * NR_STATS);
 
-static __always_inline void count_event(u32 fam)
+static __always_inline void count_stat(u32 fam, u32 which)
 {
-    u32 idx = fam * 2;
+    u32 idx = fam * NR_STATS + which;
     u64 *v = stats.lookup(&idx);
     if (v)
         (*v)++;
 }
 
-static __always_inline void count_drop(u32 fam)
-{
-    u32 idx = fam * 2 + 1;
-    u64 *v = stats.lookup(&idx);
-    if (v)
-        (*v)++;
-}
+#define count_event(fam) count_stat(fam, 0)
+#define count_drop(fam) count_stat(fam, 1)
+/* A perf-buffer write refused (buffer full): counted here, at the source, as a lost event. */
+#define count_perf_drop(fam) count_stat(fam, 2)
 
 /* Reading task_struct members by BTF offset (see the prologue). */
 static __always_inline u32 task_u32(void *task, u32 off)

@@ -57,7 +57,8 @@ static __always_inline int reclaim_end(void *ctx, u64 nr_reclaimed)
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
     reclaim_starts.delete(&tid);
     count_event(FAM_MEMORY);
-    reclaim_events.perf_submit(ctx, &e, sizeof(e));
+    if (reclaim_events.perf_submit(ctx, &e, sizeof(e)) != 0)
+        count_perf_drop(FAM_MEMORY);
     return 0;
 }
 
@@ -106,7 +107,8 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_kswapd_wake)
     e.kind = RECLAIM_KSWAPD_WAKE;
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
     count_event(FAM_MEMORY);
-    reclaim_events.perf_submit(args, &e, sizeof(e));
+    if (reclaim_events.perf_submit(args, &e, sizeof(e)) != 0)
+        count_perf_drop(FAM_MEMORY);
     return 0;
 }
 #endif

@@ -37,6 +37,7 @@ TRACEPOINT_PROBE(oom, mark_victim)
     e.in_target = tgid_in_target(e.pid);
     TP_DATA_LOC_READ_CONST(&e.comm, comm, TASK_COMM_LEN);
     count_event(FAM_OOM);
-    oom_events.perf_submit(args, &e, sizeof(e));
+    if (oom_events.perf_submit(args, &e, sizeof(e)) != 0)
+        count_perf_drop(FAM_OOM);
     return 0;
 }

@@ -56,7 +56,8 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     e.ppid = ptgid;
     task_comm(child, e.comm);
     count_event(FAM_PROC);
-    proc_events.perf_submit(ctx, &e, sizeof(e));
+    if (proc_events.perf_submit(ctx, &e, sizeof(e)) != 0)
+        count_perf_drop(FAM_PROC);
     return 0;
 }
 
@@ -74,7 +75,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     e.ppid = (u32)ctx->args[1];   /* old_pid */
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
     count_event(FAM_PROC);
-    proc_events.perf_submit(ctx, &e, sizeof(e));
+    if (proc_events.perf_submit(ctx, &e, sizeof(e)) != 0)
+        count_perf_drop(FAM_PROC);
     return 0;
 }
 
@@ -116,6 +118,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
         target_tgids.delete(&tgid);
 #endif
     count_event(FAM_PROC);
-    proc_events.perf_submit(ctx, &e, sizeof(e));
+    if (proc_events.perf_submit(ctx, &e, sizeof(e)) != 0)
+        count_perf_drop(FAM_PROC);
     return 0;
 }
