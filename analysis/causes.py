@@ -9,12 +9,14 @@ and the baseline is the windows outside every incident. Two numbers come out:
   a robust effect size that a bursty baseline shrinks.
 
 ``confidence = clip(log(ratio) / log 8, 0, 1) * clip(z / 3, 0, 1)``: 8x the baseline at 3 robust
-sigmas is certain. A cause kind's confidence is the best of its *specific* signals.
+sigmas is certain. A cause kind's confidence is the best of its *specific* signals -- or, for CPU
+contention and memory pressure, whose stall signals are specific, ``share * clip(z_stall / 3, 0, 1)``
+when larger: a run-queue wait that doubled and accounts for the extra latency is the cause.
 
-``share`` is how much of the extra latency the cause can account for. For stall causes it compares
-the target's stall fraction of busy time (on CPU + stalled) in the incident and the baseline with the
-slow requests' extra-latency fraction (1 - expected / latency): threads that lose 60 % of their time
-to the run queue make requests 2.5x slower, i.e. an extra fraction of 0.6. GPU throttling's share is
+``share`` is how much of the extra latency the cause can account for. For stall causes the target's
+stall fraction of busy time f (stall / (on CPU + stalls)) goes from fb (baseline) to fi (incident);
+the same work then takes (1 - fb) / (1 - fi) as long, a predicted extra-latency fraction of
+1 - (1 - fi) / (1 - fb), compared with the slow requests' measured one (1 - expected / latency). GPU throttling's share is
 the lost clock fraction over the same. ``score = confidence * (0.5 + 0.5 * share)``; where no share
 can be computed, ``score = 0.5 * confidence``. Kinds with confidence >= 0.5 are reported, best score
 first; when none is, the incident's cause is ``unexplained`` and the largest changes are shown.
@@ -31,6 +33,9 @@ from autoglm_trace.analysis.spikes import Incident
 from autoglm_trace.analysis.timeline import Signal, Timeline
 
 PRESENT = 0.5
+# Kinds whose stall signal is specific to them (run-queue wait; direct reclaim), so its share of the
+# extra latency can carry the confidence. D-state sleep is not: both I/O and major faults cause it.
+SHARE_CONFIDENT = ("cpu_contention", "memory_pressure")
 
 # kind -> (specific signals that show it, stall signals it can be charged with)
 CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -187,16 +192,30 @@ def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[s
                 conf = 0.6  # someone else was killed: the host/memcg was out of memory
         else:
             conf = max(st.confidence for st in present)
-        if conf < PRESENT:
-            continue
-        top = max(present, key=lambda st: st.confidence if kind not in ("gpu_memory",) else st.incident)
         ev: dict[str, Any] = {n: stats[n].as_dict() for n in specific if n in stats}
         share = _share(kind, tl, stats, stall_names, im, base, lat_frac, ev)
+        top = max(present, key=lambda st: st.confidence if kind not in ("gpu_memory",) else st.incident)
+        summary = _summary(top)
+        if kind in SHARE_CONFIDENT and share is not None:
+            # A moderate rise of a stall that is specific to this cause and accounts for the extra
+            # latency is strong evidence even when it is "only" 2x (a CPU shared by two runnable
+            # tasks): confidence from the share, at >= 3 robust sigmas of the stall signal.
+            zs = [stats[n] for n in stall_names if n in stats]
+            if zs:
+                st = max(zs, key=lambda x: x.z)
+                conf_share = float(share * np.clip(st.z / 3, 0, 1))
+                if conf_share > conf:
+                    conf, top = conf_share, st
+                    sf = ev.get("stall_fraction", {})
+                    summary = (f"{_summary(st)}; stalled {100 * sf.get('incident', 0):.0f}% of busy time vs "
+                               f"{100 * sf.get('baseline', 0):.0f}% at baseline")
+        if conf < PRESENT:
+            continue
         score = conf * (0.5 + 0.5 * share) if share is not None else 0.5 * conf
         causes.append({"kind": kind, "score": round(float(score), 3), "confidence": round(conf, 3),
                        "share": None if share is None else round(float(share), 3),
                        "effect_size": _num(top.z, 2), "ratio": _num(top.ratio, 3),
-                       "summary": _summary(top), "signal": top.signal.name, "evidence": ev,
+                       "summary": summary, "signal": top.signal.name, "evidence": ev,
                        "culprits": []})
     causes.sort(key=lambda c: c["score"], reverse=True)
     if not causes:
@@ -237,7 +256,11 @@ def _share(kind: str, tl: Timeline, stats: dict[str, Stat], stall_names: tuple[s
         ev["stall_source"] = psi
     if fi is None:
         return None
-    extra = max(0.0, fi - (fb or 0.0))
-    ev["stall_fraction"] = {"incident": round(fi, 4), "baseline": round(fb or 0.0, 4), "extra": round(extra, 4)}
+    fb = min(fb or 0.0, 0.99)
+    # The same work stalled a fraction f of its busy time takes 1 / (1 - f) as long, so going from
+    # fb to fi makes it (1 - fb) / (1 - fi) slower: predicted extra-latency fraction below.
+    extra = max(0.0, 1 - (1 - min(fi, 0.999)) / (1 - fb))
+    ev["stall_fraction"] = {"incident": round(fi, 4), "baseline": round(fb, 4),
+                            "predicted_extra_fraction": round(extra, 4)}
     ev["latency_extra_fraction"] = round(lat_frac, 4)
     return float(np.clip(extra / lat_frac, 0, 1))

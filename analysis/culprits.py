@@ -62,6 +62,22 @@ def _culprit(pid: int, comm: Any, share: float, in_target: bool, info: dict[int,
     return out
 
 
+def _baseline_expected(rec: Recording, full: pa.Table, key: str, value: str, start_ns: int, end_ns: int
+                       ) -> dict[int, float]:
+    """key -> how much of ``value`` it would have had in [start, end] at its rate outside it."""
+    if not full.num_rows:
+        return {}
+    ts = full.column("ts_ns")
+    out = full.filter(pc.or_(pc.less(ts, start_ns), pc.greater(ts, end_ns)))
+    if not out.num_rows:
+        return {}
+    span = max(1, (rec.end_ns - rec.start_ns) - (end_ns - start_ns))
+    g = out.group_by(key).aggregate([(value, "sum")])
+    scale = (end_ns - start_ns) / span
+    return {int(k): float(v or 0) * scale for k, v in zip(g.column(key).to_pylist(),
+                                                           g.column(f"{value}_sum").to_pylist(), strict=False)}
+
+
 def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:
     if not rec.has("preemptions"):
         return {"culprits": [], "note": "preemptions not recorded"}
@@ -78,7 +94,13 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     total = float(weight.sum()) or 1.0
     pids = col(g, "preemptor_pid", np.int64)
     comms = g.column("preemptor_comm_max").to_pylist()
-    order = np.argsort(-weight)
+    # Rank by the wait *beyond* what each process caused outside the incident: on a busy host the
+    # usual neighbours take a share all the time; the culprit is the one that took more now.
+    wcol = "wait_ns" if unit == "wait_ns" else "count"
+    expected = _baseline_expected(rec, rec.table("preemptions"), "preemptor_pid", wcol, start_ns - bucket_slack_ns,
+                                  end_ns)
+    excess = weight - np.array([expected.get(int(p), 0.0) for p in pids])
+    order = np.lexsort((-weight, -excess)) if (excess > 0).any() else np.argsort(-weight)
     info = process_info(rec)
     tpid, tcpu, tcnt = col(t, "preemptor_pid", np.int64), col(t, "cpu", np.int64, -1), col(t, "count")
     out = []
@@ -90,7 +112,8 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
         cpus, cw = np.unique(tcpu[m], return_inverse=True)
         top_cpu = int(cpus[np.argmax(np.bincount(cw, weights=tcnt[m] + 1))]) if m.any() else None
         out.append(_culprit(pid, comms[i], weight[i] / total, False, info, cpu=top_cpu,
-                            wait_ms=round(float(wait[i]) / 1e6, 3), preemptions=int(cnt[i])))
+                            wait_ms=round(float(wait[i]) / 1e6, 3), preemptions=int(cnt[i]),
+                            excess_share=round(float(max(excess[i], 0) / max(excess[excess > 0].sum(), 1e-9)), 4)))
         if len(out) >= TOP:
             break
     self_share = float(sum(weight[i] for i in range(len(pids)) if in_map.get(int(pids[i])))) / total
@@ -118,8 +141,12 @@ def io_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int
     comms = g.column("comm_max").to_pylist()
     info = process_info(rec)
     devs = sorted(set(t.column("dev").to_pylist()) - {None})
+    same_dev = full.filter(pc.is_in(full.column("dev"), value_set=pa.array(devs))) if devs else full
+    expected = _baseline_expected(rec, same_dev, "pid", "bytes", start_ns - bucket_slack_ns, end_ns)
+    excess = byt - np.array([expected.get(int(p), 0.0) for p in pids])
+    order = np.lexsort((-byt, -excess)) if (excess > 0).any() else np.argsort(-byt)
     out = []
-    for i in np.argsort(-byt):
+    for i in order:
         pid = int(pids[i])
         if in_map.get(pid):
             continue

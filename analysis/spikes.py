@@ -5,8 +5,11 @@ span name, the expected latency is a robust fit ``a + b * output_tokens`` (itera
 least squares with Huber weights on relative residuals) when token counts are known, else the name's
 median. Each request gets ``ratio = latency / expected``; the log-ratios' median and MAD give a robust
 z-score, and a request is slow when ``z >= 4`` and ``ratio >= 1.5`` (both: a tight distribution
-must not flag 10 % jitter, a wide one must not flag its own tail). Slow requests whose intervals lie
-within ``gap`` of each other are merged into one incident.
+must not flag 10 % jitter, a wide one must not flag its own tail). A second test catches a moderate
+slowdown of every request that per-request noise hides: per second (with >= 3 requests), the mean
+log-ratio's robust z over all seconds >= 4 and a typical slowdown >= 1.4x marks that second's requests
+slower than 1.12x as slow. Slow requests whose intervals lie within ``gap`` of each other are merged
+into one incident.
 
 Without spans, windows where a stall signal jumps far above its own median (``resource_incidents``)
 stand in, so a recording of a server without request timings still says "run-queue wait spiked".
@@ -27,6 +30,9 @@ Z_SLOW = 4.0
 RATIO_SLOW = 1.5
 MAD_FLOOR = 0.05  # log-ratio MAD floor: 5 % spread at least, so identical latencies don't flag noise
 DEFAULT_GAP_NS = 2_000_000_000
+WINDOW_NS = 1_000_000_000  # per-second check of the typical request
+MIN_PER_WINDOW = 3
+WINDOW_RATIO = 1.4
 MAX_INCIDENTS = 20
 
 
@@ -131,7 +137,29 @@ def score_spans(spans: pa.Table) -> SpanScores | None:
     mad = max(1.4826 * float(np.median(np.abs(base - med))), MAD_FLOOR)
     z = (lr - med) / mad
     slow = (z >= Z_SLOW) & (ratio >= RATIO_SLOW)
+    slow |= _slow_windows(start, lr - med, ratio)
     return SpanScores(start, end, lat, expected, ratio, z, slow, ok, tokens, names, model)
+
+
+def _slow_windows(start: np.ndarray, lr: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """Requests in seconds where the *typical* request was slow: on a noisy host a 2x slowdown of
+    every request is lost in per-request noise but stands out in per-second means (noise / sqrt(n))."""
+    if len(start) < 30:
+        return np.zeros(len(start), dtype=bool)
+    w = (start - start.min()) // WINDOW_NS
+    cnt = np.bincount(w)
+    mean = np.bincount(w, weights=lr) / np.maximum(cnt, 1)
+    ok = cnt >= MIN_PER_WINDOW
+    if ok.sum() < 10:
+        return np.zeros(len(start), dtype=bool)
+    m = mean[ok]
+    med = float(np.median(m))
+    # Noise from adjacent-second differences: a slowdown lasting several seconds is a level shift
+    # that inflates the MAD of a short recording but adds only two large differences.
+    sigma = max(1.4826 * float(np.median(np.abs(np.diff(m)))) / np.sqrt(2), MAD_FLOOR)
+    wz = (mean - med) / sigma
+    bad = ok & (wz >= Z_SLOW) & (np.exp(mean - med) >= WINDOW_RATIO)
+    return bad[w] & (ratio >= WINDOW_RATIO * 0.8)
 
 
 def latency_incidents(sc: SpanScores, gap_ns: int = DEFAULT_GAP_NS) -> list[Incident]:
