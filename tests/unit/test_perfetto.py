@@ -214,3 +214,16 @@ def test_overlapping_threads_matches_brute_force():
                 bad.add((pid[i], tid[i]))
     want = np.array([(p, t) in bad for p, t in zip(pid, tid)])
     assert np.array_equal(got, want)
+
+
+def test_thread_state_drops_to_zero_in_gaps_in_time_order(tmp_path):
+    w = RecordingWriter(tmp_path / "g", RD.manifest())
+    b = [0, 1, 5]
+    w.emit_columns("sched", {"ts_ns": [RD.T0 + k * RD.BUCKET for k in b], "bucket_ns": [RD.BUCKET] * 3,
+                             "pid": [5] * 3, "tid": [6] * 3, "comm": ["t"] * 3, "oncpu_ns": [50_000_000] * 3,
+                             "runq_wait_ns": [0] * 3, "offcpu_dstate_ns": [0] * 3})
+    w.close()
+    export_perfetto(Recording(tmp_path / "g"), tmp_path / "g.json")
+    ev = [e for e in json.loads((tmp_path / "g.json").read_text())["traceEvents"] if e["ph"] == "C"]
+    got = [(round(e["ts"] / 100_000), e["args"]["on-CPU %"]) for e in ev]
+    assert got == [(0, 50), (1, 50), (2, 0), (5, 50), (6, 0)]
