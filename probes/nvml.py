@@ -12,9 +12,14 @@ device and the recording says so once (``ctx.note``). GPU_IS_LOST marks that one
 the others keep being sampled. No library / no driver / no GPU is ``CollectorUnavailable`` with
 the fix in the reason.
 
-Cost: PCIe throughput is measured by the driver over 20 ms *per call* (nvml.h,
-nvmlDeviceGetPcieThroughput), so it and the ECC counters (which rarely move) are read on a slower
-cadence (``gpu_slow_interval_ms``, default 1000) and are null in the other rows.
+Cost: PCIe throughput is measured by the driver over a 20 ms interval *per call* (nvml.h,
+nvmlDeviceGetPcieThroughput), i.e. 40 ms per device for TX + RX. So it and the ECC counters (which
+rarely move) are read on a slower cadence (``gpu_slow_interval_ms``, default 1000) by a side thread
+(``nvml-slow``), never on the recorder's sampling thread; each reading lands in the next
+``gpu_devices`` row of its device and those columns are null in the other rows. NVML is
+thread-safe (nvml.h: "NVML is thread-safe so it is safe to make simultaneous NVML calls from
+multiple threads"). ``gpu_slow_thread=False`` reads them inline on every slow tick instead
+(deterministic; the unit tests use it).
 
 The backend is the ``nvml`` object handed to the constructor: the real ``pynvml`` module, or the
 simulated driver (``probes.nvml_sim``) when ``AUTOGLM_TRACE_NVML=simulated`` -- the same code runs
@@ -139,6 +144,7 @@ class _Device:
     proc_util_ts: int = 0  # last per-process utilisation timestamp seen (us)
     mem_v2: bool = True
     mem_used_frac: float | None = None
+    slow: dict[str, Any] | None = None  # the side thread's latest PCIe / ECC reading, not yet emitted
 
 
 class NvmlSampler(Collector):
@@ -170,6 +176,9 @@ class NvmlSampler(Collector):
         self._slow_ns = int(float(self.options.get("gpu_slow_interval_ms", 1000)) * 1e6)
         self._next_ns = 0
         self._next_slow_ns = 0
+        self._slow_thread_on = bool(self.options.get("gpu_slow_thread", True))
+        self._slow_thread: threading.Thread | None = None
+        self._slow_lock = threading.Lock()
         self._growth = GrowthEstimator(
             kind="gpu_memory_growth",
             threshold_s=float(self.options.get("gpu_growth_eta_s", 300)),
@@ -246,6 +255,9 @@ class NvmlSampler(Collector):
             self._start_events()
         else:
             self.events_status = "off (gpu_events=False)"
+        if self._slow_thread_on:
+            self._slow_thread = threading.Thread(target=self._slow_loop, name="nvml-slow", daemon=True)
+            self._slow_thread.start()
 
     def _init_failure(self, e: Any) -> str:
         code = getattr(e, "value", None)
@@ -376,7 +388,7 @@ class NvmlSampler(Collector):
             return
         self._next_ns = now_ns + self._interval_ns
         # Tolerance of half a fast interval, so recorder jitter does not skip a slow tick.
-        slow = now_ns >= self._next_slow_ns - self._interval_ns // 2
+        slow = not self._slow_thread_on and now_ns >= self._next_slow_ns - self._interval_ns // 2
         if slow:
             self._next_slow_ns = now_ns + self._slow_ns
         self.samples += 1
@@ -424,14 +436,41 @@ class NvmlSampler(Collector):
         else:  # nvidia-ml-py before 12.535: the deprecated name of the same call
             row["clocks_event_reasons"] = self._call(dev, "clocks_event_reasons", "nvmlDeviceGetCurrentClocksThrottleReasons", h)
         if slow:
-            row["pcie_tx_kbps"] = self._call(dev, "pcie", "nvmlDeviceGetPcieThroughput", h, self._const("NVML_PCIE_UTIL_TX_BYTES", 0))
-            row["pcie_rx_kbps"] = self._call(dev, "pcie", "nvmlDeviceGetPcieThroughput", h, self._const("NVML_PCIE_UTIL_RX_BYTES", 1))
-            vol = self._const("NVML_VOLATILE_ECC", 0)
-            row["ecc_corrected"] = self._call(dev, "ecc", "nvmlDeviceGetTotalEccErrors", h, self._const("NVML_MEMORY_ERROR_TYPE_CORRECTED", 0), vol)
-            row["ecc_uncorrected"] = self._call(dev, "ecc", "nvmlDeviceGetTotalEccErrors", h, self._const("NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1), vol)
+            row.update(self._read_slow(dev))
+        elif self._slow_thread_on:
+            with self._slow_lock:
+                reading, dev.slow = dev.slow, None
+            if reading:
+                row.update(reading)
         if dev.lost:
             return {"ts_ns": now_ns, "gpu": dev.index}
         return row
+
+    def _read_slow(self, dev: _Device) -> dict[str, Any]:
+        """PCIe throughput (blocks ~20 ms per call in the driver) and volatile ECC totals."""
+        h = dev.handle
+        vol = self._const("NVML_VOLATILE_ECC", 0)
+        return {
+            "pcie_tx_kbps": self._call(dev, "pcie", "nvmlDeviceGetPcieThroughput", h, self._const("NVML_PCIE_UTIL_TX_BYTES", 0)),
+            "pcie_rx_kbps": self._call(dev, "pcie", "nvmlDeviceGetPcieThroughput", h, self._const("NVML_PCIE_UTIL_RX_BYTES", 1)),
+            "ecc_corrected": self._call(dev, "ecc", "nvmlDeviceGetTotalEccErrors", h, self._const("NVML_MEMORY_ERROR_TYPE_CORRECTED", 0), vol),
+            "ecc_uncorrected": self._call(dev, "ecc", "nvmlDeviceGetTotalEccErrors", h, self._const("NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1), vol),
+        }
+
+    def _slow_loop(self) -> None:
+        period = self._slow_ns / 1e9
+        while not self._stop.is_set():
+            began = time.monotonic()
+            for dev in self.devices:
+                if self._stop.is_set():
+                    return
+                if dev.lost or ("pcie" in dev.off and "ecc" in dev.off):
+                    continue
+                reading = self._read_slow(dev)
+                if any(v is not None for v in reading.values()):
+                    with self._slow_lock:
+                        dev.slow = reading
+            self._stop.wait(max(0.0, period - (time.monotonic() - began)))
 
     def _sample_processes(self, dev: _Device, now_ns: int) -> list[dict[str, Any]]:
         procs = self._call(dev, "processes", "nvmlDeviceGetComputeRunningProcesses", dev.handle)
@@ -566,6 +605,9 @@ class NvmlSampler(Collector):
     # ------------------------------------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+        if self._slow_thread is not None:
+            self._slow_thread.join(timeout=5.0)
+            self._slow_thread = None
         if self._event_thread is not None:
             self._event_thread.join(timeout=self._event_wait_ms / 1000 + 2.0)
             self._event_thread = None
@@ -606,6 +648,7 @@ class NvmlSampler(Collector):
             "nvml_version": self._nvml_version,
             "interval_ms": self._interval_ns / 1e6,
             "slow_interval_ms": self._slow_ns / 1e6,
+            "slow_fields": "side thread" if self._slow_thread_on else "inline",
             "events": self.events_status,
             "devices": [
                 {

@@ -229,6 +229,7 @@ _DEVICE_DEFAULTS: dict[str, Any] = {
     "temp_base_c": 36,
     "pcie_tx_kbps": 1_200_000,
     "pcie_rx_kbps": 4_800_000,
+    "pcie_block_ms": 20,  # nvmlDeviceGetPcieThroughput measures over 20 ms: it blocks that long
     "ecc_corrected_per_min": 1.0,
     "ecc_uncorrected": 0,
     "throttle": [],  # [{"start_s", "end_s", "reasons": ["SwPowerCap", ...]}]
@@ -579,6 +580,9 @@ class SimulatedNvml:
 
     def nvmlDeviceGetPcieThroughput(self, device: Any, counter: int) -> int:  # noqa: N802
         s = self._state(device, "nvmlDeviceGetPcieThroughput")
+        block = float(device.spec["pcie_block_ms"])
+        if block > 0:
+            time.sleep(block / 1000.0)  # real time, as the driver's measurement window
         if counter == NVML_PCIE_UTIL_TX_BYTES:
             return s["pcie_tx_kbps"]
         if counter == NVML_PCIE_UTIL_RX_BYTES:

@@ -64,7 +64,9 @@ def make(tmp_path, scenario=None, options=None, target=None):
     clock = FakeClock()
     sim = nvml_sim.SimulatedNvml(scenario, clock=clock)
     sess = Session(tmp_path, target)
-    sampler = NvmlSampler(options or {}, nvml=sim, clock=clock)
+    # Slow fields (PCIe, ECC) inline on the slow tick: deterministic against the fake clock.
+    # test_slow_fields_side_thread covers the default side thread.
+    sampler = NvmlSampler({"gpu_slow_thread": False, **(options or {})}, nvml=sim, clock=clock)
     return clock, sim, sess, sampler
 
 
@@ -209,6 +211,37 @@ def test_xid_event_recorded_with_its_time(tmp_path):
     assert [(e["gpu"], e["event"], e["data"]) for e in ev] == [(0, "xid", 31)]
     # Stamped on the sampler's clock when the wait returned: sim time 6.0 s.
     assert t_of(ev[0]["ts_ns"]) == pytest.approx(6.0)
+
+
+def test_slow_fields_side_thread(tmp_path):
+    """Default mode: PCIe (20 ms per call in the driver) and ECC are read by a side thread and
+    each reading lands in exactly one later row; the sampling thread never blocks on them."""
+    clock, sim, sess, s = make(tmp_path, options={"gpu_slow_thread": True, "gpu_slow_interval_ms": 100})
+    s.start(sess.ctx)
+    assert s.info()["slow_fields"] == "side thread"
+    t0 = time.monotonic()
+    run(s, clock, 3.0, pause_s=0.03)
+    assert s._slow_thread is not None and s._slow_thread.is_alive()
+    s.stop()
+    assert s._slow_thread is None
+    elapsed = time.monotonic() - t0
+    rec = sess.close()
+    g0 = rows(rec, "gpu_devices", gpu=0)
+    with_pcie = [r for r in g0 if r["pcie_tx_kbps"] is not None]
+    assert len(with_pcie) >= 3
+    # Each value was served at some step's clock value at or before the row that carries it
+    # (TX and RX are separate 20 ms calls, so they may come from different steps).
+    cols = ("pcie_tx_kbps", "pcie_rx_kbps", "ecc_corrected")
+    for r in with_pcie:
+        steps = [0.0] + [t_of(x["ts_ns"]) for x in g0 if x["ts_ns"] <= r["ts_ns"]]
+        for c in cols:
+            assert r[c] in {sim.device_state(0, t)[c] for t in steps}, c
+    # Readings are not repeated: at most one per slow period of real time.
+    assert len(with_pcie) <= elapsed / 0.1 + 2
+    # GPU1 has no PCIe counters: its ECC readings still arrive.
+    g1 = rows(rec, "gpu_devices", gpu=1)
+    assert all(r["pcie_tx_kbps"] is None for r in g1)
+    assert any(r["ecc_corrected"] is not None for r in g1)
 
 
 def test_unsupported_call_noted_once_rest_recorded(tmp_path):
