@@ -274,15 +274,17 @@ def _header(rec) -> str:
     what = {"host": "the whole host", "cgroup": f"cgroup {tgt.get('cgroup', '')}"}.get(
         mode, f"pid {tgt.get('pid', tgt.get('root_pid', '?'))}")
     dur = (rec.end_ns - rec.start_ns) / 1e9 if rec.start_ns else m.get("duration_s")
+    interval = m.get("interval_ns")
+    span_txt = f"{dur:.1f} s" if isinstance(dur, (int, float)) else "? s"
+    if isinstance(interval, int) and interval > 0:
+        span_txt += f", sampling every {interval / 1e6:g} ms"
     items = [
         ("Target", f"{esc(what)} <code>{esc(cmd)}</code>"),
         ("Host", esc(" · ".join(str(x) for x in [host.get("hostname"), host.get("kernel"),
                                                    f"{host.get('cpus')} CPUs" if host.get("cpus") else None,
                                                    fmt_bytes(host.get("mem_total_bytes")) if host.get("mem_total_bytes") else None]
                                  if x))),
-        ("Recorded", f"{esc(fmt_wall(rec.start_ns, off))} → {esc(fmt_wall(rec.end_ns, off))} "
-                     f"({esc(f'{dur:.1f}' if isinstance(dur, (int, float)) else '?')} s, "
-                     f"sampling every {esc((m.get('interval_ns') or 0) / 1e6)} ms)"),
+        ("Recorded", f"{esc(fmt_wall(rec.start_ns, off))} → {esc(fmt_wall(rec.end_ns, off))} ({esc(span_txt)})"),
         ("Status", esc("complete" if rec.complete else "INCOMPLETE (the recorder did not finish cleanly)")
          + (f" · stop: {esc(m.get('stop_reason'))}" if m.get("stop_reason") else "")),
     ]
