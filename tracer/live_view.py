@@ -649,7 +649,7 @@ class LiveView:
         if self._live is not None:
             self._live.stop()
             self._live = None
-            if self.frames:  # leave the last frame on the terminal (the live one was transient)
+            if self.source is not None:  # leave the last frame on the terminal (the live one was transient)
                 self.console.print(self.frame())
 
 

@@ -1,0 +1,88 @@
+"""PrometheusExporter's bookkeeping: listen addresses, bounded labels, counters that never go back,
+gauges that forget exited processes, and the HTTP endpoint."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.tracer.exporter import OTHER, PrometheusExporter, parse_listen
+from autoglm_trace.tracer.sinks import rows_to_batch
+
+
+def _samples(e: PrometheusExporter) -> dict[tuple, float]:
+    text = generate_latest(e.registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def _proc(e: PrometheusExporter, ts: int, rows: dict[int, tuple[int, int]]) -> None:
+    e.emit_batch("proc_samples", rows_to_batch("proc_samples", [
+        {"ts_ns": ts, "pid": p, "ctx_voluntary": v, "ctx_involuntary": 0, "minflt": 0, "majflt": 0, "rss_bytes": r}
+        for p, (v, r) in rows.items()]))
+
+
+def _vol(s: dict, pid: str) -> float | None:
+    for (name, labels), v in s.items():
+        d = dict(labels)
+        if name == "autoglm_trace_context_switches_total" and d["pid"] == pid and d["kind"] == "voluntary":
+            return v
+    return None
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("9464", ("127.0.0.1", 9464)),
+    (":9464", ("127.0.0.1", 9464)),
+    ("0.0.0.0:80", ("0.0.0.0", 80)),
+    ("[::1]:9000", ("::1", 9000)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_parse_listen(spec, expected):
+    assert parse_listen(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "abc", "1.2.3.4", "1.2.3.4:99999", "::1:80"])
+def test_parse_listen_rejects(spec):
+    with pytest.raises(UsageError):
+        parse_listen(spec)
+
+
+def test_pids_beyond_the_limit_fold_into_other_and_counters_stay_monotonic():
+    e = PrometheusExporter(max_pids=2)
+    _proc(e, 1, {10: (5, 100), 11: (7, 200), 12: (1, 300), 13: (2, 400)})
+    s = _samples(e)
+    assert _vol(s, "10") == 5 and _vol(s, "11") == 7 and _vol(s, OTHER) == 3
+    pids = {dict(lab)["pid"] for (name, lab) in s if name == "autoglm_trace_process_rss_bytes"}
+    assert pids == {"10", "11", OTHER}
+    # pid 12 exits, 13 keeps counting, 14 appears: "other" only grows; RSS forgets pid 12.
+    _proc(e, 2, {10: (6, 100), 11: (7, 200), 13: (4, 400), 14: (1, 50)})
+    s = _samples(e)
+    assert _vol(s, OTHER) == 1 + 4 + 1
+    rss_other = s[("autoglm_trace_process_rss_bytes", (("comm", OTHER), ("pid", OTHER)))]
+    assert rss_other == 450
+    assert s[("autoglm_trace_processes", ())] == 4
+
+
+def test_a_reused_pid_keeps_the_earlier_total():
+    e = PrometheusExporter()
+    _proc(e, 1, {10: (500, 1)})
+    _proc(e, 2, {10: (3, 1)})  # counter went backwards: a new process under the same pid
+    assert _vol(_samples(e), "10") == 503
+
+
+def test_endpoint_serves_and_closes():
+    e = PrometheusExporter().start("127.0.0.1", 0)
+    _proc(e, 1, {10: (5, 100)})
+    with urllib.request.urlopen(e.url, timeout=5) as r:
+        assert b'autoglm_trace_context_switches_total{comm="",kind="voluntary",pid="10"} 5.0' in r.read()
+    # A second exporter on the same port fails with a one-line usage error.
+    with pytest.raises(UsageError, match="cannot listen"):
+        PrometheusExporter().start("127.0.0.1", e.port)
+    e.close()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", e.port)) != 0
