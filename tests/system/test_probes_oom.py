@@ -89,6 +89,13 @@ def test_oom_victim_recorded_and_recorder_survives(tmp_path, memcg):
     assert len(exits) == 1
     assert exits[0]["signal"] == 9 and exits[0]["exit_code"] is None
 
+    # Hitting the memcg limit made the child reclaim in its own context before the kill.
+    reclaim = [r for r in rec.table("reclaim").to_pylist() if r["pid"] == child.pid]
+    assert reclaim, "no reclaim stalls recorded for the child"
+    assert {r["kind"] for r in reclaim} <= {"direct", "memcg", "memcg_softlimit"}
+    assert any(r["kind"] == "memcg" for r in reclaim)
+    assert all(r["in_target"] and r["duration_ns"] > 0 and r["ts_ns"] < t_dead for r in reclaim)
+
     stats = rec.table("probe_stats").to_pylist()
     assert max(r["ts_ns"] for r in stats) > t_dead  # sampling went on after the kill
     oom_stats = [r for r in stats if r["probe"] == "kernel.oom"]
