@@ -1,0 +1,103 @@
+"""Target modes (cgroup, host), in-kernel fork following, and degrading with a stated reason."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kernel_harness import KernelRun
+
+from autoglm_trace.probes import kernel
+from autoglm_trace.tracer.target import TargetTree
+
+pytestmark = [pytest.mark.root, pytest.mark.bpf]
+
+MEMCG_ROOT = Path("/sys/fs/cgroup/memory")
+
+
+def _rmdir_when_empty(path: Path) -> None:
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+    path.rmdir()
+
+
+def test_cgroup_mode_follows_children_forked_after_start(tmp_path):
+    if not (MEMCG_ROOT / "cgroup.procs").exists():
+        pytest.skip("no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory")
+    cg = MEMCG_ROOT / f"autoglm-trace-test-{uuid.uuid4().hex[:8]}"
+    cg.mkdir()
+    outsider = subprocess.Popen(["/bin/sh", "-c", "while :; do sleep 0.01; done"])
+    sh = subprocess.Popen(
+        ["/bin/sh", "-c", "read x; for i in 1 2 3; do /bin/sleep 0.05; done; read y"],
+        stdin=subprocess.PIPE, text=True,
+    )
+    run = None
+    try:
+        (cg / "cgroup.procs").write_text(str(sh.pid))
+        target = TargetTree.for_cgroup(str(cg))
+        assert target.pids() == [sh.pid]
+        run = KernelRun(tmp_path / "rec", target, {"families": ["sched", "proc"]}).start()
+        assert run.probes.info()["filter"] == "cgroup"
+        assert sh.stdin is not None
+        sh.stdin.write("go\n")
+        sh.stdin.flush()
+        time.sleep(0.6)
+        rec = run.stop()
+        run = None
+    finally:
+        if run is not None:
+            run.stop()
+        for p in (sh, outsider):
+            p.kill()
+            p.wait()
+        _rmdir_when_empty(cg)
+
+    forks = [r for r in rec.table("proc_events").to_pylist() if r["event"] == "fork"]
+    kids = {r["pid"] for r in forks if r["ppid"] == sh.pid}
+    assert len(kids) == 3, forks
+    execs = {r["pid"] for r in rec.table("proc_events").to_pylist() if r["event"] == "exec"}
+    assert kids <= execs
+    exits = {r["pid"]: r for r in rec.table("proc_events").to_pylist() if r["event"] == "exit"}
+    assert all(exits[k]["exit_code"] == 0 and exits[k]["signal"] is None for k in kids)
+    sched_pids = {r["pid"] for r in rec.table("sched").to_pylist()}
+    assert kids <= sched_pids  # forked after start, filtered in the kernel from their first switch
+    assert outsider.pid not in sched_pids
+    assert kids <= run_target_ever(target)
+
+
+def run_target_ever(target: TargetTree) -> set[int]:
+    return set(target.ever)
+
+
+def test_host_mode_sees_other_processes(tmp_path):
+    other = subprocess.Popen(["/bin/sh", "-c", "while :; do sleep 0.01; done"])
+    try:
+        run = KernelRun(tmp_path / "rec", TargetTree.for_host(), {"families": ["sched"], "bucket_ms": 50})
+        run.start()
+        time.sleep(0.4)
+        rec = run.stop()
+    finally:
+        other.kill()
+        other.wait()
+    rows = rec.table("sched").to_pylist()
+    assert other.pid in {r["pid"] for r in rows}
+    assert os.getpid() in {r["pid"] for r in rows}
+    assert all(r["bucket_ns"] == 50_000_000 for r in rows)
+
+
+def test_missing_tracepoint_degrades_with_a_reason():
+    import bcc
+
+    fam = kernel.Family("bogus", 9, "none.c", (("sched", "no_such_tracepoint_here"),))
+    reason = kernel._family_problem(fam, bcc)
+    assert reason == "tracepoint sched:no_such_tracepoint_here not in this kernel"
+    for name, ok, why in kernel.feature_report():
+        assert ok, (name, why)
