@@ -166,7 +166,7 @@ def _overlapping_threads(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, en
 # ----------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------
-def _metadata(rec, w: TraceWriter, gpus: list[int], lanes: int, reclaim: bool) -> None:
+def _metadata(rec, w: TraceWriter, gpus: list[int], lanes: int, reclaim_lanes: int) -> None:
     names: dict[int, str] = {}
     procs = rec.table("processes")
     if procs.num_rows:
@@ -204,9 +204,9 @@ def _metadata(rec, w: TraceWriter, gpus: list[int], lanes: int, reclaim: bool) -
     for lane in range(lanes):
         lines.append(f'{{"ph":"M","name":"thread_name","pid":{REQUESTS_PID},"tid":{LANE_TID + lane},'
                      f'"args":{{"name":"lane {lane}"}}}}')
-    if reclaim:
-        lines.append(f'{{"ph":"M","name":"thread_name","pid":{HOST_PID},"tid":{RECLAIM_TID},'
-                     f'"args":{{"name":"direct reclaim stalls"}}}}')
+    for lane in range(reclaim_lanes):
+        lines.append(f'{{"ph":"M","name":"thread_name","pid":{HOST_PID},"tid":{RECLAIM_TID + 1 + lane},'
+                     f'"args":{{"name":"direct reclaim stalls {lane}"}}}}')
     w.add("M", lines)
 
 
@@ -383,13 +383,14 @@ def _host_and_gpu_counters(rec, w: TraceWriter, clk: _Clock) -> None:
                           {"bitmask": T.col(g, "clocks_event_reasons", np.uint64)[m].astype(np.float64)})
 
 
-def _reclaim(rec, w: TraceWriter, clk: _Clock) -> bool:
+def _reclaim(rec, w: TraceWriter, clk: _Clock) -> int:
+    """Direct-reclaim stalls as slices on lanes of the host process; returns the lanes used."""
     t = rec.table("reclaim")
     if not t.num_rows:
-        return False
+        return 0
     t = t.filter(pc.not_equal(t.column("kind"), "kswapd_wake"))
     if not t.num_rows:
-        return False
+        return 0
     start = T.col(t, "ts_ns", np.int64)
     dur = T.col(t, "duration_ns", np.int64)
     lanes = assign_lanes(start, start + dur)
@@ -400,7 +401,7 @@ def _reclaim(rec, w: TraceWriter, clk: _Clock) -> bool:
     w.add("X", (f'{{"ph":"X","cat":"reclaim","name":{n},"ts":{a},"dur":{d},"pid":{HOST_PID},"tid":{RECLAIM_TID + 1 + ln},'
                 f'"args":{{"pages_reclaimed":{r}}}}}'
                 for n, a, d, ln, r in zip(labels, clk.us(start), clk.dur(dur), lanes.tolist(), rc)))
-    return True
+    return int(lanes.max()) + 1
 
 
 def _instants(rec, w: TraceWriter, clk: _Clock) -> None:
@@ -469,9 +470,9 @@ def export_perfetto(rec, path: str | Path) -> dict[str, Any]:
             states = _thread_states(rec, w, clk)
             _process_counters(rec, w, clk)
             _host_and_gpu_counters(rec, w, clk)
-            had_reclaim = _reclaim(rec, w, clk)
+            reclaim_lanes = _reclaim(rec, w, clk)
             _instants(rec, w, clk)
-            _metadata(rec, w, gpus, span_stats["lanes"], had_reclaim)
+            _metadata(rec, w, gpus, span_stats["lanes"], reclaim_lanes)
             w.close()
         if binf is not raw:
             raw.close()

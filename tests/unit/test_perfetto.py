@@ -227,3 +227,23 @@ def test_thread_state_drops_to_zero_in_gaps_in_time_order(tmp_path):
     ev = [e for e in json.loads((tmp_path / "g.json").read_text())["traceEvents"] if e["ph"] == "C"]
     got = [(round(e["ts"] / 100_000), e["args"]["on-CPU %"]) for e in ev]
     assert got == [(0, 50), (1, 50), (2, 0), (5, 50), (6, 0)]
+
+
+def test_reclaim_stalls_are_slices_on_named_lanes(tmp_path):
+    w = RecordingWriter(tmp_path / "rc", RD.manifest())
+    w.emit("reclaim", [
+        {"ts_ns": RD.T0, "pid": 5, "tid": 5, "comm": "a", "in_target": True, "kind": "direct", "duration_ns": 2_000_000,
+         "nr_reclaimed": 32},
+        {"ts_ns": RD.T0 + 1_000_000, "pid": 6, "tid": 6, "comm": "b", "in_target": False, "kind": "memcg",
+         "duration_ns": 3_000_000, "nr_reclaimed": 8},
+        {"ts_ns": RD.T0 + 9_000_000, "pid": 0, "comm": "kswapd0", "kind": "kswapd_wake", "duration_ns": 0},
+    ])
+    w.close()
+    export_perfetto(Recording(tmp_path / "rc"), tmp_path / "rc.json")
+    ev = json.loads((tmp_path / "rc.json").read_text())["traceEvents"]
+    x = sorted((e["ts"], e["dur"], e["tid"], e["name"]) for e in ev if e["ph"] == "X")
+    assert [(a, d) for a, d, _, _ in x] == [(0, 2000), (1000, 3000)]
+    assert x[0][2] != x[1][2]  # overlapping stalls on two lanes
+    assert "[target]" in x[0][3] and "[target]" not in x[1][3]
+    named = {e["tid"] for e in ev if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == HOST_PID}
+    assert {x[0][2], x[1][2]} <= named
