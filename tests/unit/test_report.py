@@ -6,6 +6,7 @@ during the CPU hog, RSS growing 40 MiB/s ...), not from the code under test.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from html.parser import HTMLParser
@@ -328,3 +329,15 @@ def test_manifest_strings_are_escaped(tmp_path, no_analysis):
     html = render_html(Recording(tmp_path / "m"))
     for bad in ("<script>alert(3)", "<svg onload", "<iframe", "<script>alert(5)"):
         assert bad not in html
+
+
+def test_report_of_a_truncated_recording(tmp_path, no_analysis):
+    path = RD.write_recording(tmp_path / "cut")
+    sched = path / "sched.arrow"
+    sched.write_bytes(sched.read_bytes()[:-500])  # a recorder killed mid-write
+    man = path / "manifest.json"
+    m = json.loads(man.read_text())
+    m["complete"] = False
+    man.write_text(json.dumps(m))
+    text = "".join(parse(render_html(Recording(path))).text)
+    assert "INCOMPLETE" in text and "Truncated tables" in text and "sched" in text
