@@ -24,6 +24,7 @@ import math
 import os
 import re
 import tempfile
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def _call(module: str, fn: str, rec) -> tuple[dict | None, str | None]:
     try:
         out = f(rec)
     except Exception as e:  # noqa: BLE001 - a failing analysis must not lose the rest of the report
-        return None, f"{module}.{fn} failed: {type(e).__name__}: {e}"
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return None, (f"{module}.{fn} failed: {type(e).__name__}: {e} "
+                      f"(at {os.path.basename(where.filename)}:{where.lineno})")
     if not isinstance(out, dict):
         return None, f"{module}.{fn} returned {type(out).__name__}, not a dict"
     return out, None
