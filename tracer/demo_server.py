@@ -71,11 +71,19 @@ class ModelConfig:
 class TinyMoE:
     """Weights memory-mapped from ``path`` (created once, deterministic)."""
 
-    def __init__(self, path: Path, cfg: ModelConfig) -> None:
+    def __init__(self, path: Path, cfg: ModelConfig, drop_cache: bool = False) -> None:
         self.cfg = cfg
         n = cfg.n_floats()
         if not path.exists() or path.stat().st_size != n * 4:
             self._create(path, n)
+        if drop_cache:
+            # Page cache is charged to the cgroup that first faults a page in: drop what an earlier
+            # run cached so this server's memory cgroup owns (and can be squeezed on) its weights.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
         self.mm = np.memmap(path, dtype=np.float32, mode="r", shape=(n,))
         h, f, e = cfg.hidden, cfg.ffn, cfg.experts
         off = 0
@@ -206,12 +214,12 @@ class Metrics:
 class DemoServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, workers: int = 2, model: ModelConfig | None = None,
                  weights: Path | None = None, journal: Path | None = None, journal_fsync: bool = True,
-                 kv_budget_bytes: int = 64 << 20) -> None:
+                 kv_budget_bytes: int = 16 << 20, drop_cache: bool = False) -> None:
         self.cfg = model or ModelConfig()
         workdir = Path(os.environ.get("AUTOGLM_DEMO_DIR", "/var/tmp/autoglm-demo"))
         workdir.mkdir(parents=True, exist_ok=True)
         self.weights_path = weights or workdir / f"weights-{self.cfg.n_floats()}.bin"
-        self.model = TinyMoE(self.weights_path, self.cfg)
+        self.model = TinyMoE(self.weights_path, self.cfg, drop_cache)
         self.journal_path = journal
         self.journal_fsync = journal_fsync
         self._journal = open(journal, "a", buffering=1) if journal else None  # noqa: SIM115
@@ -422,7 +430,7 @@ def join_memcg(path: str) -> None:
 
 def run_server(port: int = 0, workers: int = 2, journal: str | None = None, memcg: str | None = None,
                cpus: list[int] | None = None, incident: str = "none", incident_at: float | None = None,
-               duration: float | None = None, ready_file: str | None = None, kv_budget_mb: int = 64) -> int:
+               duration: float | None = None, ready_file: str | None = None, kv_budget_mb: int = 16) -> int:
     """Run until SIGTERM / SIGINT / ``duration``. Prints one line with the URL when ready."""
     from autoglm_trace.tracer.demo_hog import set_comm
 
@@ -432,7 +440,7 @@ def run_server(port: int = 0, workers: int = 2, journal: str | None = None, memc
     if cpus:
         os.sched_setaffinity(0, cpus)
     srv = DemoServer(port=port, workers=workers, journal=Path(journal) if journal else None,
-                     kv_budget_bytes=kv_budget_mb << 20)
+                     kv_budget_bytes=kv_budget_mb << 20, drop_cache=bool(memcg))
 
     def stop(*_a: Any) -> None:
         srv.shutdown()

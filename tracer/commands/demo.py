@@ -109,8 +109,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="memory-pressure: the server's cgroup limit (default 256)")
     p.add_argument("--keep-mb", type=int, default=12,
                    help="memory-pressure: room the balloon leaves for page cache (default 12)")
-    p.add_argument("--oom-headroom-mb", type=int, default=40,
-                   help="oom: the limit is set to the server's anon memory + this at the incident (default 40)")
+    p.add_argument("--oom-headroom-mb", type=int, default=16,
+                   help="oom: the limit is set to the server's anon memory + this at the incident (default 16)")
     return p
 
 
@@ -127,7 +127,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--incident-at", type=float, default=None, metavar="S")
     p.add_argument("--duration", type=_positive, default=None, metavar="S", help="exit after S seconds")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
-    p.add_argument("--kv-budget-mb", type=int, default=64, help="prefix-cache budget before LRU eviction")
+    p.add_argument("--kv-budget-mb", type=int, default=16, help="prefix-cache budget before LRU eviction")
     return p
 
 
