@@ -548,7 +548,7 @@ class KernelProbes(Collector):
         try:
             # -w: the (nearest-version) kernel headers bcc includes produce warnings that say
             # nothing about this program.
-            self.bpf = bcc.BPF(text=text, cflags=["-w"])
+            self.bpf = bcc.BPF(text=text.encode(), cflags=["-w"])
         except Exception as e:  # bcc raises bare Exception on compile / load failures
             raise CollectorUnavailable(
                 f"the BPF program did not compile or load ({str(e).strip().splitlines()[-1]}); "
