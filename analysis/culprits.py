@@ -49,8 +49,11 @@ def process_info(rec: Recording) -> dict[int, dict[str, Any]]:
 
 
 def _grouped(t: pa.Table, key: str, sums: list[str], comm: str) -> pa.Table:
-    aggs = [(s, "sum") for s in sums] + [(comm, "max")]
-    return t.group_by(key).aggregate(aggs)
+    """Sums per key, and the key's comm as of its latest row (a comm changes on exec), as
+    ``<comm>_max`` for the callers."""
+    t = t.sort_by("ts_ns")
+    g = t.group_by(key, use_threads=False).aggregate([(s, "sum") for s in sums] + [(comm, "last")])
+    return g.rename_columns([c if c != f"{comm}_last" else f"{comm}_max" for c in g.column_names])
 
 
 def _culprit(pid: int, comm: Any, share: float, in_target: bool, info: dict[int, dict[str, Any]],

@@ -146,7 +146,9 @@ def _findings(rec: Recording, tl: Timeline, sc: Any, incidents: list[dict[str, A
 
     for k in oom["kills"]:
         verb = "failed with CUDA out of memory" if k["kind"] == "cuda" else "killed"
-        add("oom", "critical", f"{k['kind']} OOM: pid {k['pid']} `{k.get('comm')}` {verb} at {k['time']}"
+        where = "" if k.get("in_target") else " (outside the target)"
+        add("oom", "critical" if k.get("in_target") else "warning",
+            f"{k['kind']} OOM: pid {k['pid']} `{k.get('comm')}`{where} {verb} at {k['time']}"
             f" ({k['verdict']}: {k['verdict_reason']})", pid=k["pid"], ts_ns=k["ts_ns"])
     if sc is not None and not incidents:
         add("no_incident", "info", f"no latency spike: all {len(sc.latency)} requests within the expected "

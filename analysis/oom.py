@@ -82,6 +82,9 @@ def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np
                         f"{floor_rise / 2**20:.0f} MiB across {runs} idle periods", **ev}
             corr = float(np.corrcoef(load, mem)[0, 1]) if np.ptp(load) > 0 and np.ptp(mem) > 0 else 0.0
             ev["load_correlation"] = round(corr, 3)
+            if corr <= 0.5:
+                return {"verdict": "unknown", "reason": "the floor did not rise, but memory did not follow the "
+                        f"load either (correlation {corr:.2f})", **ev}
             return {"verdict": "kv_cache_growth",
                     "reason": "memory fell back to a flat floor whenever requests finished and tracked the "
                     f"load (correlation {corr:.2f}): the limit is too small for the peak load", **ev}
@@ -226,8 +229,13 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
             # The tree as it was at the victim's last sample (after it, the victim is gone).
             upto = int(vts[-1]) if len(vts) else ts
             tgrowth, tlast = _growth(tts[tts <= upto], tmem[tts <= upto], upto)
-            series = (vts, vmem) if len(vts) >= 8 else (tts, tmem)
-            verdict = growth_verdict(series[0], series[1], starts, ends)
+            if len(vts) >= 8:
+                verdict = growth_verdict(vts, vmem, starts, ends)
+            elif r.get("in_target"):
+                verdict = growth_verdict(tts, tmem, starts, ends)
+            else:
+                verdict = {"verdict": "unknown", "reason": "the victim is outside the target: its memory was "
+                           "not sampled (only the kernel event is known)"}
             kills.append({
                 "pid": pid, "comm": r.get("comm"), "time": iso(rec, ts), "ts_ns": ts, "kind": kind,
                 "in_target": bool(r.get("in_target")), "rss_bytes": rss,

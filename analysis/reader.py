@@ -50,7 +50,11 @@ def read_stream_file(path: Path, expected: pa.Schema | None = None) -> TableRead
     truncated, error = False, None
     while True:
         try:
-            batches.append(reader.read_next_batch())
+            batch = reader.read_next_batch()
+            # Full validation: a damaged batch can parse (offsets past its buffers) and would then
+            # crash the analysis instead of raising; treat it as the damaged tail.
+            batch.validate(full=True)
+            batches.append(batch)
         except StopIteration:
             break
         except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:

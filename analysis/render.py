@@ -88,6 +88,8 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
 def oom_line(k: dict[str, Any]) -> str:
     what = {"host": "host OOM kill", "memcg": "memcg OOM kill", "cuda": "CUDA out of memory"}.get(k["kind"], k["kind"])
     s = f"{_clock(k['time'])} {what}: pid {k['pid']} {k.get('comm') or '?'}"
+    if not k.get("in_target"):
+        s += " (outside the target)"
     mem = k["gpu_bytes"] if k["kind"] == "cuda" else k["rss_bytes"]
     s += f", {'GPU' if k['kind'] == 'cuda' else 'RSS'} {_mib(mem)}"
     if k.get("limit_bytes"):
