@@ -232,6 +232,15 @@ def _group_sum(inv: np.ndarray, ngroups: int, values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fold_log2(hist: np.ndarray) -> np.ndarray:
+    """(groups, LOG2_BUCKETS) -> (groups, LOG2_EXPOSED + 1): buckets past the exposed ones go to the
+    last (+Inf) slot."""
+    out = np.empty((hist.shape[0], LOG2_EXPOSED + 1))
+    out[:, :LOG2_EXPOSED] = hist[:, :LOG2_EXPOSED]
+    out[:, LOG2_EXPOSED] = hist[:, LOG2_EXPOSED:].sum(axis=1)
+    return out
+
+
 class _Hist:
     __slots__ = ("buckets", "sum")
 
@@ -254,8 +263,10 @@ class PrometheusExporter:
         self.hists: dict[str, dict[tuple[str, ...], _Hist]] = defaultdict(dict)
         self.gauges: dict[str, dict[tuple[str, ...], float]] = {}
         # proc_samples: pid -> (last cumulative values, base carried over a pid reuse)
-        self._proc_last: dict[int, np.ndarray] = {}
-        self._proc_base: dict[int, np.ndarray] = {}
+        # pid -> row of the arrays below (last cumulative values; base carried over a pid reuse)
+        self._proc_slot: dict[int, int] = {}
+        self._proc_last = np.full((64, len(self._PROC_COLS)), np.nan)
+        self._proc_base = np.zeros((64, len(self._PROC_COLS)))
         self._proc_ts = -1
         self._rss: dict[int, float] = {}
         self._gpu_ts: dict[int, int] = {}
@@ -334,16 +345,22 @@ class PrometheusExporter:
         # The last sample of each pid in the batch (np.unique on the reversed order keeps it).
         rev = order[::-1]
         upid, idx = np.unique(pid[rev], return_index=True)
-        last = rev[idx]
-        for p, i in zip(upid.tolist(), last.tolist()):
-            v = vals[i]
-            prev = self._proc_last.get(p)
-            if prev is not None:
-                v = np.where(np.isnan(v), prev, v)
-                if (v < prev).any():  # a new process under a reused pid: keep the old total
-                    self._proc_base[p] = self._proc_base.get(p, 0.0) + prev
-            self._proc_last[p] = v
+        new = vals[rev[idx]]
+        slot = self._proc_slot
+        rows = np.fromiter((slot.setdefault(p, len(slot)) for p in upid.tolist()), np.int64, upid.size)
+        for p in upid.tolist():  # label slots in pid order (first come, first served)
             self._pid(p)
+        if len(slot) > self._proc_last.shape[0]:
+            grow = max(len(slot), 2 * self._proc_last.shape[0]) - self._proc_last.shape[0]
+            self._proc_last = np.vstack([self._proc_last, np.full((grow, new.shape[1]), np.nan)])
+            self._proc_base = np.vstack([self._proc_base, np.zeros((grow, new.shape[1]))])
+        prev = self._proc_last[rows]
+        v = np.where(np.isnan(new), prev, new)  # a missing reading keeps the last one
+        # A counter that went backwards is a new process under a reused pid: keep the old total.
+        reused = np.nan_to_num(v < prev, nan=False).any(axis=1) if prev.size else np.zeros(0, bool)
+        if reused.any():
+            self._proc_base[rows[reused]] += np.nan_to_num(prev[reused])
+        self._proc_last[rows] = v
         tmax = int(ts.max())
         if tmax > self._proc_ts:
             # RSS is a gauge of the processes alive at the latest sample.
@@ -363,9 +380,10 @@ class PrometheusExporter:
         off = {s: _group_sum(inv, g, _np(b.column(f"offcpu_{s}_ns"), np.float64))
                for s in ("sleep", "dstate", "preempted")}
         c = self.counters
+        folded = _fold_log2(hist)
         for j, (p,) in enumerate(keys):
             lab = self._pid_labels(p)
-            self._add_log2("runq_latency_seconds", lab, hist[j], wait[j] / 1e9)
+            self._add_hist("runq_latency_seconds", lab, folded[j], wait[j] / 1e9)
             c["oncpu_seconds"][lab] += on[j] / 1e9
             for s, arr in off.items():
                 c["offcpu_seconds"][(*lab, s)] += arr[j] / 1e9
@@ -395,8 +413,9 @@ class PrometheusExporter:
         hist = _group_sum(inv, g, _hist_matrix(b.column("lat_hist"), n))
         lat = _group_sum(inv, g, _np(b.column("lat_sum_ns"), np.float64))
         byt = _group_sum(inv, g, _np(b.column("bytes"), np.float64))
+        folded = _fold_log2(hist)
         for j, lab in enumerate(keys):
-            self._add_log2("block_io_latency_seconds", lab, hist[j], lat[j] / 1e9)
+            self._add_hist("block_io_latency_seconds", lab, folded[j], lat[j] / 1e9)
             self.counters["block_io_bytes"][lab] += byt[j]
 
     def _on_reclaim(self, b: pa.RecordBatch) -> None:
@@ -521,13 +540,6 @@ class PrometheusExporter:
             if tcounts[j].sum():
                 self._add_hist("span_ttft_seconds", lab, tcounts[j], tsums[j])
 
-    def _add_log2(self, metric: str, labels: tuple[str, ...], hist: np.ndarray, total_s: float) -> None:
-        # Fold the log2 buckets beyond the exposed ones into the last (+Inf) slot.
-        h = np.zeros(LOG2_EXPOSED + 1)
-        h[:LOG2_EXPOSED] = hist[:LOG2_EXPOSED]
-        h[LOG2_EXPOSED] = hist[LOG2_EXPOSED:].sum()
-        self._add_hist(metric, labels, h, total_s)
-
     def _add_hist(self, metric: str, labels: tuple[str, ...], counts: np.ndarray, total: float) -> None:
         d = self.hists[metric]
         h = d.get(labels)
@@ -566,11 +578,12 @@ class PrometheusExporter:
                 yield fam
 
     def _proc_families(self) -> Iterator[Metric]:
-        if not self._proc_last:
+        if not self._proc_slot:
             return
         per_label: dict[tuple[str, str], np.ndarray] = {}
-        for p, v in self._proc_last.items():
-            total = np.nan_to_num(v) + self._proc_base.get(p, 0.0)
+        totals = np.nan_to_num(self._proc_last) + self._proc_base
+        for p, i in self._proc_slot.items():
+            total = totals[i]
             lab = self._pid_labels(p)
             per_label[lab] = per_label[lab] + total if lab in per_label else total
         specs = (

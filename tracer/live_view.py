@@ -84,18 +84,28 @@ def _hist_sum(t: pa.Table, name: str) -> np.ndarray:
     out = np.zeros(LOG2_BUCKETS)
     if t.num_rows == 0:
         return out
-    c = t.column(name).combine_chunks()
-    lens = pc.fill_null(pc.list_value_length(c), 0).to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(c).to_numpy(zero_copy_only=False).astype(np.float64)
-    pos = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
-    keep = pos < LOG2_BUCKETS
-    np.add.at(out, pos[keep], flat[keep])
+    for c in t.column(name).chunks:
+        if len(c) == 0:
+            continue
+        lens = pc.fill_null(pc.list_value_length(c), 0).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(c).to_numpy(zero_copy_only=False)
+        if (lens == LOG2_BUCKETS).all():  # the usual case: one reshape, one column sum
+            out += flat.reshape(-1, LOG2_BUCKETS).sum(axis=0, dtype=np.float64)
+            continue
+        pos = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
+        keep = pos < LOG2_BUCKETS
+        np.add.at(out, pos[keep], flat[keep].astype(np.float64))
     return out
 
 
 def _window(t: pa.Table, since_ns: int, col: str = "ts_ns") -> pa.Table:
+    """Rows with ``col >= since_ns``. The ring appends in time order, so a binary search and a
+    zero-copy slice usually do (filtering would copy every list histogram in the window)."""
     if t.num_rows == 0:
         return t
+    ts = t.column(col).to_numpy()
+    if ts.size < 2 or bool((ts[1:] >= ts[:-1]).all()):
+        return t.slice(int(np.searchsorted(ts, since_ns, side="left")))
     return t.filter(pc.greater_equal(t.column(col), since_ns))
 
 
