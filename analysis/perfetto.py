@@ -35,6 +35,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,8 @@ class _Clock:
 
 def _num(v: np.ndarray, digits: int = 3) -> list[str]:
     """Numbers as JSON (NaN -> 0: JSON has no NaN and a counter needs a value)."""
-    v = np.nan_to_num(np.asarray(v, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    return [f"{x:.{digits}f}".rstrip("0").rstrip(".") or "0" for x in v.tolist()]
+    v = np.round(np.nan_to_num(np.asarray(v, np.float64), nan=0.0, posinf=0.0, neginf=0.0), digits)
+    return list(map(repr, v.tolist()))  # shortest round-trip form: valid JSON, C-speed loop
 
 
 def _origin(rec) -> int:
@@ -265,18 +266,19 @@ def _spans(rec, w: TraceWriter, clk: _Clock) -> dict[str, int]:
 
 def _counter_lines(clk: _Clock, pid: np.ndarray | int, name: str | list[str], ts: np.ndarray,
                    args: dict[str, np.ndarray]) -> list[str]:
-    """``C`` events: one per row, each arg a series of the counter track ``name``."""
+    """``C`` events: one per row, each arg a series of the counter track ``name``. Built column by
+    column (one comprehension each), then zipped: no per-row inner loop."""
     n = ts.size
-    pids = [str(pid)] * n if isinstance(pid, int) else [str(x) for x in np.asarray(pid).tolist()]
-    nm = [_js(name)] * n if isinstance(name, str) else [_js(x) for x in name]
-    cols = [[_js(k)] * n for k in args]
-    vals = [_num(v) for v in args.values()]
-    ts_s = clk.us(ts)
-    out = []
-    for i in range(n):
-        a = ",".join(f"{cols[j][i]}:{vals[j][i]}" for j in range(len(cols)))
-        out.append(f'{{"ph":"C","name":{nm[i]},"ts":{ts_s[i]},"pid":{pids[i]},"args":{{{a}}}}}')
-    return out
+    pids = repeat(str(pid), n) if isinstance(pid, int) else map(str, np.asarray(pid).tolist())
+    if isinstance(name, str):
+        nm = repeat(_js(name), n)
+    else:
+        cache: dict[str, str] = {}
+        nm = [cache[x] if x in cache else cache.setdefault(x, _js(x)) for x in name]
+    keyed = [[f"{k}:{x}" for x in _num(v)] for k, v in ((_js(k), v) for k, v in args.items())]
+    argstr = keyed[0] if len(keyed) == 1 else [",".join(t) for t in zip(*keyed)]
+    return [f'{{"ph":"C","name":{a},"ts":{b},"pid":{c},"args":{{{d}}}}}'
+            for a, b, c, d in zip(nm, clk.us(ts), pids, argstr)]
 
 
 def _add_counters(w: TraceWriter, clk: _Clock, pid: np.ndarray | int, name: str | list[str], ts: np.ndarray,
