@@ -36,6 +36,7 @@ CULPRITS = {"cpu": (4242, "stress-ng"), "io": (5151, "fio"), "memory": (6161, "m
             "gpu_memory": (7777, "trainer")}
 KWORKER = (77, "kworker/0:1")
 RSYSLOG = (333, "rsyslogd")
+NEIGHBOUR = (3100, "python")
 DEV = "8:0"
 KERNEL_TABLES = ("sched", "preemptions", "faults", "block_io", "reclaim", "oom_kills", "proc_events")
 GPU_TABLES = ("gpu_devices", "gpu_processes", "gpu_events")
@@ -56,6 +57,12 @@ class Scenario:
     gpu: bool = True
     spans: bool = True
     seed: int = 0
+    latency_sigma: float = 0.08  # lognormal jitter of request latency
+    base_runq_ms: float = 0.3  # mean run-queue wait per thread per 100 ms bucket at baseline
+    inc_runq_ms: tuple[float, float] = (50.0, 70.0)  # ... during a cpu incident (uniform range)
+    hog_wait_ms: float = 110.0  # run-queue wait charged to the hog per target pid per bucket
+    hog_count: float = 40.0  # involuntary switches in favour of the hog per target pid per bucket
+    neighbour_wait_ms: float = 0.0  # a busy neighbour (pid 3100 "python") charged all the time
     drop_tables: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -209,6 +216,11 @@ def write_recording(path: str | Path, sc: Scenario) -> dict[str, Any]:
 def _oom_kill(sc: Scenario, emit: _Emitter, truth: dict[str, Any]) -> None:
     t = sc.kill_s
     rss = min(float(_rss_model(sc, np.array([t - 0.05]))[0]), 0.98 * MEMCG_LIMIT)
+    if sc.extra.get("victim_outside"):  # the OOM killer picked a process outside the target
+        emit("oom_kills", {"ts_ns": _ns([t]), "pid": [8888], "comm": ["batch-job"], "uid": [1000],
+                           "in_target": [False], "anon_rss_bytes": [int(2 * GiB)], "memcg": [""]})
+        truth.update(kill_ns=int(_ns(t)), victim_pid=8888)
+        return
     emit("oom_kills", {"ts_ns": _ns([t]), "pid": [WORKER_PID], "comm": ["python3"], "uid": [0],
                        "in_target": [True], "total_vm_bytes": [int(rss * 3)], "anon_rss_bytes": [int(rss * 0.97)],
                        "file_rss_bytes": [int(rss * 0.03)], "shmem_rss_bytes": [0], "oom_score_adj": [0],
@@ -229,7 +241,7 @@ def _spans(sc: Scenario, rng: np.random.Generator, emit: _Emitter, t0: float, t1
     if sc.kind in ("leak_oom", "kv_oom", "cuda_oom"):
         t = t[t < sc.kill_s - 0.5]
     tok = rng.integers(16, 257, len(t))
-    lat = (0.030 + 0.006 * tok) * rng.lognormal(0, 0.08, len(t))
+    lat = (0.030 + 0.006 * tok) * rng.lognormal(0, sc.latency_sigma, len(t))
     if sc.has_incident:
         hit = (t + lat >= sc.inc_start) & (t < sc.inc_end)
         lat = np.where(hit, lat * sc.slowdown, lat)
@@ -260,12 +272,12 @@ def _chunk(sc: Scenario, rng: np.random.Generator, emit: _Emitter, ticks: np.nda
     tid = np.where(pid == WORKER_PID, tid + 100, tid)
     m = len(tt)
     oncpu = rng.uniform(20, 40, m) * ms
-    runq = rng.exponential(0.3, m) * ms
+    runq = rng.exponential(sc.base_runq_ms, m) * ms
     dstate = rng.exponential(0.1, m) * ms
     inv = rng.poisson(2, m)
     if k == "cpu":
-        runq = np.where(tinc, rng.uniform(50, 70, m) * ms, runq)
-        inv = np.where(tinc, rng.poisson(40, m), inv)
+        runq = np.where(tinc, rng.uniform(*sc.inc_runq_ms, m) * ms, runq)
+        inv = np.where(tinc, rng.poisson(sc.hog_count, m), inv)
     if k == "io":
         dstate = np.where(tinc, rng.uniform(50, 70, m) * ms, dstate)
     if k == "memory":
@@ -305,8 +317,8 @@ def _chunk(sc: Scenario, rng: np.random.Generator, emit: _Emitter, ticks: np.nda
         pre += [np.full(len(it), cid), np.full(len(it), cid)]
         pcomm += [np.full(len(it), ccomm), np.full(len(it), ccomm)]
         pin += [np.zeros(len(it), bool), np.zeros(len(it), bool)]
-        pcount += [rng.poisson(40, len(it)), rng.poisson(40, len(it))]
-        pwait += [np.full(len(it), 110 * ms), np.full(len(it), 110 * ms)]
+        pcount += [rng.poisson(sc.hog_count, len(it)), rng.poisson(sc.hog_count, len(it))]
+        pwait += [np.full(len(it), sc.hog_wait_ms * ms), np.full(len(it), sc.hog_wait_ms * ms)]
         pcpu += [np.zeros(len(it), int), np.zeros(len(it), int)]
         # a second, minor outside process
         pt.append(it)
@@ -317,6 +329,15 @@ def _chunk(sc: Scenario, rng: np.random.Generator, emit: _Emitter, ticks: np.nda
         pcount.append(np.ones(len(it), int))
         pwait.append(np.full(len(it), 5 * ms))
         pcpu.append(np.ones(len(it), int))
+    if sc.neighbour_wait_ms > 0:
+        pt.append(ticks)
+        ppid.append(np.full(nb, ROOT_PID))
+        pre.append(np.full(nb, NEIGHBOUR[0]))
+        pcomm.append(np.full(nb, NEIGHBOUR[1]))
+        pin.append(np.zeros(nb, bool))
+        pcount.append(rng.poisson(5, nb))
+        pwait.append(rng.uniform(0.5, 1.5, nb) * sc.neighbour_wait_ms * ms)
+        pcpu.append(np.zeros(nb, int))
     n_p = sum(len(x) for x in pt)
     emit("preemptions", {"ts_ns": _ns(np.concatenate(pt)), "bucket_ns": np.full(n_p, bns),
                          "pid": np.concatenate(ppid), "preemptor_pid": np.concatenate(pre),
@@ -451,7 +472,8 @@ def _chunk(sc: Scenario, rng: np.random.Generator, emit: _Emitter, ticks: np.nda
         return rng.uniform(0.5, 1.5, nb) * per
 
     psi = cum["psi"]
-    steps = [psi_step(2, 600, k == "cpu"), psi_step(0.1, 500, k == "memory"), psi_step(0, 200, k == "memory"),
+    busy_ms = 2 + 5 * sc.neighbour_wait_ms  # a busy neighbour keeps CPU pressure up all the time
+    steps = [psi_step(busy_ms, 600 + busy_ms, k == "cpu"), psi_step(0.1, 500, k == "memory"), psi_step(0, 200, k == "memory"),
              psi_step(3, 700, k == "io"), psi_step(1, 400, k == "io")]
     psis = []
     for j, s in enumerate(steps):

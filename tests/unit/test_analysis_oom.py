@@ -71,3 +71,11 @@ def test_growth_verdict_rules():
     sudden = np.where(secs > 97, 3e9, 1e9)
     assert growth_verdict(t, sudden, starts, ends)["verdict"] == "sudden_allocation"
     assert growth_verdict(t[:3], kv[:3], starts, ends)["verdict"] == "unknown"
+
+
+def test_victim_outside_target_gets_no_invented_verdict(tmp_path):
+    write_recording(tmp_path / "r", Scenario(kind="leak_oom", duration_s=120, extra={"victim_outside": True}))
+    (k,) = oom_postmortem(Recording(tmp_path / "r"))["kills"]
+    assert (k["pid"], k["kind"], k["in_target"]) == (8888, "host", False)
+    assert k["verdict"] == "unknown" and "outside the target" in k["verdict_reason"]
+    assert k["limit_bytes"] == 24 * 2**30  # host kill: MemTotal

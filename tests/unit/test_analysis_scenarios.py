@@ -122,3 +122,26 @@ def test_latency_rows_are_merged_as_spans(tmp_path):
     assert d["requests"]["sources"] == ["latency_log"]
     assert d["incidents"][0]["kind"] == "latency"
     assert d["incidents"][0]["causes"][0]["kind"] == "cpu_contention"
+
+
+def test_moderate_contention_on_a_busy_host(tmp_path):
+    """A run-queue wait that only doubles on a host with a busy neighbour, slowing requests 1.6x in
+    noisy latencies: still cpu_contention (its share carries the confidence), and the hog -- not the
+    neighbour that takes more CPU all the time -- is the culprit."""
+    sc = Scenario(kind="cpu", seed=11, duration_s=90, slowdown=1.6, latency_sigma=0.2, base_runq_ms=25,
+                  inc_runq_ms=(50, 60), hog_wait_ms=40, hog_count=2, neighbour_wait_ms=60)
+    truth, d = _run(tmp_path, sc)
+    inc = [i for i in d["incidents"] if _overlaps(i, truth["incident"])]
+    assert len(inc) == 1, [i["headline"] for i in d["incidents"]]
+    top = inc[0]["causes"][0]
+    assert top["kind"] == "cpu_contention", inc[0]["headline"]
+    assert top["evidence"]["runq_wait"]["ratio"] < 3  # not a big ratio: the share decides
+    assert top["signal"] == "runq_wait" and "busy time" in top["summary"]
+    assert top["share"] > 0.6
+    first = top["culprits"][0]
+    assert first["pid"] == CULPRITS["cpu"][0], top["culprits"]
+    # the neighbour took more in total, but not more than usual
+    assert top["attribution"]["total_wait_ms"] > 2 * first["wait_ms"]
+    assert first["excess_share"] > 0.8
+    # no false incident elsewhere in the noisy latencies
+    assert len(d["incidents"]) <= 2
