@@ -522,7 +522,9 @@ def _gpu_panel(f: Frame) -> Panel:
                      border_style="blue")
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
     for c in ("gpu", "memory", "util", "SM clk", "power", "temp", "throttle"):
-        t.add_column(c, justify="left" if c == "throttle" else "right", no_wrap=True)
+        # Only the throttle reasons may wrap: numbers cut short would mislead.
+        t.add_column(c, justify="left" if c == "throttle" else "right", no_wrap=c != "throttle",
+                     min_width=len(c))
     for g in f.gpus:
         mem = f"{human_bytes(g['used'])} / {human_bytes(g['total'])}" if g["total"] else human_bytes(g["used"])
         power = "-" if g["power_w"] is None else (

@@ -97,3 +97,12 @@ def test_every_queried_metric_is_served():
               "autoglm_trace_gpu_throttle_active", "autoglm_trace_lost_events_total",
               "autoglm_trace_oom_kills_total"):
         assert m in queried, m
+
+
+def test_docs_list_every_metric():
+    from autoglm_trace.tracer.exporter import METRICS, PREFIX
+
+    doc = (DASHBOARD.parents[1] / "docs" / "live.md").read_text()
+    for name, (typ, _, _labels) in METRICS.items():
+        full = PREFIX + name + ("_total" if typ == "counter" else "")
+        assert f"`{full}`" in doc, full

@@ -205,3 +205,14 @@ def test_live_view_driver_binds_the_ring_on_the_first_tick():
     console.print(view.frame())
     assert view.last_error is None and view.frames == 1
     assert "Request latency" in console.export_text()
+
+
+def test_narrow_terminal_stacks_the_panels(recording):
+    console = Console(record=True, width=80, color_system=None)
+    console.print(render(recording, NOW, 10.0))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    # One panel per row: CPU above Memory, and no value is cut short.
+    assert text.index("CPU / scheduler") < text.index("Memory")
+    for needle in ("noisy-neighbor", "777", "30.0 GiB / 80.0 GiB", "350/400 W", "SW power", "10.0 MiB/s"):
+        assert needle in text, needle
