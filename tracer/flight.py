@@ -68,7 +68,12 @@ CRASH_SIGNALS = {signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, 
 CUDA_OOM_RE = re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError|"
                          r"CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation", re.I)
 SNAPSHOT_NAME_RE = re.compile(r"^\d{8}T\d{6}Z-[a-z]+(?:-\d+)?$")
-WATCHED = ("oom_kills", "proc_events", "spans", "gpu_devices", "proc_samples", "host_samples", "sched")
+# The tables each trigger reads each tick (only those of enabled triggers are fetched).
+TRIGGER_TABLES = {"oom": ("oom_kills",), "exit": ("proc_events",), "spike": ("spans",)}
+METRIC_TABLES = {"gpu_": ("gpu_devices",), "rss_bytes": ("proc_samples",), "max_rss_bytes": ("proc_samples",),
+                 "host_": ("host_samples",), "swap_": ("host_samples",), "load1": ("host_samples",),
+                 "psi_": ("host_samples",), "runq_": ("sched",)}
+RING_WATCH_NS = 1_000_000_000
 
 
 # Parsing ----------------------------------------------------------------------------------------
@@ -356,6 +361,13 @@ class FlightRecorder:
         self._full_logged = False
         self._errors: set[str] = set()
         self._started_logged = False
+        self._next_ring_watch_ns = 0
+        watched = {t for k in fo.triggers for t in TRIGGER_TABLES.get(k, ())}
+        if "threshold" in fo.triggers:
+            for th in fo.thresholds:
+                watched.update(t for prefix, tables in METRIC_TABLES.items() if th.metric.startswith(prefix)
+                               for t in tables)
+        self._watched = tuple(sorted(watched))
         self.saved: list[Path] = []
         self._queue: queue.Queue[tuple[Path, dict[str, Any], dict[str, pa.Table]] | None] = queue.Queue(maxsize=2)
         self._writer = threading.Thread(target=self._write_loop, name="flight-writer", daemon=True)
@@ -384,7 +396,8 @@ class FlightRecorder:
                     log(f"collector {name} {c.get('status')}: {c.get('reason')}")
             log(f"recording {rec.ctx.target.describe() if rec.ctx else '?'} into the ring; collectors running: "
                 + (", ".join(n for n, c in cols.items() if c.get("status") == "ok") or "none"))
-        new, self.cursor = self.ring.since(self.cursor, WATCHED)
+        new, cur = self.ring.since(self.cursor, self._watched)
+        self.cursor.update(cur)
         fired: list[tuple[str, str]] = []
         trig = self.fo.triggers
         if "oom" in trig:
@@ -404,7 +417,9 @@ class FlightRecorder:
             self.fire(kind, detail, now)
         if self.pending is not None and now >= self.pending.deadline_ns:
             self._finish_pending(now)
-        self._watch_ring()
+        if now >= self._next_ring_watch_ns:
+            self._next_ring_watch_ns = now + RING_WATCH_NS
+            self._watch_ring()
 
     def _check_oom(self, t: pa.Table | None) -> list[tuple[str, str]]:
         if t is None or t.num_rows == 0:
@@ -613,10 +628,11 @@ class FlightRecorder:
         """After the recorder stopped: write a pending snapshot, catch a spawned target's bad exit,
         and wait for the writer."""
         now = clock.now_ns()
-        try:
-            self._tick(rec)  # rows the last rounds emitted (the target's exit, a late OOM row)
-        except Exception as e:  # noqa: BLE001
-            log(f"internal error in the trigger loop: {e}")
+        if getattr(rec, "manifest", None):  # absent when the recorder failed before it started
+            try:
+                self._tick(rec)  # rows the last rounds emitted (the target's exit, a late OOM row)
+            except Exception as e:  # noqa: BLE001
+                log(f"internal error in the trigger loop: {e}")
         t = manifest.get("target") or {}
         code, sig = t.get("exit_code"), t.get("signal")
         root = t.get("pid")
