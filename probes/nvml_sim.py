@@ -578,6 +578,10 @@ class SimulatedNvml:
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:  # noqa: N802
         return self._state(handle, "nvmlDeviceGetCurrentClocksEventReasons")["clocks_event_reasons"]
 
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any) -> int:  # noqa: N802
+        """The deprecated name of the same call (nvidia-ml-py before 12.535 only has this one)."""
+        return self._state(handle, "nvmlDeviceGetCurrentClocksThrottleReasons")["clocks_event_reasons"]
+
     def nvmlDeviceGetPcieThroughput(self, device: Any, counter: int) -> int:  # noqa: N802
         s = self._state(device, "nvmlDeviceGetPcieThroughput")
         block = float(device.spec["pcie_block_ms"])

@@ -384,6 +384,37 @@ def test_process_utilization_unsupported_leaves_memory(tmp_path):
     assert all(x["in_target"] is False for x in r)
 
 
+class OldBinding(nvml_sim.SimulatedNvml):
+    """An nvidia-ml-py from before the v2 memory struct and the clocks-event names."""
+
+    @property
+    def nvmlDeviceGetCurrentClocksEventReasons(self):  # noqa: N802
+        raise AttributeError("nvmlDeviceGetCurrentClocksEventReasons")
+
+    @property
+    def nvmlMemory_v2(self):  # noqa: N802
+        raise AttributeError("nvmlMemory_v2")
+
+
+def test_old_binding_falls_back(tmp_path):
+    clock = FakeClock()
+    sim = OldBinding(clock=clock)
+    assert not hasattr(sim, "nvmlDeviceGetCurrentClocksEventReasons")
+    sess = Session(tmp_path)
+    s = NvmlSampler({"gpu_slow_thread": False}, nvml=sim, clock=clock)
+    s.start(sess.ctx)
+    run(s, clock, 4.0)
+    s.stop()
+    rec = sess.close()
+    for r in rows(rec, "gpu_devices", gpu=0):
+        want = sim.device_state(0, t_of(r["ts_ns"]))
+        assert r["clocks_event_reasons"] == want["clocks_event_reasons"]  # via the old name
+        assert r["mem_used_bytes"] == want["mem_used_bytes"] + want["mem_reserved_bytes"]  # v1
+        assert r["mem_reserved_bytes"] is None
+    assert any(r["clocks_event_reasons"] == 0x4 for r in rows(rec, "gpu_devices", gpu=0))
+    assert s.info()["devices"][0]["memory_info"] == "v1"
+
+
 def test_env_pids_hook_without_the_target_hook(monkeypatch):
     monkeypatch.setenv("AUTOGLM_TRACE_NVML_SIM_PIDS", "4321,99")
     sim = nvml_sim.SimulatedNvml()
