@@ -674,7 +674,7 @@ def nvml_check(nvml: Any = None) -> tuple[bool, str]:
             nvml = load_nvml()
     except CollectorUnavailable as e:
         return False, str(e)
-    s = NvmlSampler({"gpu_events": False}, nvml=nvml)
+    s = NvmlSampler({"gpu_events": False, "gpu_slow_thread": False}, nvml=nvml)
     ctx = SessionContext(
         emit_rows=lambda t, r: None,
         emit_columns_fn=lambda t, c: None,
