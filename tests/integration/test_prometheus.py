@@ -11,6 +11,7 @@ equal, bucket for bucket, a numpy histogram of the recorded spans.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -91,15 +92,21 @@ class _Stderr:
         raise AssertionError(f"{needle!r} not seen on stderr: {''.join(self.lines)[-2000:]}")
 
 
-def _record(cli: list[str], tmp_path: Path, kernel: bool) -> tuple[Recording, list[dict], dict, dict]:
+def _record(cli: list[str], tmp_path: Path, kernel: bool,
+            gpu_sim: bool = False) -> tuple[Recording, list[dict], dict, dict]:
     script = tmp_path / "work.py"
     script.write_text(WORKLOAD)
     done, go, rec_dir = tmp_path / "done.json", tmp_path / "go", tmp_path / "rec"
-    args = [*cli, "record", "-q", "--no-gpu", "--prometheus", "127.0.0.1:0", "-o", str(rec_dir)]
+    args = [*cli, "record", "-q", "--prometheus", "127.0.0.1:0", "-o", str(rec_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_TRACE_NVML")}
+    if gpu_sim:
+        env["AUTOGLM_TRACE_NVML"] = "simulated"  # the sanctioned fake driver
+    else:
+        args.append("--no-gpu")
     if not kernel:
         args.append("--no-bpf")
     proc = subprocess.Popen([*args, "--", sys.executable, str(script), str(done), str(go)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     err = _Stderr(proc)
     try:
         url = err.wait_for("serving metrics on", 60).split("serving metrics on", 1)[1].strip()
@@ -229,3 +236,25 @@ def test_kernel_metrics_match_the_kernel_tables(cli, tmp_path):
     lost_served = sum(v for _, v in final.get("autoglm_trace_lost_events_total", []))
     assert lost_served in lost_recorded
     assert _value(final, "autoglm_trace_probe_events_total") is not None
+
+
+def test_gpu_gauges_are_a_recorded_sample(cli, tmp_path):
+    """With the simulated NVML driver: every scrape's GPU gauges are one recorded gpu_devices row
+    (memory, utilisation, power and throttle flags of the same sample, not a mix)."""
+    rec, snaps, final, _ = _record(cli, tmp_path, kernel=False, gpu_sim=True)
+    dev = rec.table("gpu_devices")
+    assert dev.num_rows > 5, rec.collectors.get("gpu")
+    rows = {(r["gpu"], float(r["mem_used_bytes"]), float(r["util_gpu_pct"]) / 100, r["power_mw"] / 1000,
+             int(r["clocks_event_reasons"] or 0) & 0x4 != 0)
+            for r in dev.to_pylist()}
+    checked = 0
+    for snap in [*snaps, final]:
+        for lab, used in snap.get("autoglm_trace_gpu_memory_used_bytes", []):
+            g = lab["gpu"]
+            key = (int(g), used, _value(snap, "autoglm_trace_gpu_utilization_ratio", gpu=g),
+                   _value(snap, "autoglm_trace_gpu_power_watts", gpu=g),
+                   _value(snap, "autoglm_trace_gpu_throttle_active", gpu=g, reason="sw_power_cap") == 1.0)
+            assert any(key[0] == r[0] and key[1] == r[1] and key[4] == r[4] and abs(key[2] - r[2]) < 1e-6
+                       and abs(key[3] - r[3]) < 1e-9 for r in rows), f"GPU gauges {key} are no recorded sample"
+            checked += 1
+    assert checked >= 5
