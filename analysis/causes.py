@@ -17,9 +17,10 @@ when larger: a run-queue wait that doubled and accounts for the extra latency is
 stall fraction of busy time f (stall / (on CPU + stalls)) goes from fb (baseline) to fi (incident);
 the same work then takes (1 - fb) / (1 - fi) as long, a predicted extra-latency fraction of
 1 - (1 - fi) / (1 - fb), compared with the slow requests' measured one (1 - expected / latency). GPU throttling's share is
-the lost clock fraction over the same. ``score = confidence * (0.5 + 0.5 * share)``; where no share
-can be computed, ``score = 0.5 * confidence``. Kinds with confidence >= 0.5 are reported, best score
-first; when none is, the incident's cause is ``unexplained`` and the largest changes are shown.
+the lost clock fraction over the same. ``score = confidence * (0.3 + 0.7 * share)``; where no share
+can be computed, ``score = 0.5 * confidence``. Kinds with confidence >= 0.5 and score >= 0.35 are
+reported, best score first (a kind whose signals moved but whose measured share is ~0 is listed under
+``ruled_out``); when none is, the incident's cause is ``unexplained`` and the largest changes are shown.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from autoglm_trace.analysis.spikes import Incident
 from autoglm_trace.analysis.timeline import Signal, Timeline
 
 PRESENT = 0.5
+LISTED = 0.35
 # Kinds whose stall signal is specific to them (run-queue wait; direct reclaim), so its share of the
 # extra latency can carry the confidence. D-state sleep is not: both I/O and major faults cause it.
 SHARE_CONFIDENT = ("cpu_contention", "memory_pressure")
@@ -180,6 +182,7 @@ def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[s
             stats[name] = st
     lat_frac = inc.latency_frac if inc.latency_frac and inc.latency_frac > 0 else None
     causes: list[dict[str, Any]] = []
+    ruled_out: list[dict[str, Any]] = []
     for kind, (specific, stall_names) in CAUSES.items():
         present = [stats[n] for n in specific if n in stats]
         if not present:
@@ -211,7 +214,13 @@ def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[s
                                f"{100 * sf.get('baseline', 0):.0f}% at baseline")
         if conf < PRESENT:
             continue
-        score = conf * (0.5 + 0.5 * share) if share is not None else 0.5 * conf
+        score = conf * (0.3 + 0.7 * share) if share is not None else 0.5 * conf
+        if score < LISTED:
+            # Present but measured to account for (almost) none of the extra latency: e.g. host-wide
+            # major faults of other processes while the target's own stalls did not grow.
+            ruled_out.append({"kind": kind, "score": round(float(score), 3), "confidence": round(conf, 3),
+                              "share": round(float(share or 0), 3), "summary": summary})
+            continue
         causes.append({"kind": kind, "score": round(float(score), 3), "confidence": round(conf, 3),
                        "share": None if share is None else round(float(share), 3),
                        "effect_size": _num(top.z, 2), "ratio": _num(top.ratio, 3),
@@ -221,16 +230,23 @@ def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[s
     if not causes:
         ranked = sorted((st for st in stats.values() if st.signal.scope != "load"),
                         key=lambda st: st.confidence + 1e-3 * min(st.ratio, 1e3), reverse=True)[:3]
+        best = max([r["score"] for r in ruled_out] + [0.5 * st.confidence for st in ranked], default=0.0)
+        summary = "no recorded resource signal accounts for the extra latency"
+        if ruled_out:
+            r0 = max(ruled_out, key=lambda r: r["score"])
+            summary += (f"; {r0['kind']} changed ({r0['summary']}) but the target's own stalls account for "
+                        f"{100 * r0['share']:.0f}% of it")
+        elif ranked:
+            summary += f"; largest change: {_summary(ranked[0])}"
         causes.append({
-            "kind": "unexplained", "score": round(1 - max((st.confidence for st in ranked), default=0), 3),
-            "confidence": None, "share": None, "effect_size": None, "ratio": None,
-            "summary": "no recorded resource signal stands out"
-            + (f"; largest change: {_summary(ranked[0])}" if ranked else ""),
-            "signal": None, "evidence": {st.signal.name: st.as_dict() for st in ranked}, "culprits": [],
+            "kind": "unexplained", "score": round(1 - best, 3), "confidence": None, "share": None,
+            "effect_size": None, "ratio": None, "summary": summary, "signal": None,
+            "evidence": {st.signal.name: st.as_dict() for st in ranked}, "culprits": [],
         })
     context = {n: stats[n].as_dict() for n in CONTEXT if n in stats}
     for c in causes:
         c["context"] = context
+        c["ruled_out"] = ruled_out
     return causes
 
 

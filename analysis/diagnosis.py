@@ -24,7 +24,7 @@ from autoglm_trace.analysis.spikes import (
     resource_incidents,
     score_spans,
 )
-from autoglm_trace.analysis.timeline import Timeline, build_timeline, in_flight
+from autoglm_trace.analysis.timeline import Timeline, build_timeline, col, in_flight
 from autoglm_trace.tracer import schema
 
 SCHEMA_ID = "autoglm-trace.diagnosis/1"
@@ -59,7 +59,29 @@ def _spans(rec: Recording, latency_rows: list[dict[str, Any]] | None) -> tuple[p
             sources.append("latency_log")
     if not parts:
         return schema.empty_table("spans"), sources
-    return pa.concat_tables(parts), sources
+    return dedupe_spans(pa.concat_tables(parts)), sources
+
+
+def dedupe_spans(t: pa.Table, tol_ns: int = 50_000_000) -> pa.Table:
+    """Drop a request seen twice (the server's span API *and* its latency log): a non-``api`` span
+    whose start and end are within ``tol_ns`` of an ``api`` span's is the same request."""
+    src = pc.fill_null(t.column("source"), "").to_numpy(zero_copy_only=False).astype(str)
+    api = src == "api"
+    if not api.any() or api.all():
+        return t
+    s = col(t, "ts_ns", np.int64)
+    e = col(t, "end_ns", np.int64)
+    order = np.argsort(s[api])
+    a_s, a_e = s[api][order], e[api][order]
+    other = np.flatnonzero(~api)
+    j = np.searchsorted(a_s, s[other])
+    dup = np.zeros(len(other), dtype=bool)
+    for off in (-1, 0):  # the nearest api start is just before or just after
+        k = np.clip(j + off, 0, len(a_s) - 1)
+        dup |= (np.abs(a_s[k] - s[other]) <= tol_ns) & (np.abs(a_e[k] - e[other]) <= tol_ns)
+    keep = np.ones(t.num_rows, dtype=bool)
+    keep[other[dup]] = False
+    return t if keep.all() else t.filter(pa.array(keep))
 
 
 def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int) -> dict[str, Any]:

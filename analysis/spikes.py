@@ -8,8 +8,10 @@ z-score, and a request is slow when ``z >= 4`` and ``ratio >= 1.5`` (both: a tig
 must not flag 10 % jitter, a wide one must not flag its own tail). A second test catches a moderate
 slowdown of every request that per-request noise hides: per second (with >= 3 requests), the mean
 log-ratio's robust z over all seconds >= 4 and a typical slowdown >= 1.4x marks that second's requests
-slower than 1.12x as slow. Slow requests whose intervals lie within ``gap`` of each other are merged
-into one incident.
+slower than 1.12x as slow. A third catches a slowdown lasting a large part of a short recording
+(which drags the median up): the rolling median of consecutive requests against its own quiet level
+(25th percentile). The model is then refitted without the slow requests and the tests rerun once.
+Slow requests whose intervals lie within ``gap`` of each other are merged into one incident.
 
 Without spans, windows where a stall signal jumps far above its own median (``resource_incidents``)
 stand in, so a recording of a server without request timings still says "run-queue wait spiked".
@@ -33,6 +35,7 @@ DEFAULT_GAP_NS = 2_000_000_000
 WINDOW_NS = 1_000_000_000  # per-second check of the typical request
 MIN_PER_WINDOW = 3
 WINDOW_RATIO = 1.4
+RUN_RATIO = 1.5  # a run of requests whose rolling median is 1.5x the quiet level
 MAX_INCIDENTS = 20
 
 
@@ -99,6 +102,31 @@ def _fit_linear(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _expected(lat: np.ndarray, tokens: np.ndarray, inv: np.ndarray, uniq: np.ndarray, fit: np.ndarray
+              ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Expected latency per request from a per-name model fitted on the ``fit`` requests."""
+    expected = np.full(len(lat), np.nan)
+    model: list[dict[str, Any]] = []
+    for gi, name in enumerate(uniq):  # one iteration per span *name*, not per span
+        g = inv == gi
+        m = g & fit
+        if m.sum() < 3:
+            m = g
+        x, y = tokens[m], lat[m]
+        has_tok = x > 0
+        med = float(np.median(y))
+        if has_tok.sum() >= 10 and has_tok.mean() >= 0.5 and np.ptp(x[has_tok]) > 0:
+            a, b = _fit_linear(x[has_tok], y[has_tok])
+            expected[g] = np.where(tokens[g] > 0, a + b * tokens[g], med)
+            model.append({"name": str(name), "model": "a + b*output_tokens", "a_ms": a / 1e6,
+                          "b_ms_per_token": b / 1e6, "requests": int(g.sum()), "fitted_on": int(m.sum())})
+        else:
+            expected[g] = med
+            model.append({"name": str(name), "model": "median", "median_ms": med / 1e6,
+                          "requests": int(g.sum()), "fitted_on": int(m.sum())})
+    return np.maximum(expected, 1.0), model
+
+
 def score_spans(spans: pa.Table) -> SpanScores | None:
     if spans.num_rows == 0:
         return None
@@ -108,37 +136,47 @@ def score_spans(spans: pa.Table) -> SpanScores | None:
     tokens = col(spans, "output_tokens", np.float64, 0)
     ok = pc.fill_null(spans.column("ok"), True).to_numpy(zero_copy_only=False).astype(bool)
     names = pc.fill_null(spans.column("name"), "").to_numpy(zero_copy_only=False)
-    expected = np.full(len(lat), np.nan)
-    model: list[dict[str, Any]] = []
     uniq, inv = np.unique(names.astype(str), return_inverse=True)
-    for gi, name in enumerate(uniq):  # one iteration per span *name*, not per span
-        m = (inv == gi) & ok
-        if not m.any():
-            m = inv == gi
-        x, y = tokens[m], lat[m]
-        has_tok = x > 0
-        if has_tok.sum() >= 10 and has_tok.mean() >= 0.5 and np.ptp(x[has_tok]) > 0:
-            a, b = _fit_linear(x[has_tok], y[has_tok])
-            med = float(np.median(y))
-            g = inv == gi
-            expected[g] = np.where(tokens[g] > 0, a + b * tokens[g], med)
-            model.append({"name": str(name), "model": "a + b*output_tokens", "a_ms": a / 1e6,
-                          "b_ms_per_token": b / 1e6, "requests": int(g.sum())})
-        else:
-            med = float(np.median(y))
-            expected[inv == gi] = med
-            model.append({"name": str(name), "model": "median", "median_ms": med / 1e6,
-                          "requests": int((inv == gi).sum())})
-    expected = np.maximum(expected, 1.0)
-    ratio = lat / expected
-    lr = np.log(ratio)
-    base = lr[ok] if ok.any() else lr
-    med = float(np.median(base))
-    mad = max(1.4826 * float(np.median(np.abs(base - med))), MAD_FLOOR)
-    z = (lr - med) / mad
-    slow = (z >= Z_SLOW) & (ratio >= RATIO_SLOW)
-    slow |= _slow_windows(start, lr - med, ratio)
+    fit = ok.copy() if ok.any() else np.ones(len(lat), bool)
+    # Two passes: the baseline model is refitted without the requests the first pass found slow,
+    # so an incident covering much of the recording does not drag "expected" up with it.
+    for _ in range(2):
+        expected, model = _expected(lat, tokens, inv, uniq, fit)
+        ratio = lat / expected
+        lr = np.log(ratio)
+        base = lr[fit] if fit.any() else lr
+        med = float(np.median(base))
+        mad = max(1.4826 * float(np.median(np.abs(base - med))), MAD_FLOOR)
+        z = (lr - med) / mad
+        slow = (z >= Z_SLOW) & (ratio >= RATIO_SLOW)
+        slow |= _slow_windows(start, lr - med, ratio)
+        slow |= _slow_runs(start, lr - med)
+        if not slow.any() or slow.all():
+            break
+        fit = ok & ~slow
     return SpanScores(start, end, lat, expected, ratio, z, slow, ok, tokens, names, model)
+
+
+def _slow_runs(start: np.ndarray, lr: np.ndarray) -> np.ndarray:
+    """Requests in a run of consecutive slow requests: a level shift that lasts (a hog running for
+    half of a short recording) inflates the median and MAD the other tests rely on. The rolling median
+    of k consecutive requests is compared with the quiet level (its 25th percentile), with noise from
+    the requests' deviation from their own rolling median."""
+    n = len(start)
+    if n < 12:
+        return np.zeros(n, dtype=bool)
+    k = int(np.clip(n // 20, 5, 50))
+    order = np.argsort(start, kind="stable")
+    x = lr[order]
+    pad = np.pad(x, (k // 2, k - 1 - k // 2), mode="edge")
+    roll = np.median(np.lib.stride_tricks.sliding_window_view(pad, k), axis=1)
+    quiet = float(np.percentile(roll, 25))
+    noise = max(1.4826 * float(np.median(np.abs(x - roll))), MAD_FLOOR)
+    zr = (roll - quiet) / (noise / np.sqrt(k))
+    bad = (zr >= Z_SLOW) & (roll - quiet >= np.log(RUN_RATIO)) & (x - quiet >= np.log(RUN_RATIO) / 2)
+    out = np.zeros(n, dtype=bool)
+    out[order] = bad
+    return out
 
 
 def _slow_windows(start: np.ndarray, lr: np.ndarray, ratio: np.ndarray) -> np.ndarray:

@@ -66,3 +66,15 @@ def test_without_tokens_the_median_is_the_baseline():
     sc = score_spans(_spans(np.arange(200) * 1.0, lat, [None] * 200))
     assert np.flatnonzero(sc.slow).tolist() == [50]
     assert sc.model[0]["model"] == "median"
+
+
+def test_dedupe_spans_drops_log_copies_of_api_spans():
+    from autoglm_trace.analysis.diagnosis import dedupe_spans
+
+    api = _spans([1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [10, 10, 10])
+    log = _spans([1.01, 2.5, 3.0], [0.5, 0.5, 0.9], [10, 10, 10])
+    log = log.set_column(log.schema.get_field_index("source"), "source", pa.array(["log"] * 3))
+    out = dedupe_spans(pa.concat_tables([api, log]))
+    # the first log row is the api's first request; the other two are different requests
+    assert out.num_rows == 5
+    assert sorted(out.column("source").to_pylist()) == ["api"] * 3 + ["log"] * 2
