@@ -70,7 +70,9 @@ def _call(module: str, fn: str, rec) -> tuple[dict | None, str | None]:
     try:
         out = f(rec)
     except Exception as e:  # noqa: BLE001 - a failing analysis must not lose the rest of the report
-        where = traceback.extract_tb(e.__traceback__)[-1]
+        frames = traceback.extract_tb(e.__traceback__)
+        ours = [f for f in frames if "site-packages" not in f.filename and not f.filename.endswith(".pxi")]
+        where = (ours or frames)[-1]
         return None, (f"{module}.{fn} failed: {type(e).__name__}: {e} "
                       f"(at {os.path.basename(where.filename)}:{where.lineno})")
     if not isinstance(out, dict):
@@ -494,8 +496,10 @@ def _preemptors(rec, top: int = 10) -> str:
     t = rec.table("preemptions")
     if t.num_rows == 0:
         return ""
-    g = t.group_by(["preemptor_pid", "preemptor_comm", "preemptor_in_target"]).aggregate(
-        [("count", "sum"), ("wait_ns", "sum")])
+    # Per task (tgid): its comm may change (exec, thread names), so take the last one seen.
+    g = t.group_by("preemptor_pid", use_threads=False).aggregate(
+        [("count", "sum"), ("wait_ns", "sum"), ("preemptor_comm", "last"), ("preemptor_in_target", "any")])
+    g = g.rename_columns({"preemptor_comm_last": "preemptor_comm", "preemptor_in_target_any": "preemptor_in_target"})
     g = g.sort_by([("wait_ns_sum", "descending")]).slice(0, top)
     total = pc.sum(t.column("wait_ns")).as_py() or 0
     rows = []
