@@ -11,7 +11,8 @@ and the baseline is the windows outside every incident. Two numbers come out:
 ``confidence = clip(log(ratio) / log 8, 0, 1) * clip(z / 3, 0, 1)``: 8x the baseline at 3 robust
 sigmas is certain. A cause kind's confidence is the best of its *specific* signals -- or, for CPU
 contention and memory pressure, whose stall signals are specific, ``share * clip(z_stall / 3, 0, 1)``
-when larger: a run-queue wait that doubled and accounts for the extra latency is the cause.
+when larger (z_stall: the better of the stall signal's z and the z of the stall fraction of busy
+time against the baseline windows' fractions): a run-queue wait that doubled and accounts for the extra latency is the cause.
 
 ``share`` is how much of the extra latency the cause can account for. For stall causes the target's
 stall fraction of busy time f (stall / (on CPU + stalls)) goes from fb (baseline) to fi (incident);
@@ -119,16 +120,41 @@ def _gpu_memory_confidence(st: Stat) -> float:
     return float(near * max(rise, 0.5 if st.incident >= 0.98 else 0.0))
 
 
-def _stall_fraction(tl: Timeline, names: tuple[str, ...], mask: np.ndarray) -> float | None:
+def _stall_parts(tl: Timeline, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per window: the target's stall time in ``names`` and its busy time (on CPU + every stall)."""
     stalls = [tl.signals[n] for n in names if n in tl.signals]
     if not stalls:
         return None
-    stall = sum(np.nansum(s.values[mask]) for s in stalls)
-    busy = stall
+    stall = sum(np.nan_to_num(s.values) for s in stalls)
+    busy = stall.copy()
     for n in ("oncpu_time", "runq_wait", "dstate_time", "reclaim_target"):
         if n in tl.signals and n not in names:
-            busy += np.nansum(tl.signals[n].values[mask])
-    return float(stall / busy) if busy > 0 else None
+            busy = busy + np.nan_to_num(tl.signals[n].values)
+    return stall, busy
+
+
+def _stall_fraction(tl: Timeline, names: tuple[str, ...], mask: np.ndarray) -> float | None:
+    parts = _stall_parts(tl, names)
+    if parts is None:
+        return None
+    stall, busy = float(parts[0][mask].sum()), float(parts[1][mask].sum())
+    return stall / busy if busy > 0 else None
+
+
+def _stall_fraction_z(tl: Timeline, names: tuple[str, ...], fi: float, base: np.ndarray) -> float | None:
+    """Robust z of the incident's stall fraction against the baseline windows' fractions: the
+    fraction of busy time is steadier than raw stall time, which also moves with the load."""
+    parts = _stall_parts(tl, names)
+    if parts is None:
+        return None
+    stall, busy = parts[0][base], parts[1][base]
+    ok = busy > 0
+    if ok.sum() < 3:
+        return None
+    f = stall[ok] / busy[ok]
+    med = float(np.median(f))
+    scale = max(1.4826 * float(np.median(np.abs(f - med))), (float(np.percentile(f, 90)) - med) / 1.28, 0.02)
+    return (fi - med) / scale
 
 
 def _psi_fraction(tl: Timeline, name: str, mask: np.ndarray) -> float | None:
@@ -146,6 +172,13 @@ def baseline_mask(tl: Timeline, incidents: list[Incident], margin: int = 1) -> n
         m[a : b + 1] = False
     if m.sum() < 3:  # everything is an incident: compare with the whole recording
         m[:] = True
+    # With request timings, idle windows (start-up, after the load) are no baseline for a server
+    # under load: compare with windows where requests were in flight.
+    load = tl.get("requests_in_flight")
+    if load is not None:
+        busy = m & (np.nan_to_num(load.values) >= 0.5)
+        if busy.sum() >= 3:
+            m = busy
     return m
 
 
@@ -206,7 +239,8 @@ def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[s
             zs = [stats[n] for n in stall_names if n in stats]
             if zs:
                 st = max(zs, key=lambda x: x.z)
-                conf_share = float(share * np.clip(st.z / 3, 0, 1))
+                zf = ev.get("stall_fraction", {}).get("z")
+                conf_share = float(share * np.clip(max(st.z, zf if zf is not None else -np.inf) / 3, 0, 1))
                 if conf_share > conf:
                     conf, top = conf_share, st
                     sf = ev.get("stall_fraction", {})
@@ -278,5 +312,8 @@ def _share(kind: str, tl: Timeline, stats: dict[str, Stat], stall_names: tuple[s
     extra = max(0.0, 1 - (1 - min(fi, 0.999)) / (1 - fb))
     ev["stall_fraction"] = {"incident": round(fi, 4), "baseline": round(fb, 4),
                             "predicted_extra_fraction": round(extra, 4)}
+    zf = _stall_fraction_z(tl, stall_names, fi, base) if "stall_source" not in ev else None
+    if zf is not None:
+        ev["stall_fraction"]["z"] = round(float(zf), 2)
     ev["latency_extra_fraction"] = round(lat_frac, 4)
     return float(np.clip(extra / lat_frac, 0, 1))
