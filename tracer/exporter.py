@@ -21,9 +21,14 @@ Sources, chosen so that every series is a true counter (never decreasing):
   kernel probes, root); GPU gauges from ``gpu_devices`` / ``gpu_processes`` (NVML); request latency
   from ``spans``; losses from ``probe_stats``.
 
-Label cardinality is bounded: the first ``max_pids`` pids seen get their own ``pid`` label (a pid
-keeps its label for the life of the exporter, so counters stay monotonic), later ones are folded
-into ``pid="other"``; likewise span names, preemptor comms and OOM victim comms.
+Label cardinality is bounded. Data is kept per pid internally; a pid's label is decided when it is
+first exposed (a scrape) or compacted: a process alive at the latest /proc sample gets its own
+``pid`` label while fewer than ``max_pids`` are taken, anything else -- later pids, and the short-lived
+ones (shell helpers, shims) that came and went between scrapes -- is folded into ``pid="other"``.
+A label never changes once given, and folded totals only grow, so every counter stays monotonic.
+Dead processes are folded (no label) or, when they had a label, dropped ``LABEL_TTL_S`` after their
+last sample, freeing the slot; memory stays bounded by the live processes. Span names, preemptor
+comms and OOM victim comms are bounded the same way (first come).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ PREFIX = "autoglm_trace_"
 OTHER = "other"
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9464
+LABEL_TTL_S = 60.0  # a labelled process that has exited keeps its series this long
+COMPACT_EVERY = 64  # proc_samples batches between compactions (also at every scrape)
 
 # Log2 buckets exposed as their own ``le``; longer waits land in +Inf only (2**25 us = 33.5 s).
 LOG2_EXPOSED = 26
@@ -262,16 +269,26 @@ class PrometheusExporter:
         self.counters: dict[str, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
         self.hists: dict[str, dict[tuple[str, ...], _Hist]] = defaultdict(dict)
         self.gauges: dict[str, dict[tuple[str, ...], float]] = {}
-        # proc_samples: pid -> (last cumulative values, base carried over a pid reuse)
-        # pid -> row of the arrays below (last cumulative values; base carried over a pid reuse)
+        # Per-pid state, labelled at exposure: counters keyed (pid, *other labels), histograms by pid,
+        # and what folded (dead, unlabelled) pids contributed, keyed without the pid.
+        self._pc: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
+        self._ph: dict[str, dict[int, _Hist]] = defaultdict(dict)
+        self._pc_other: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
+        self._ph_other: dict[str, _Hist] = {}
+        # proc_samples: pid -> row of the arrays below (last cumulative values; base carried over a
+        # pid reuse); rows of folded pids are reused.
         self._proc_slot: dict[int, int] = {}
+        self._proc_free: list[int] = []
         self._proc_last = np.full((64, len(self._PROC_COLS)), np.nan)
         self._proc_base = np.zeros((64, len(self._PROC_COLS)))
+        self._proc_other = np.zeros(len(self._PROC_COLS))
+        self._proc_seen: dict[int, int] = {}
         self._proc_ts = -1
+        self._proc_batches = 0
         self._rss: dict[int, float] = {}
         self._gpu_ts: dict[int, int] = {}
         self._gpu_proc_ts: dict[int, int] = {}
-        self._gpu_proc: dict[int, dict[str, float]] = {}
+        self._gpu_proc: dict[int, dict[int, float]] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.addr: str | None = None
@@ -319,20 +336,96 @@ class PrometheusExporter:
             if handler is not None:
                 handler(batch)
 
+    def _alive(self, pid: int) -> bool:
+        # Without /proc samples (host mode) nothing tells who is alive: first come, first served.
+        return self._proc_ts < 0 or pid in self._rss
+
+    def _label(self, pid: int) -> str:
+        """The pid's label, decided now if it has none: its own while slots remain and it is alive."""
+        f = self._pid
+        lab = f.labels.get(pid)
+        if lab is None:
+            if f._own < f.limit and self._alive(pid):
+                lab = str(pid)
+                f._own += 1
+            else:
+                lab = OTHER
+            f.labels[pid] = lab
+        return lab
+
     def _pid_labels(self, pid: int) -> tuple[str, str]:
-        lab = self._pid(pid)
+        lab = self._label(pid)
         if lab == OTHER:
             return OTHER, OTHER
         return lab, self._comms.get(pid, "")
 
-    def _learn_comms(self, pids: np.ndarray, comms: list[str]) -> None:
+    def _learn_comms(self, pids: np.ndarray, comms: list[str], override: bool = False) -> None:
         for p, c in zip(pids.tolist(), comms):
-            if c and p not in self._comms:
+            if c and (override or p not in self._comms):
                 self._comms[p] = c
 
     def _on_processes(self, b: pa.RecordBatch) -> None:
-        # The process comm (not a thread's) names the pid's series; first one seen sticks.
-        self._learn_comms(_np(b.column("pid")), _strs(b.column("comm")))
+        # The process comm (not a thread's) names the pid's series; a row after an exec updates it
+        # (until the pid's series is first exposed, when its labels are fixed).
+        pids = _np(b.column("pid"))
+        fixed = {p for p in pids.tolist() if self._pid.labels.get(p, OTHER) != OTHER}
+        comms = _strs(b.column("comm"))
+        keep = [i for i, p in enumerate(pids.tolist()) if p not in fixed]
+        self._learn_comms(pids[keep], [comms[i] for i in keep], override=True)
+
+    def _compact(self) -> None:
+        """Fold exited, unlabelled pids into the "other" totals and free the slots of labelled pids
+        gone for LABEL_TTL_S: per-pid state stays bounded by the live processes."""
+        if self._proc_ts < 0:
+            return
+        known = set(self._proc_slot)
+        for d in self._pc.values():
+            known.update(k[0] for k in d)
+        for d in self._ph.values():
+            known.update(d)
+        for g in self._gpu_proc.values():
+            known.update(g)
+        gone = [p for p in known if p not in self._rss]
+        for pid in gone:
+            lab = self._label(pid)
+            if lab != OTHER:
+                if self._proc_ts - self._proc_seen.get(pid, self._proc_ts) < LABEL_TTL_S * 1e9:
+                    continue
+                self._pid._own -= 1  # its series end; the slot is free again
+            else:
+                self._fold(pid)
+            self._forget(pid)
+
+    def _fold(self, pid: int) -> None:
+        for name, d in self._pc.items():
+            for k in [k for k in d if k[0] == pid]:
+                self._pc_other[name][k[1:]] += d[k]
+        for name, d in self._ph.items():
+            h = d.get(pid)
+            if h is not None:
+                o = self._ph_other.get(name)
+                if o is None:
+                    o = self._ph_other[name] = _Hist(h.buckets.size)
+                o.buckets += h.buckets
+                o.sum += h.sum
+        i = self._proc_slot.get(pid)
+        if i is not None:
+            self._proc_other += np.nan_to_num(self._proc_last[i]) + self._proc_base[i]
+
+    def _forget(self, pid: int) -> None:
+        for d in self._pc.values():
+            for k in [k for k in d if k[0] == pid]:
+                del d[k]
+        for d in self._ph.values():
+            d.pop(pid, None)
+        i = self._proc_slot.pop(pid, None)
+        if i is not None:
+            self._proc_last[i] = np.nan
+            self._proc_base[i] = 0.0
+            self._proc_free.append(i)
+        self._proc_seen.pop(pid, None)
+        self._pid.labels.pop(pid, None)
+        self._comms.pop(pid, None)
 
     _PROC_COLS = ("ctx_voluntary", "ctx_involuntary", "minflt", "majflt", "cpu_user_s", "cpu_system_s")
 
@@ -347,11 +440,13 @@ class PrometheusExporter:
         upid, idx = np.unique(pid[rev], return_index=True)
         new = vals[rev[idx]]
         slot = self._proc_slot
-        rows = np.fromiter((slot.setdefault(p, len(slot)) for p in upid.tolist()), np.int64, upid.size)
-        for p in upid.tolist():  # label slots in pid order (first come, first served)
-            self._pid(p)
-        if len(slot) > self._proc_last.shape[0]:
-            grow = max(len(slot), 2 * self._proc_last.shape[0]) - self._proc_last.shape[0]
+        for p in upid.tolist():
+            if p not in slot:
+                slot[p] = self._proc_free.pop() if self._proc_free else len(slot)
+        rows = np.fromiter((slot[p] for p in upid.tolist()), np.int64, upid.size)
+        need = int(rows.max()) + 1
+        if need > self._proc_last.shape[0]:
+            grow = max(need, 2 * self._proc_last.shape[0]) - self._proc_last.shape[0]
             self._proc_last = np.vstack([self._proc_last, np.full((grow, new.shape[1]), np.nan)])
             self._proc_base = np.vstack([self._proc_base, np.zeros((grow, new.shape[1]))])
         prev = self._proc_last[rows]
@@ -361,12 +456,18 @@ class PrometheusExporter:
         if reused.any():
             self._proc_base[rows[reused]] += np.nan_to_num(prev[reused])
         self._proc_last[rows] = v
+        tlast = ts[rev[idx]]
+        for p, t in zip(upid.tolist(), tlast.tolist()):
+            self._proc_seen[p] = t
         tmax = int(ts.max())
         if tmax > self._proc_ts:
             # RSS is a gauge of the processes alive at the latest sample.
             at = ts == tmax
-            self._rss = {int(p): float(r) for p, r in zip(pid[at], rss[at]) if np.isfinite(r)}
+            self._rss = {int(p): (float(r) if np.isfinite(r) else 0.0) for p, r in zip(pid[at], rss[at])}
             self._proc_ts = tmax
+        self._proc_batches += 1
+        if self._proc_batches % COMPACT_EVERY == 0:
+            self._compact()
 
     def _on_sched(self, b: pa.RecordBatch) -> None:
         n = b.num_rows
@@ -379,14 +480,18 @@ class PrometheusExporter:
         on = _group_sum(inv, g, _np(b.column("oncpu_ns"), np.float64))
         off = {s: _group_sum(inv, g, _np(b.column(f"offcpu_{s}_ns"), np.float64))
                for s in ("sleep", "dstate", "preempted")}
-        c = self.counters
+        c = self._pc
         folded = _fold_log2(hist)
+        runq = self._ph["runq_latency_seconds"]
         for j, (p,) in enumerate(keys):
-            lab = self._pid_labels(p)
-            self._add_hist("runq_latency_seconds", lab, folded[j], wait[j] / 1e9)
-            c["oncpu_seconds"][lab] += on[j] / 1e9
+            h = runq.get(p)
+            if h is None:
+                h = runq[p] = _Hist(folded.shape[1])
+            h.buckets += folded[j]
+            h.sum += wait[j] / 1e9
+            c["oncpu_seconds"][(p,)] += on[j] / 1e9
             for s, arr in off.items():
-                c["offcpu_seconds"][(*lab, s)] += arr[j] / 1e9
+                c["offcpu_seconds"][(p, s)] += arr[j] / 1e9
 
     def _on_preemptions(self, b: pa.RecordBatch) -> None:
         comm = _strs(b.column("preemptor_comm"), "?")
@@ -509,8 +614,7 @@ class PrometheusExporter:
             cur = self._gpu_proc[g]
             for p, u in zip(pid[at].tolist(), used[at].tolist()):
                 if np.isfinite(u):
-                    lab = self._pid(p)
-                    cur[lab] = cur.get(lab, 0.0) + u if lab == OTHER else u
+                    cur[p] = u
 
     def _on_spans(self, b: pa.RecordBatch) -> None:
         start = _np(b.column("ts_ns"))
@@ -554,7 +658,9 @@ class PrometheusExporter:
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
+            self._compact()
             yield from self._proc_families()
+            yield from self._pid_families()
             for name, (typ, doc, labels) in METRICS.items():
                 if typ == "counter" and name in self.counters and name not in ("context_switches", "page_faults",
                                                                                  "process_cpu_seconds"):
@@ -573,14 +679,53 @@ class PrometheusExporter:
                 name = "gpu_process_memory_bytes"
                 fam = GaugeMetricFamily(PREFIX + name, METRICS[name][1], labels=METRICS[name][2])
                 for g, d in sorted(self._gpu_proc.items()):
-                    for lab, v in sorted(d.items()):
+                    per: dict[str, float] = defaultdict(float)
+                    for p, v in d.items():
+                        per[self._label(p)] += v
+                    for lab, v in sorted(per.items()):
                         fam.add_metric([str(g), lab], v)
                 yield fam
 
+    def _pid_families(self) -> Iterator[Metric]:
+        """Per-pid kernel metrics, aggregated per (pid label, comm, ...) with the folded pids."""
+        for name, d in self._ph.items():
+            per: dict[tuple[str, ...], _Hist] = {}
+            for p, h in d.items():
+                lab = self._pid_labels(p)
+                acc = per.get(lab)
+                if acc is None:
+                    acc = per[lab] = _Hist(h.buckets.size)
+                acc.buckets += h.buckets
+                acc.sum += h.sum
+            o = self._ph_other.get(name)
+            if o is not None:
+                acc = per.get((OTHER, OTHER))
+                if acc is None:
+                    acc = per[(OTHER, OTHER)] = _Hist(o.buckets.size)
+                acc.buckets += o.buckets
+                acc.sum += o.sum
+            if per:
+                _, doc, labels = METRICS[name]
+                yield self._hist_family_from(name, doc, labels, per)
+        for name in sorted(set(self._pc) | set(self._pc_other)):
+            tot: dict[tuple[str, ...], float] = defaultdict(float)
+            for k, v in self._pc.get(name, {}).items():
+                tot[(*self._pid_labels(k[0]), *k[1:])] += v
+            for rest, v in self._pc_other.get(name, {}).items():
+                tot[(OTHER, OTHER, *rest)] += v
+            if tot:
+                _, doc, labels = METRICS[name]
+                fam = CounterMetricFamily(PREFIX + name, doc, labels=labels)
+                for lab, v in sorted(tot.items()):
+                    fam.add_metric(list(lab), v)
+                yield fam
+
     def _proc_families(self) -> Iterator[Metric]:
-        if not self._proc_slot:
+        if not self._proc_slot and not self._proc_other.any():
             return
         per_label: dict[tuple[str, str], np.ndarray] = {}
+        if self._proc_other.any():
+            per_label[(OTHER, OTHER)] = self._proc_other.copy()
         totals = np.nan_to_num(self._proc_last) + self._proc_base
         for p, i in self._proc_slot.items():
             total = totals[i]
@@ -609,9 +754,13 @@ class PrometheusExporter:
         yield GaugeMetricFamily(PREFIX + "processes", METRICS["processes"][1], value=len(self._rss))
 
     def _hist_family(self, name: str, doc: str, labels: tuple[str, ...]) -> HistogramMetricFamily:
+        return self._hist_family_from(name, doc, labels, self.hists[name])
+
+    def _hist_family_from(self, name: str, doc: str, labels: tuple[str, ...],
+                          hists: dict[tuple[str, ...], _Hist]) -> HistogramMetricFamily:
         les = LOG2_LE_S if name in ("runq_latency_seconds", "block_io_latency_seconds") else SPAN_BUCKETS_S
         fam = HistogramMetricFamily(PREFIX + name, doc, labels=labels)
-        for lab, h in sorted(self.hists[name].items()):
+        for lab, h in sorted(hists.items()):
             cum = np.cumsum(h.buckets)
             buckets = [(floatToGoString(le), float(c)) for le, c in zip(les, cum[:-1])]
             buckets.append(("+Inf", float(cum[-1])))

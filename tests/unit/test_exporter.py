@@ -86,3 +86,56 @@ def test_endpoint_serves_and_closes():
     e.close()
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", e.port)) != 0
+
+
+def _sched(e: PrometheusExporter, ts: int, pid: int, n: int) -> None:
+    h = [0] * 32
+    h[4] = n
+    e.emit_batch("sched", rows_to_batch("sched", [{"ts_ns": ts, "bucket_ns": 1, "pid": pid, "tid": pid,
+                                                    "comm": "sh", "runq_hist": h, "runq_wait_ns": n * 10_000}]))
+
+
+def _runq(s: dict) -> dict[str, float]:
+    return {dict(lab)["pid"]: v for (name, lab), v in s.items() if name == "autoglm_trace_runq_latency_seconds_count"}
+
+
+def test_short_lived_pids_fold_into_other_without_taking_a_slot():
+    e = PrometheusExporter(max_pids=1)
+    _proc(e, 1, {10: (1, 100)})
+    for helper in (500, 501, 502):  # shell helpers: kernel rows, never alive at a /proc sample
+        _sched(e, 1, helper, 2)
+    _sched(e, 1, 10, 5)
+    s = _samples(e)
+    assert _runq(s) == {"10": 5, OTHER: 6}  # the one slot went to the live process
+    # Totals only grow across scrapes, whatever was folded.
+    _sched(e, 2, 10, 1)
+    _sched(e, 2, 503, 4)
+    _proc(e, 2, {10: (2, 100)})
+    assert _runq(_samples(e)) == {"10": 6, OTHER: 10}
+
+
+def test_a_labelled_pid_that_exited_frees_its_slot_after_the_ttl():
+    from autoglm_trace.tracer.exporter import LABEL_TTL_S
+
+    e = PrometheusExporter(max_pids=1)
+    sec = 1_000_000_000
+    _proc(e, 1, {10: (5, 100)})
+    assert _vol(_samples(e), "10") == 5
+    _proc(e, 2 * sec, {11: (1, 100)})  # pid 10 exited; 11 must wait in "other"
+    s = _samples(e)
+    assert _vol(s, "10") == 5 and _vol(s, OTHER) == 1 and _vol(s, "11") is None
+    _proc(e, int((LABEL_TTL_S + 5) * sec), {11: (2, 100), 12: (7, 100)})
+    s = _samples(e)
+    assert _vol(s, "10") is None  # its series ended
+    assert _vol(s, OTHER) == 2  # 11 stays where it was first exposed
+    assert _vol(s, "12") == 7  # the freed slot went to a live process
+
+
+def test_comm_follows_an_exec_until_first_exposed():
+    e = PrometheusExporter()
+    e.emit_batch("processes", rows_to_batch("processes", [{"ts_ns": 1, "pid": 10, "comm": "bash"}]))
+    e.emit_batch("processes", rows_to_batch("processes", [{"ts_ns": 2, "pid": 10, "comm": "python3"}]))
+    _proc(e, 2, {10: (1, 1)})
+    assert ("autoglm_trace_process_rss_bytes", (("comm", "python3"), ("pid", "10"))) in _samples(e)
+    e.emit_batch("processes", rows_to_batch("processes", [{"ts_ns": 3, "pid": 10, "comm": "later"}]))
+    assert ("autoglm_trace_process_rss_bytes", (("comm", "python3"), ("pid", "10"))) in _samples(e)
