@@ -24,7 +24,7 @@ from autoglm_trace.analysis.spikes import (
     resource_incidents,
     score_spans,
 )
-from autoglm_trace.analysis.timeline import Timeline, build_timeline, col, in_flight
+from autoglm_trace.analysis.timeline import Signal, Timeline, build_timeline, col, in_flight
 from autoglm_trace.tracer import schema
 
 SCHEMA_ID = "autoglm-trace.diagnosis/1"
@@ -151,6 +151,9 @@ def headline(inc: dict[str, Any]) -> str:
     else:
         trig = inc.get("trigger") or {}
         what = f"{trig.get('describe', 'a resource signal')} spiked {trig.get('ratio', 0):.0f}x"
+        if trig.get("requests_slower"):
+            what += (f"; {inc['requests']} requests during it {trig['requests_slower']:.2f}x slower than the "
+                     f"rest (p99 {inc['latency_ms']:.0f} ms)")
     if top is None:
         return what
     cause = f"{top['kind']} (score {top['score']:.2f}): {top['summary']}"
@@ -213,6 +216,38 @@ def _findings(rec: Recording, tl: Timeline, sc: Any, incidents: list[dict[str, A
     return out
 
 
+PROMOTE_RATIO = 1.2  # requests during a resource spike this much slower than the rest: an incident
+
+
+def _promote_resource_spikes(sc: Any, spikes: list[Incident]) -> tuple[list[Incident], list[Incident]]:
+    """Resource spikes during which the overlapping requests were measurably slower than the others
+    (by their median latency ratio) become incidents with those requests' latency; the rest stay
+    findings ("spiked ... without slowing requests"). Catches slowdowns too mild for the per-request
+    tests (1.2x-1.5x) when a stall signal says exactly when they happened."""
+    promoted, others = [], []
+    for inc in spikes:
+        over = (sc.start <= inc.end_ns) & (sc.end >= inc.start_ns)
+        if over.sum() < 3 or (~over).sum() < 3:
+            others.append(inc)
+            continue
+        rel = float(np.median(sc.ratio[over]) / np.median(sc.ratio[~over]))
+        if rel < PROMOTE_RATIO:
+            others.append(inc)
+            continue
+        lat, exp = sc.latency[over], sc.expected[over] * float(np.median(sc.ratio[~over]))
+        inc.n_requests = inc.n_overlapping = int(over.sum())
+        inc.n_failed = int((~sc.ok[over]).sum())
+        inc.latency_ms = float(np.percentile(lat, 99)) / 1e6
+        inc.max_ms = float(lat.max()) / 1e6
+        inc.baseline_ms = float(np.median(exp)) / 1e6
+        inc.extra_ms = float(np.mean(lat - exp)) / 1e6
+        inc.latency_frac = float(max(0.0, 1 - 1 / rel))
+        inc.names = sorted({str(n) for n in sc.names[over]})[:5]
+        inc.trigger = dict(inc.trigger, requests_slower=round(rel, 3))
+        promoted.append(inc)
+    return promoted, others
+
+
 def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
              window_ns: int | None = None) -> dict[str, Any]:
     """The analysis of one recording (see the module docstring and docs/analysis.md).
@@ -223,12 +258,19 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
     tl = build_timeline(rec, window_ns)
     spans, span_sources = _spans(rec, latency_rows)
     sc = score_spans(spans)
+    if sc is not None:
+        # Load signals from the de-duplicated requests, --latency log included.
+        tl.add(Signal("requests_in_flight", in_flight(tl, sc.start, sc.end), "requests", "spans", "load",
+                      "requests in flight", floor=1))
+        arrivals = np.bincount(tl.index(sc.start), minlength=tl.n)[: tl.n].astype(np.float64)
+        tl.add(Signal("request_arrivals", arrivals, "count/window", "spans", "load", "request arrivals", floor=1))
     not_checked = list(tl.not_checked)
     resource_only: list[Incident] = []
     if sc is not None:
         found = latency_incidents(sc)
         if not found:
-            resource_only = resource_incidents(tl)[:5]
+            found, resource_only = _promote_resource_spikes(sc, resource_incidents(tl))
+            resource_only = resource_only[:5]
     else:
         not_checked.append({"signal": "request_latency", "reason": "no spans and no --latency log: incidents "
                             "are found from resource signals alone"})

@@ -145,3 +145,16 @@ def test_moderate_contention_on_a_busy_host(tmp_path):
     assert first["excess_share"] > 0.8
     # no false incident elsewhere in the noisy latencies
     assert len(d["incidents"]) <= 2
+
+
+def test_mild_slowdown_during_a_stall_spike_becomes_an_incident(tmp_path):
+    """1.3x slower requests are below the per-request tests, but the reclaim spike says when: the
+    spike is promoted to an incident with those requests' latency, cause and culprit."""
+    truth, d = _run(tmp_path, Scenario(kind="memory", seed=4, slowdown=1.3))
+    assert len(d["incidents"]) == 1
+    inc = d["incidents"][0]
+    assert inc["kind"] == "resource" and _overlaps(inc, truth["incident"])
+    assert inc["trigger"]["requests_slower"] >= 1.2 and inc["requests"] >= 3
+    assert inc["latency_ms"] is not None
+    top = inc["causes"][0]
+    assert top["kind"] == "memory_pressure" and top["culprits"][0]["pid"] == CULPRITS["memory"][0]
