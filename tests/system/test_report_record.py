@@ -129,7 +129,6 @@ def test_report_and_export_of_a_kernel_recording(cli, tmp_path):
     first_row = section.split("share", 1)[1]
     assert first_row.lstrip().split(")")[0].endswith(f"({top}"), section
     assert f"{waits[top] / 1e6:,.1f}" in section
-    assert "diagnosis unavailable" not in text
     ev = trace["traceEvents"]
     assert sum(1 for e in ev if e["ph"] == "X" and e.get("cat") == "request") == spans
     root = rec.target["pid"]
@@ -138,6 +137,8 @@ def test_report_and_export_of_a_kernel_recording(cli, tmp_path):
     assert states and max(e["args"]["run-queue %"] for e in states) > 10  # it waited behind the hog
     gpu = [e for e in ev if e["ph"] == "C" and e["name"] == "memory" and e["pid"] >= 1 << 30]
     assert gpu, "simulated GPU counters"
+    # Last: the analysis must run on what the real recorder writes (nullable columns included).
+    assert "diagnosis unavailable" not in text, text[text.index("Incidents"):][:400]
 
 
 def test_report_of_a_recording_without_kernel_probes(cli, tmp_path):
