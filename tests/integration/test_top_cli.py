@@ -3,9 +3,12 @@ terminal the live view prints its last frame when the target exits."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from autoglm_trace.analysis.reader import Recording
 
@@ -58,3 +61,18 @@ def test_record_live_writes_the_recording_and_shows_the_view(cli, tmp_path):
     assert "Request latency" in r.stderr and "generate" in r.stderr
     spans = Recording(rec).table("spans")
     assert spans.num_rows >= 50  # ~2 s of 20 ms requests
+
+
+@pytest.mark.root
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_top_with_kernel_probes_shows_scheduler_figures(cli, tmp_path):
+    script = tmp_path / "busy.py"
+    script.write_text(BUSY)
+    r = run(cli, "top", "--no-gpu", "--window", "5", "--", sys.executable, str(script))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "involuntary sw (kernel)" in out and "page faults (kernel)" in out
+    line = next(x for x in out.splitlines() if "run-queue p50 / p99" in x)
+    assert re.search(r"\d+(\.\d+)? (us|ms|s) / \d+(\.\d+)? (us|ms|s)", line), line
+    assert "kernel.sched" in out  # probe_stats: the loss accounting is shown per probe
