@@ -11,7 +11,7 @@ Layout of the trace (https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQ
   ``requests`` process, each lane a track with no overlap. Time to first token is a nested child;
 * thread states from ``sched`` as one counter track per thread: the percentage of each bucket spent
   on-CPU, waiting on the run queue and in D-state, dropping to 0 after the thread's last bucket;
-* counters (``C``) for RSS per process, page faults and block I/O per process, host memory / PSI,
+* counters (``C``) for RSS, GPU memory, page faults and block I/O per process, host memory / PSI,
   host-wide block I/O and per-GPU memory / utilisation / power / throttle reasons;
 * direct-reclaim stalls as ``X`` slices on the host process;
 * global instant events (``i``, ``"s": "g"``) for OOM kills, process exits, Xid errors and alerts.
@@ -52,7 +52,7 @@ LANE_TID = PSEUDO_PID + 1024  # + lane
 RECLAIM_TID = PSEUDO_PID + 512
 CHUNK = 20_000
 TS_TABLES = ("spans", "sched", "proc_samples", "faults", "block_io", "host_samples", "gpu_devices",
-             "oom_kills", "proc_events", "gpu_events", "reclaim", "alerts", "processes")
+             "gpu_processes", "oom_kills", "proc_events", "gpu_events", "reclaim", "alerts", "processes")
 
 
 def _js(s: Any) -> str:
@@ -337,6 +337,13 @@ def _process_counters(rec, w: TraceWriter, clk: _Clock) -> None:
         allf, maj = T.col(g, "faults_sum"), T.col(g, "major_sum")
         _add_counters(w, clk, T.col(g, "pid", np.int64), "page faults/s", T.col(g, "ts_ns", np.int64),
                       {"minor": (allf - maj) * per_s, "major": maj * per_s})
+    gp = rec.table("gpu_processes")
+    if gp.num_rows:
+        # GPU memory of each process (NVML reports host pids), one track per GPU on the process.
+        gp = gp.sort_by([("pid", "ascending"), ("gpu", "ascending"), ("ts_ns", "ascending")])
+        names = [f"GPU{g} memory" for g in gp.column("gpu").to_pylist()]
+        _add_counters(w, clk, T.col(gp, "pid", np.int64), names, T.col(gp, "ts_ns", np.int64),
+                      {"MiB": T.col(gp, "used_bytes") / 2**20})
     b = rec.table("block_io")
     if b.num_rows:
         tgt = T._target_filter(b)

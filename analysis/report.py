@@ -299,6 +299,24 @@ def _header(rec) -> str:
     return f'<h1>autoglm-trace report</h1><dl class="meta">{dl}</dl>'
 
 
+def _losses(rec) -> str:
+    """Events the probes lost (``probe_stats``), per probe and reason: a gap in the data must be
+    visible next to the data."""
+    t = rec.table("probe_stats")
+    if t.num_rows == 0:
+        return ""
+    g = t.group_by(["probe", "reason"], use_threads=False).aggregate([("events", "sum"), ("lost", "sum")])
+    rows = [r for r in g.to_pylist() if (r["lost_sum"] or 0) > 0]
+    if not rows:
+        total = pc.sum(t.column("events")).as_py() or 0
+        return f"<p>Lost events: none ({total:,} handled by the probes).</p>"
+    rows.sort(key=lambda r: -(r["lost_sum"] or 0))
+    body = [[esc(r["probe"]), esc(r["reason"] or ""), fmt_num(int(r["events_sum"] or 0)),
+             f"<span class='bad'>{fmt_num(int(r['lost_sum']))}</span>"] for r in rows]
+    return ("<p class='warn'>Some events were lost: the counts below are missing from the tables.</p>"
+            + _table(["probe", "reason", "events handled", "events lost"], body))
+
+
 def _coverage(rec, not_checked: list[dict[str, Any]]) -> str:
     rows = []
     for c in T.collector_status(rec):
@@ -308,6 +326,7 @@ def _coverage(rec, not_checked: list[dict[str, Any]]) -> str:
     parts = ["<h2>What was recorded</h2>"]
     parts.append(_table(["collector", "state", "tables / reason"], rows) if rows
                  else "<p>The manifest lists no collectors.</p>")
+    parts.append(_losses(rec))
     if rec.truncated:
         parts.append("<p class='warn'>Truncated tables (read up to their last whole batch): "
                      + esc(", ".join(f"{k} ({v})" for k, v in rec.truncated.items())) + "</p>")

@@ -247,3 +247,16 @@ def test_reclaim_stalls_are_slices_on_named_lanes(tmp_path):
     assert "[target]" in x[0][3] and "[target]" not in x[1][3]
     named = {e["tid"] for e in ev if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == HOST_PID}
     assert {x[0][2], x[1][2]} <= named
+
+
+def test_gpu_memory_per_process(tmp_path):
+    w = RecordingWriter(tmp_path / "gp", RD.manifest())
+    w.emit("gpu_processes", [
+        {"ts_ns": RD.T0 + k * RD.BUCKET, "gpu": g, "pid": 77, "in_target": True, "used_bytes": (k + 1) * 2**30}
+        for k in range(3) for g in (0, 1)])
+    w.close()
+    export_perfetto(Recording(tmp_path / "gp"), tmp_path / "gp.json")
+    ev = json.loads((tmp_path / "gp.json").read_text())["traceEvents"]
+    got = [(e["name"], round(e["ts"]), e["args"]["MiB"]) for e in ev if e["ph"] == "C" and e["pid"] == 77]
+    assert got == [("GPU0 memory", 0, 1024), ("GPU0 memory", 100_000, 2048), ("GPU0 memory", 200_000, 3072),
+                   ("GPU1 memory", 0, 1024), ("GPU1 memory", 100_000, 2048), ("GPU1 memory", 200_000, 3072)]

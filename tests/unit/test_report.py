@@ -341,3 +341,21 @@ def test_report_of_a_truncated_recording(tmp_path, no_analysis):
     man.write_text(json.dumps(m))
     text = "".join(parse(render_html(Recording(path))).text)
     assert "INCOMPLETE" in text and "Truncated tables" in text and "sched" in text
+
+
+def test_report_shows_lost_events(tmp_path, no_analysis):
+    from autoglm_trace.tracer.writer import RecordingWriter
+
+    w = RecordingWriter(tmp_path / "lost", RD.manifest())
+    w.emit("probe_stats", [
+        {"ts_ns": RD.T0, "probe": "sched", "events": 1000, "lost": 0, "reason": None},
+        {"ts_ns": RD.T0 + RD.BUCKET, "probe": "sched", "events": 500, "lost": 0, "reason": None},
+        {"ts_ns": RD.T0, "probe": "faults", "events": 90, "lost": 7, "reason": "map_full"},
+        {"ts_ns": RD.T0 + RD.BUCKET, "probe": "faults", "events": 10, "lost": 5, "reason": "map_full"},
+    ])
+    w.close()
+    text = " ".join(parse(render_html(Recording(tmp_path / "lost"))).text)
+    assert "Some events were lost" in text
+    row = text[text.index("events lost"):]
+    assert "faults" in row and "map_full" in row and "100" in row and "12" in row
+    assert "sched" not in row.split("Not checked")[0]  # no losses: not listed
