@@ -91,9 +91,11 @@ def configure(path: str | None = None) -> None:
 
 
 def _after_fork() -> None:
-    # A forked worker must not share the parent's socket object or its counters.
-    global _sent, _dropped, _local
+    # A forked worker must not share the parent's socket object or its counters, nor inherit the
+    # counter lock in a held state (another thread may have held it at fork time).
+    global _sent, _dropped, _local, _lock
     _sent = _dropped = 0
+    _lock = threading.Lock()
     _local = threading.local()
     _connect(_path if _path else os.environ.get(ENV_VAR))
 

@@ -214,7 +214,7 @@ class Metrics:
 class DemoServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, workers: int = 2, model: ModelConfig | None = None,
                  weights: Path | None = None, journal: Path | None = None, journal_fsync: bool = True,
-                 kv_budget_bytes: int = 16 << 20, drop_cache: bool = False) -> None:
+                 kv_budget_bytes: int = 4 << 20, drop_cache: bool = False) -> None:
         self.cfg = model or ModelConfig()
         workdir = Path(os.environ.get("AUTOGLM_DEMO_DIR", "/var/tmp/autoglm-demo"))
         workdir.mkdir(parents=True, exist_ok=True)
@@ -430,7 +430,8 @@ def join_memcg(path: str) -> None:
 
 def run_server(port: int = 0, workers: int = 2, journal: str | None = None, memcg: str | None = None,
                cpus: list[int] | None = None, incident: str = "none", incident_at: float | None = None,
-               duration: float | None = None, ready_file: str | None = None, kv_budget_mb: int = 16) -> int:
+               duration: float | None = None, ready_file: str | None = None, kv_budget_mb: int = 4,
+               drop_cache: bool = False) -> int:
     """Run until SIGTERM / SIGINT / ``duration``. Prints one line with the URL when ready."""
     from autoglm_trace.tracer.demo_hog import set_comm
 
@@ -440,7 +441,7 @@ def run_server(port: int = 0, workers: int = 2, journal: str | None = None, memc
     if cpus:
         os.sched_setaffinity(0, cpus)
     srv = DemoServer(port=port, workers=workers, journal=Path(journal) if journal else None,
-                     kv_budget_bytes=kv_budget_mb << 20, drop_cache=bool(memcg))
+                     kv_budget_bytes=kv_budget_mb << 20, drop_cache=drop_cache)
 
     def stop(*_a: Any) -> None:
         srv.shutdown()

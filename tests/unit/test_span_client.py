@@ -170,3 +170,20 @@ def test_header_layout_is_stable():
     # Documented in docs/format-spans.md; a change here is a wire-format change.
     assert sc.HEADER.format == "<4sqqqiiiiBIH"
     assert sc.HEADER.size == struct.calcsize("<4sqqqiiiiBIH") == 51
+
+
+def test_forked_child_sends_with_its_own_pid(receiver_sock):
+    s, _ = receiver_sock
+    pid = os.fork()
+    if pid == 0:  # child: fresh counters, its own socket, its own pid in the datagram
+        code = 1
+        try:
+            with sc.span("child"):
+                pass
+            code = 0 if sc.stats() == {"sent": 1, "dropped": 0} else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    d = sc.decode(s.recv(65536))
+    assert d["name"] == "child" and d["pid"] == pid

@@ -109,8 +109,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="memory-pressure: the server's cgroup limit (default 256)")
     p.add_argument("--keep-mb", type=int, default=12,
                    help="memory-pressure: room the balloon leaves for page cache (default 12)")
-    p.add_argument("--oom-headroom-mb", type=int, default=16,
-                   help="oom: the limit is set to the server's anon memory + this at the incident (default 16)")
+    p.add_argument("--oom-headroom-mb", type=int, default=8,
+                   help="oom: the limit is set to the server's anon memory + this at the incident (default 8)")
     return p
 
 
@@ -127,7 +127,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--incident-at", type=float, default=None, metavar="S")
     p.add_argument("--duration", type=_positive, default=None, metavar="S", help="exit after S seconds")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
-    p.add_argument("--kv-budget-mb", type=int, default=16, help="prefix-cache budget before LRU eviction")
+    p.add_argument("--kv-budget-mb", type=int, default=4, help="prefix-cache budget before LRU eviction")
+    p.add_argument("--drop-cache", action="store_true",
+                   help="drop the weights file's page cache at start, so that it is charged to --memcg")
     return p
 
 
@@ -174,7 +176,8 @@ def main(argv: list[str]) -> int:
         try:
             return run_server(port=a.port, workers=a.workers, journal=a.journal, memcg=a.memcg, cpus=a.cpus,
                               incident=a.incident, incident_at=a.incident_at, duration=a.duration,
-                              ready_file=a.ready_file, kv_budget_mb=a.kv_budget_mb)
+                              ready_file=a.ready_file, kv_budget_mb=a.kv_budget_mb,
+                              drop_cache=a.drop_cache)
         except OSError as e:
             raise TargetError(f"demo server: {e.strerror or e}") from None
     if sub == "load":
@@ -240,6 +243,10 @@ class Demo:
                         "--journal", str(self.journal), "--ready-file", str(self.ready)]
         if self.memcg:
             cmd += ["--memcg", str(self.memcg)]
+        if self.a.incident == "memory-pressure":
+            # The weights' pages must belong to the cgroup the balloon squeezes. (Not for oom: there
+            # the leak should hit the limit, not first thrash the weights out of the page cache.)
+            cmd += ["--drop-cache"]
         if self.a.cpus:
             cmd += ["--cpus", ",".join(map(str, self.a.cpus))]
         if self.a.record:
