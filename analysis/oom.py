@@ -6,10 +6,13 @@ memory", "OutOfMemoryError") or from a GPU at its memory limit followed by the t
 error. For each: the victim's and its tree's memory over the last minute (RSS or GPU memory, growth
 rate by least squares), who else grew, reclaim stalls and major faults just before, and a verdict:
 
-* ``leak``: the memory floor -- the level while no request is in flight (from spans), or the rolling
-  minimum without spans -- keeps rising;
+* ``leak``: the memory floor -- the level while no request is in flight after the first request (from
+  spans), or the rolling minimum without spans -- keeps rising. Judged on anonymous memory (RSS minus
+  resident shared/file-backed pages), so page cache of mmapped weights filling up is not a leak;
 * ``kv_cache_growth``: memory follows the load (requests in flight) and falls back to a flat floor
   when requests finish -- the limit is too small for the peak load, not a leak;
+* ``steady_growth``: the rolling floor rose steadily, but there is no idle period (or no request
+  timing) to tell a leak from growth with load;
 * ``sudden_allocation``: most of the growth came in the last few seconds (one big allocation);
 * ``unknown``: not enough samples to say.
 """
@@ -69,7 +72,8 @@ def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np
                 "reason": "most of the growth came in the last tenth of the recording before the kill", **ev}
     if len(starts):
         load = _in_flight_at(ts, starts, ends)
-        idle = load <= 0
+        # Idle = no request in flight *after the first one*: before it the server is still starting.
+        idle = (load <= 0) & (ts > starts.min())
         # Distinct idle periods: runs of idle samples.
         runs = int(np.sum(np.diff(np.r_[0, idle.astype(int)]) == 1))
         ev.update(idle_samples=int(idle.sum()), idle_periods=runs)
@@ -101,8 +105,10 @@ def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np
     floor_rise = float(mins[-1] - mins[0])
     ev.update(segment_floor_increases=ups, floor_rise_bytes=int(floor_rise))
     if ups >= len(mins) - 2 and floor_rise > 0.1 * float(mem.min()):
-        return {"verdict": "leak", "reason": f"the rolling memory floor rose in {ups} of {len(mins) - 1} "
-                "segments (no request timings to separate load)", **ev}
+        why = ("no request timings to tell a leak from load" if not len(starts) else
+               "requests never paused, so the idle floor that tells a leak from KV-cache growth was never seen")
+        return {"verdict": "steady_growth", "reason": f"the rolling memory floor rose in {ups} of "
+                f"{len(mins) - 1} segments ({why})", **ev}
     return {"verdict": "unknown", "reason": "no steady floor rise and no load data to attribute the growth", **ev}
 
 
@@ -113,14 +119,20 @@ def _spans_bounds(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
     return col(t, "ts_ns", np.int64), col(t, "end_ns", np.int64)
 
 
-def _pid_series(rec: Recording, pids: list[int] | None, until_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    """RSS over time of ``pids`` summed (None: the whole tree), up to ``until_ns``."""
+def _pid_series(rec: Recording, pids: list[int] | None, until_ns: int, anon: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """RSS over time of ``pids`` summed (None: the whole tree), up to ``until_ns``. ``anon``: RSS minus
+    resident shared (file-backed + shmem) memory -- what a leak or a KV cache grows, unlike page
+    cache of mmapped weights."""
     if not rec.has("proc_samples"):
         return np.empty(0, np.int64), np.empty(0)
     t = rec.table("proc_samples")
     if not t.num_rows:
         return np.empty(0, np.int64), np.empty(0)
     ts, pid, rss = col(t, "ts_ns", np.int64), col(t, "pid", np.int64), col(t, "rss_bytes", np.float64, np.nan)
+    if anon:
+        shared = col(t, "shared_bytes", np.float64, np.nan)
+        rss = np.where(np.isfinite(shared), np.maximum(rss - shared, 0), rss)
     m = ts <= until_ns
     if pids is not None:
         m &= np.isin(pid, pids)
@@ -229,10 +241,12 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
             # The tree as it was at the victim's last sample (after it, the victim is gone).
             upto = int(vts[-1]) if len(vts) else ts
             tgrowth, tlast = _growth(tts[tts <= upto], tmem[tts <= upto], upto)
-            if len(vts) >= 8:
-                verdict = growth_verdict(vts, vmem, starts, ends)
+            ats, amem = _pid_series(rec, [pid], ts, anon=True)
+            agrowth, alast = _growth(ats, amem, ts)
+            if len(ats) >= 8:
+                verdict = growth_verdict(ats, amem, starts, ends)
             elif r.get("in_target"):
-                verdict = growth_verdict(tts, tmem, starts, ends)
+                verdict = growth_verdict(*_pid_series(rec, None, ts, anon=True), starts, ends)
             else:
                 verdict = {"verdict": "unknown", "reason": "the victim is outside the target: its memory was "
                            "not sampled (only the kernel event is known)"}
@@ -244,6 +258,8 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
                 "usage_bytes": r.get("memcg_usage_bytes"), "memcg": memcg or None,
                 "oom_score_adj": r.get("oom_score_adj"),
                 "growth_bytes_per_s": None if growth is None else round(growth, 1),
+                "anon_rss_bytes": int(r.get("anon_rss_bytes") or 0),
+                "anon_growth_bytes_per_s": None if agrowth is None else round(agrowth, 1),
                 "tree_rss_bytes": tlast, "tree_growth_bytes_per_s": None if tgrowth is None else round(tgrowth, 1),
                 "memory_last_minute": _series_summary(vts, vmem, ts),
                 "before": _before(rec, ts), "others_grew": _others_grew(rec, ts, pid),

@@ -92,10 +92,11 @@ def oom_line(k: dict[str, Any]) -> str:
         s += " (outside the target)"
     mem = k["gpu_bytes"] if k["kind"] == "cuda" else k["rss_bytes"]
     s += f", {'GPU' if k['kind'] == 'cuda' else 'RSS'} {_mib(mem)}"
+    if k.get("anon_rss_bytes"):
+        s += f" (anon {_mib(k['anon_rss_bytes'])})"
     if k.get("limit_bytes"):
-        s += f" of {_mib(k['limit_bytes'])} limit"
-        if k.get("memcg"):
-            s += f" ({k['memcg']})"
+        s += f", memcg {k['memcg']} limit {_mib(k['limit_bytes'])}" if k.get("memcg") else \
+            f", limit {_mib(k['limit_bytes'])}"
     if k.get("growth_bytes_per_s") is not None:
         s += f", growing {_mib(k['growth_bytes_per_s'])}/s over the last minute"
     s += f" -> {k['verdict']}: {k['verdict_reason']}"

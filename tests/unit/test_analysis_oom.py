@@ -66,8 +66,15 @@ def test_growth_verdict_rules():
     assert growth_verdict(t, kv, starts, ends)["verdict"] == "kv_cache_growth"
     leak = kv + secs * 2e7
     assert growth_verdict(t, leak, starts, ends)["verdict"] == "leak"
-    # without request timings a steadily rising floor is still a leak
-    assert growth_verdict(t, leak, np.empty(0), np.empty(0))["verdict"] == "leak"
+    # without request timings (or without a pause in them) a rising floor is only steady growth
+    assert growth_verdict(t, leak, np.empty(0), np.empty(0))["verdict"] == "steady_growth"
+    assert growth_verdict(t, leak, np.array([0]), np.array([t[-1] + 1]))["verdict"] == "steady_growth"
+    # the warm-up before the first request is not an idle floor
+    busy_late = (secs >= 10) & (((secs - 10) % 20) < 12)
+    warm = np.where(secs < 10, 1e8, 1e9 + np.where(busy_late, 5e8, 0))
+    starts_late = (10e9 + np.arange(5) * 20e9).astype(np.int64)
+    v = growth_verdict(t, warm, starts_late, starts_late + int(12e9))
+    assert v["verdict"] == "kv_cache_growth", v
     sudden = np.where(secs > 97, 3e9, 1e9)
     assert growth_verdict(t, sudden, starts, ends)["verdict"] == "sudden_allocation"
     assert growth_verdict(t[:3], kv[:3], starts, ends)["verdict"] == "unknown"
