@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.analysis.timeline import col
+from autoglm_trace.analysis.timeline import col, recorded
 
 TOP = 3
 
@@ -82,7 +82,7 @@ def _baseline_expected(rec: Recording, full: pa.Table, key: str, value: str, sta
 
 
 def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:
-    if not rec.has("preemptions"):
+    if not recorded(rec, "preemptions"):
         return {"culprits": [], "note": "preemptions not recorded"}
     t = _in_range(rec.table("preemptions"), start_ns, end_ns, bucket_slack_ns)
     if not t.num_rows:
@@ -125,7 +125,7 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
 
 
 def io_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:
-    if not rec.has("block_io"):
+    if not recorded(rec, "block_io"):
         return {"culprits": [], "note": "block_io not recorded"}
     full = rec.table("block_io")
     inn_all = pc.fill_null(full.column("in_target"), False)
@@ -191,7 +191,7 @@ def memory_culprits(rec: Recording, start_ns: int, end_ns: int) -> dict[str, Any
     info = process_info(rec)
     out: list[dict[str, Any]] = []
     res: dict[str, Any] = {}
-    if rec.has("reclaim"):
+    if recorded(rec, "reclaim"):
         t = _in_range(rec.table("reclaim"), start_ns, end_ns)
         if t.num_rows:
             t = t.filter(pc.fill_null(pc.not_equal(t.column("kind"), "kswapd_wake"), True))
@@ -226,7 +226,7 @@ def gpu_memory_culprits(rec: Recording, start_ns: int, end_ns: int, before_ns: i
                         ) -> dict[str, Any]:
     """Processes whose GPU memory grew into the incident (incident peak minus the median of the
     minute before; a process new in the incident grew from 0), by growth."""
-    if not rec.has("gpu_processes"):
+    if not recorded(rec, "gpu_processes"):
         return {"culprits": [], "note": "gpu_processes not recorded"}
     full = rec.table("gpu_processes")
     t = _in_range(full, start_ns, end_ns)

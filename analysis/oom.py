@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.analysis.timeline import col
+from autoglm_trace.analysis.timeline import col, missing_reason, recorded
 
 LOOKBACK_NS = 60_000_000_000
 BEFORE_NS = 10_000_000_000
@@ -166,7 +166,7 @@ def _gpu_series(rec: Recording, until_ns: int, target_only: bool = True) -> tupl
 
 def _window_sum(rec: Recording, table: str, a: int, b: int, value: str | None,
                 where: Any = None) -> float | None:
-    if not rec.has(table):
+    if not recorded(rec, table):
         return None
     t = rec.table(table)
     if not t.num_rows:
@@ -224,7 +224,7 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
     if not len(starts):
         not_checked.append({"signal": "load", "reason": "no request spans: leak vs load verdict uses the "
                             "rolling floor only"})
-    if rec.has("oom_kills"):
+    if recorded(rec, "oom_kills"):
         checked.append("oom_kills")
         t = rec.table("oom_kills")
         for r in t.to_pylist():  # one row per OOM kill: a handful at most
@@ -266,8 +266,8 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
                 "verdict": verdict["verdict"], "verdict_reason": verdict["reason"], "verdict_evidence": verdict,
             })
     else:
-        not_checked.append({"signal": "oom_kills", "reason": "table 'oom_kills' not recorded (kernel probes off): "
-                            "host and memcg OOM kills cannot be seen"})
+        not_checked.append({"signal": "oom_kills", "reason": missing_reason(rec, "oom_kills")
+                            + ": host and memcg OOM kills cannot be seen"})
     cuda = _cuda_oom(rec, starts, ends)
     if cuda is not None:
         kills.append(cuda)

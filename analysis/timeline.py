@@ -198,15 +198,39 @@ def build_timeline(rec: Recording, width_ns: int | None = None) -> Timeline:
     return tl
 
 
+# Kernel-collector families (manifest ``collectors.kernel.skipped``) and the tables they fill.
+_FAMILY = {"sched": "sched", "preemptions": "sched", "faults": "faults", "block_io": "io", "reclaim": "memory",
+           "oom_kills": "oom", "proc_events": "proc"}
+
+
+def recorded(rec: Recording, table: str) -> bool:
+    """Whether ``table`` was being recorded: its file exists, or a collector that ran fine owns it
+    (event tables get a file on their first row: no file then means no event)."""
+    if rec.has(table):
+        return True
+    for c in rec.collectors.values():
+        if isinstance(c, dict) and c.get("status") == "ok" and table in (c.get("tables") or []):
+            skipped = c.get("skipped") or {}
+            return not (isinstance(skipped, dict) and _FAMILY.get(table) in skipped)
+    return False
+
+
+def missing_reason(rec: Recording, table: str) -> str:
+    reason = f"table {table!r} not recorded"
+    for cname, c in rec.collectors.items():
+        skipped = c.get("skipped") if isinstance(c, dict) else None
+        if isinstance(skipped, dict) and _FAMILY.get(table) in skipped and table in (c.get("tables") or []):
+            return f"{reason} (collector {cname} skipped {_FAMILY[table]}: {skipped[_FAMILY[table]]})"
+    why = collector_reason(rec, table)
+    return f"{reason} ({why})" if why else reason
+
+
 def _missing(rec: Recording, tl: Timeline, table: str, signals: list[str]) -> bool:
     """True (and the signals listed as not checked) when ``table`` was not recorded."""
-    if rec.has(table):
+    if recorded(rec, table):
         tl.tables_read[table] = rec.table(table).num_rows
         return False
-    reason = f"table {table!r} not recorded"
-    why = collector_reason(rec, table)
-    if why:
-        reason += f" ({why})"
+    reason = missing_reason(rec, table)
     for s in signals:
         tl.not_checked.append({"signal": s, "reason": reason})
     return True
@@ -277,7 +301,7 @@ def _preemptions(rec: Recording, tl: Timeline) -> None:
 
 
 def _faults(rec: Recording, tl: Timeline) -> None:
-    if rec.has("faults"):
+    if recorded(rec, "faults"):
         tl.tables_read["faults"] = rec.table("faults").num_rows
         t = rec.table("faults")
         ts = col(t, "ts_ns", np.int64)
@@ -480,7 +504,7 @@ def _gpu(rec: Recording, tl: Timeline) -> None:
     temp = col(t, "temp_c", np.float64, np.nan)
     tl.add(Signal("gpu_temp", _extreme(tl, ts, temp, True), "C", "gpu_devices", "gpu", "GPU temperature",
                floor=30))
-    if rec.has("gpu_events"):
+    if recorded(rec, "gpu_events"):
         e = rec.table("gpu_events")
         ets = col(e, "ts_ns", np.int64)
         xid = col(pa.table({"m": pc.fill_null(pc.equal(e.column("event"), "xid"), False)}), "m")

@@ -158,3 +158,22 @@ def test_mild_slowdown_during_a_stall_spike_becomes_an_incident(tmp_path):
     assert inc["latency_ms"] is not None
     top = inc["causes"][0]
     assert top["kind"] == "memory_pressure" and top["culprits"][0]["pid"] == CULPRITS["memory"][0]
+
+
+def test_absent_event_table_of_a_running_collector_means_no_events(tmp_path):
+    """The kernel collector creates reclaim / oom_kills files on their first row: with the collector
+    ok and the family not skipped, no file means nothing happened -- checked, not 'not recorded'."""
+    write_recording(tmp_path / "r", Scenario(kind="cpu", drop_tables=("reclaim", "oom_kills")))
+    d = diagnose(Recording(tmp_path / "r"))
+    missing = {n["signal"] for n in d["not_checked"]}
+    assert "reclaim_target" in d["checked"] and "reclaim_target" not in missing
+    assert "oom_kills" not in missing
+    # a family the collector skipped is reported with its reason
+    mpath = tmp_path / "r" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["collectors"]["bpf"]["skipped"] = {"memory": "tracepoint vmscan:mm_vmscan_direct_reclaim_begin missing"}
+    mpath.write_text(json.dumps(m))
+    d = diagnose(Recording(tmp_path / "r"))
+    reasons = {n["signal"]: n["reason"] for n in d["not_checked"]}
+    assert "vmscan" in reasons["reclaim_target"]
+    assert "oom_kills" not in reasons
