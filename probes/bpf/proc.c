@@ -72,7 +72,6 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     e.type = PROC_EXEC;
     e.pid = tgid;
     e.tid = (u32)id;
-    e.ppid = (u32)ctx->args[1];   /* old_pid */
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
     count_event(FAM_PROC);
     if (proc_events.perf_submit(ctx, &e, sizeof(e)) != 0)
