@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -101,3 +102,18 @@ def test_missing_tracepoint_degrades_with_a_reason():
     assert reason == "tracepoint sched:no_such_tracepoint_here not in this kernel"
     for name, ok, why in kernel.feature_report():
         assert ok, (name, why)
+
+
+def test_without_root_start_refuses_with_a_fix(tmp_path):
+    # A real unprivileged process (uid nobody), not a patched geteuid.
+    code = (
+        "from autoglm_trace.probes.kernel import KernelProbes\n"
+        "from autoglm_trace.tracer.collector import CollectorUnavailable, SessionContext\n"
+        "from autoglm_trace.tracer.target import TargetTree\n"
+        "ctx = SessionContext(print, print, print, TargetTree.for_host())\n"
+        "try:\n    KernelProbes().start(ctx)\nexcept CollectorUnavailable as e:\n    print('UNAVAILABLE', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       user=65534, group=65534, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("UNAVAILABLE kernel probes need root"), r.stdout
