@@ -496,13 +496,15 @@ class FlightRecorder:
         return out
 
     # Snapshots --------------------------------------------------------------------------------
-    def fire(self, kind: str, detail: str, now_ns: int | None = None) -> None:
+    def fire(self, kind: str, detail: str, now_ns: int | None = None, force: bool = False) -> None:
+        """Start a snapshot (or join the one in its tail). ``force`` ignores the cool-down, as
+        SIGUSR1 does."""
         now = now_ns if now_ns is not None else clock.now_ns()
         if self.pending is not None:
             self.pending.also.append({"kind": kind, "detail": detail, "ts_ns": now})
             log(f"trigger {kind}: {detail}; joins the snapshot being captured ({self.pending.kind})")
             return
-        if now < self.cooldown_until_ns and kind != "signal":
+        if now < self.cooldown_until_ns and kind != "signal" and not force:
             self.suppressed += 1
             log(f"trigger {kind}: {detail}; suppressed (cool-down for another "
                 f"{(self.cooldown_until_ns - now) / 1e9:.0f} s, {self.suppressed} suppressed so far)")
@@ -640,7 +642,8 @@ class FlightRecorder:
                 (sig not in (None, 0)) or (code not in (None, 0))):
             self._exit_seen.add(root)
             how = f"signal {_signame(sig)}" if sig else f"exit code {code}"
-            self.fire("exit", f"target pid {root} exited with {how}", now)
+            # The session ends here: no storm to protect against, so the cool-down does not apply.
+            self.fire("exit", f"target pid {root} exited with {how}", now, force=True)
         if self.pending is not None:
             self._finish_pending(clock.now_ns(), cut_short=clock.now_ns() < self.pending.deadline_ns)
         self._queue.put(None)
