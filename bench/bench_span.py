@@ -4,19 +4,23 @@
 
 Prints a Markdown table (best of ``--repeat`` runs of ``--n`` spans each, minus nothing: the numbers
 include the Python ``with`` statement itself; the empty-loop and ``contextlib.nullcontext`` rows give
-the floor). With a recorder, a tight loop produces spans faster than one receiving thread can drain a
-Unix datagram queue (``net.unix.max_dgram_qlen``, 10 by default), so the burst rows also report how
-many spans were dropped (counted, never blocking); the paced row sends 5,000 spans/s, a busy server's
-rate, where nothing should be dropped.
+the floor). The spans come from a child process (the "server"); the SpanReceiver runs in this process
+(the "recorder") with a sampling thread draining it every 100 ms, as in ``record``. A tight loop
+produces spans faster than the receiving thread drains a Unix datagram queue
+(``net.unix.max_dgram_qlen``, 10 by default), so the burst rows report how many were dropped (counted,
+never blocking); the paced rows send 5,000 and 20,000 spans/s, busy servers' rates.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
+import subprocess
 import sys
+import threading
 import time
 
 from autoglm_trace.probes import span_client as sc
@@ -84,56 +88,79 @@ def loop_paced(n: int, rate: float = 5000.0) -> None:
             pass
 
 
+def client(n: int, repeat: int) -> dict:
+    """Run in the target process: the no-recorder rows, or (with the socket in the environment)
+    the recording rows."""
+    rows: list[tuple[str, str, float, str]] = []
+    listening = sc.enabled()
+    cases = (('with span("generate")', loop_span),
+             ("span + kwargs + mark_first_token + set", loop_span_full),
+             ("@traced function call", loop_traced))
+    if not listening:
+        rows.append(("baseline", "empty loop iteration", best_ns(loop_empty, n, repeat), ""))
+        rows.append(("baseline", "with nullcontext()", best_ns(loop_nullcontext, n, repeat), ""))
+        for label, fn in cases:
+            rows.append(("no recorder", label, best_ns(fn, n, repeat), ""))
+        return {"rows": rows}
+    for label, fn in cases:
+        before = dict(sc.stats())
+        ns = best_ns(fn, n, repeat)
+        sc.flush()
+        st = sc.stats()
+        sent, dropped = st["sent"] - before["sent"], st["dropped"] - before["dropped"]
+        rows.append(("recording, burst", label, ns, f"{dropped / max(1, sent + dropped):.1%} dropped"))
+    for rate in (5_000, 20_000):
+        n_paced = rate * 2
+        before = dict(sc.stats())
+        loop_paced(n_paced, rate)
+        sc.flush()
+        dropped = sc.stats()["dropped"] - before["dropped"]
+        rows.append((f"recording, paced {rate:,}/s", 'with span("generate")', best_ns(loop_span, 2000, 3),
+                     f"{dropped} of {n_paced} dropped"))
+    sc.flush()
+    return {"rows": rows, "stats": sc.stats()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    rows: list[tuple[str, str, float, str]] = []
+    if a.client:
+        print(json.dumps(client(a.n, a.repeat)))
+        return 0
+    cmd = [sys.executable, __file__, "--client", "--n", str(a.n), "--repeat", str(a.repeat)]
+    env = {k: v for k, v in os.environ.items() if k != sc.ENV_VAR}
+    rows = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)["rows"]
 
-    sc.configure("")
-    rows.append(("baseline", "empty loop iteration", best_ns(loop_empty, a.n, a.repeat), ""))
-    rows.append(("baseline", "with nullcontext()", best_ns(loop_nullcontext, a.n, a.repeat), ""))
-    rows.append(("no recorder", 'with span("generate")', best_ns(loop_span, a.n, a.repeat), ""))
-    rows.append(("no recorder", "span + kwargs + mark_first_token + set", best_ns(loop_span_full, a.n, a.repeat), ""))
-    rows.append(("no recorder", "@traced function call", best_ns(loop_traced, a.n, a.repeat), ""))
-
+    # The recorder's side lives in this process, as it would in `record`; the spans come from a child.
     received = [0]
     ctx = SessionContext(emit_rows=lambda t, r: received.__setitem__(0, received[0] + len(r)) if t == "spans" else None,
                          emit_columns_fn=lambda t, c: None, emit_batch_fn=lambda t, b: None,
                          target=TargetTree.for_host())
     rx = SpanReceiver()
     rx.start(ctx)
-    try:
-        sc.configure(rx.path)
-        for label, fn in (('with span("generate")', loop_span),
-                          ("span + kwargs + mark_first_token + set", loop_span_full),
-                          ("@traced function call", loop_traced)):
-            before = dict(sc.stats())
-            ns = best_ns(fn, a.n, a.repeat)
-            st = sc.stats()
-            sent = st["sent"] - before["sent"]
-            dropped = st["dropped"] - before["dropped"]
-            rows.append(("recording, burst", label, ns, f"{dropped / max(1, sent + dropped):.0%} dropped"))
-        n_paced = min(a.n, 25_000)
-        before = dict(sc.stats())
-        t0 = time.perf_counter_ns()
-        loop_paced(n_paced)
-        wall = (time.perf_counter_ns() - t0) / n_paced
-        st = sc.stats()
-        dropped = st["dropped"] - before["dropped"]
-        # Paced: report the cost of the span itself (the wall time is mostly the pacing wait).
-        t_cost = best_ns(loop_span, 2000, 3)
-        rows.append(("recording, 5,000/s", 'with span("generate")', t_cost,
-                     f"{dropped} of {n_paced} dropped (period {wall / 1000:.0f} us)"))
-        time.sleep(0.3)
-        rx.sample(time.monotonic_ns())
-    finally:
-        sc.configure("")
-        rx.stop()
+    stop = threading.Event()
 
+    def sampler() -> None:  # the recorder's sampling thread drains every 100 ms
+        while not stop.wait(0.1):
+            rx.sample(time.monotonic_ns())
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
+    try:
+        out = json.loads(subprocess.run(cmd, env=dict(env, **rx.target_env()), capture_output=True, text=True,
+                                        check=True).stdout)
+        rows += out["rows"]
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        th.join()
+        rx.stop()
     print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"n={a.n}, best of {a.repeat}; spans received by the recorder: {received[0]}")
+          f"n={a.n}, best of {a.repeat}; spans sent {out['stats']['sent']:,}, dropped "
+          f"{out['stats']['dropped']:,}, received by the recorder {received[0]:,}")
     print()
     print("| case | operation | ns per span | notes |")
     print("|---|---|---:|---|")

@@ -13,22 +13,25 @@
 
 When ``autoglm-trace record -- CMD`` runs the server it puts ``AUTOGLM_TRACE_SPAN_SOCKET`` (a Unix
 datagram socket) into the environment. Without it every call returns a shared no-op object: one
-global read and one call, no allocation, no clock read. With it, each finished span is one
-non-blocking ``send()`` of a compact binary record; when the receiver is slow (its queue is full:
-EAGAIN) or gone, the span is dropped and counted, and the count travels in the next datagram so the
-recording says how many were lost. Nothing here ever raises into the server.
+global read and one call, no allocation, no clock read. With it, each finished span is encoded into a
+compact binary record and buffered; a daemon thread sends the buffer every 10 ms (a full 32 KiB at
+once) with non-blocking ``send()``s, many records per datagram. When the receiver is slow (its queue
+is full: EAGAIN), gone, or the buffer is full, spans are dropped and counted, and the count travels in
+later records so the recording says how many were lost. Nothing here ever blocks or raises into the
+server.
 
-Wire format (little endian), see docs/format-spans.md:
-    header  struct "<4sqqqiiiiBIH" (51 bytes)
-            magic b"AGS1", start_ns, end_ns, ttft_ns (-1: none), pid, tid,
+Wire format (little endian), see docs/format-spans.md; a datagram holds one or more records:
+    header  struct "<4sqqqiiiiBIHH" (53 bytes)
+            magic b"AGS2", start_ns, end_ns, ttft_ns (-1: none), pid, tid,
             prompt_tokens (-1: none), output_tokens (-1: none), flags (bit 0: ok),
-            dropped (cumulative spans this process failed to send), name_len
-    then    name (UTF-8, name_len bytes), then attrs as a JSON object (UTF-8, rest; may be empty)
+            dropped (cumulative spans this process failed to send), name_len, attrs_len
+    then    name (UTF-8, name_len bytes), then attrs as a JSON object (UTF-8, attrs_len bytes)
 Times are CLOCK_MONOTONIC ns (``time.monotonic_ns()``), the recording's clock.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import inspect
@@ -42,11 +45,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 ENV_VAR = "AUTOGLM_TRACE_SPAN_SOCKET"
-MAGIC = b"AGS1"
-HEADER = struct.Struct("<4sqqqiiiiBIH")
+MAGIC = b"AGS2"
+HEADER = struct.Struct("<4sqqqiiiiBIHH")
 MAX_NAME = 200
 MAX_ATTRS = 3000  # bytes of JSON; larger attrs are replaced by {"_truncated": true}
 FLAG_OK = 1
+MAX_DATAGRAM = 32768  # a flush packs records into datagrams up to this size
+FLUSH_INTERVAL_S = 0.01  # a buffered span reaches the recorder within about this
+MAX_BUFFERED = 8192  # records waiting in this process at most; beyond, new spans are dropped
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,6 +66,9 @@ _sent = 0
 _dropped = 0
 _lock = threading.Lock()
 _local = threading.local()
+_buf: list[bytes] = []
+_buf_bytes = 0
+_flusher: threading.Thread | None = None
 
 
 def _connect(path: str | None) -> None:
@@ -85,18 +94,23 @@ def _connect(path: str | None) -> None:
 def configure(path: str | None = None) -> None:
     """Re-read the environment (or use ``path``). Called at import and in a forked child; call it
     yourself after changing ``AUTOGLM_TRACE_SPAN_SOCKET`` at run time."""
-    global _sent, _dropped
-    _sent = _dropped = 0
+    global _sent, _dropped, _buf, _buf_bytes, _flusher
+    flush()
+    with _lock:
+        _sent = _dropped = 0
+        _buf, _buf_bytes = [], 0
+        _flusher = None  # a running flusher sees it is no longer the one and ends
     _connect(path if path is not None else os.environ.get(ENV_VAR))
 
 
 def _after_fork() -> None:
     # A forked worker must not share the parent's socket object or its counters, nor inherit the
     # counter lock in a held state (another thread may have held it at fork time).
-    global _sent, _dropped, _local, _lock
+    global _sent, _dropped, _local, _lock, _buf, _buf_bytes, _flusher
     _sent = _dropped = 0
     _lock = threading.Lock()
     _local = threading.local()
+    _buf, _buf_bytes, _flusher = [], 0, None  # the parent's spans are the parent's to send
     _connect(_path if _path else os.environ.get(ENV_VAR))
 
 
@@ -145,24 +159,41 @@ def encode(
             FLAG_OK if ok else 0,
             dropped & 0xFFFFFFFF,
             len(nb),
+            len(ab),
         )
         + nb
         + ab
     )
 
 
+def decode_all(data: bytes) -> list[dict[str, Any]]:
+    """Every record of a datagram (a flush packs several); raises ValueError on a malformed one."""
+    out, off = [], 0
+    while off < len(data):
+        rec, off = _decode_at(data, off)
+        out.append(rec)
+    return out
+
+
 def decode(data: bytes) -> dict[str, Any]:
-    """Inverse of ``encode``; raises ValueError on a malformed datagram."""
-    if len(data) < HEADER.size:
-        raise ValueError(f"datagram of {len(data)} bytes is shorter than the {HEADER.size}-byte header")
-    magic, start, end, ttft, pid, tid, pt, ot, flags, dropped, nlen = HEADER.unpack_from(data)
+    """The one record in ``data`` (as ``encode`` returns it)."""
+    rec, off = _decode_at(data, 0)
+    if off != len(data):
+        raise ValueError(f"{len(data) - off} bytes after the record")
+    return rec
+
+
+def _decode_at(data: bytes, off: int) -> tuple[dict[str, Any], int]:
+    if len(data) - off < HEADER.size:
+        raise ValueError(f"{len(data) - off} bytes left, shorter than the {HEADER.size}-byte header")
+    magic, start, end, ttft, pid, tid, pt, ot, flags, dropped, nlen, alen = HEADER.unpack_from(data, off)
     if magic != MAGIC:
         raise ValueError(f"bad magic {magic!r}")
-    if HEADER.size + nlen > len(data):
-        raise ValueError("name runs past the datagram")
-    name = data[HEADER.size : HEADER.size + nlen].decode("utf-8", "replace")
-    rest = data[HEADER.size + nlen :]
-    attrs = rest.decode("utf-8", "replace") if rest else None
+    p = off + HEADER.size
+    if p + nlen + alen > len(data):
+        raise ValueError("record runs past the datagram")
+    name = data[p : p + nlen].decode("utf-8", "replace")
+    attrs = data[p + nlen : p + nlen + alen].decode("utf-8", "replace") if alen else None
     return {
         "start_ns": start,
         "end_ns": end,
@@ -175,7 +206,7 @@ def decode(data: bytes) -> dict[str, Any]:
         "dropped": dropped,
         "name": name,
         "attrs": attrs,
-    }
+    }, p + nlen + alen
 
 
 def _clamp_i32(v: Any) -> int:
@@ -185,24 +216,69 @@ def _clamp_i32(v: Any) -> int:
         return -1
 
 
-def _send(payload: bytes) -> None:
-    global _sent, _dropped
-    s = _sock
-    if s is None:
-        return
-    try:
-        try:
-            s.send(payload)
-        except OSError as e:
-            # Not connected yet (receiver started after us) or it went away and came back.
-            if isinstance(e, BlockingIOError) or _path is None:
-                raise
-            s.sendto(payload, _path)
-        with _lock:
-            _sent += 1
-    except Exception:  # EAGAIN (queue full), ECONNREFUSED, ENOENT ...: count, never raise
-        with _lock:
+def _enqueue(record: bytes) -> None:
+    """Buffer one encoded span; a full datagram's worth is sent at once, the rest by the flusher
+    thread within FLUSH_INTERVAL_S. One syscall per many spans, and a burst rides out a recorder
+    that is briefly off-CPU instead of overflowing its small datagram queue."""
+    global _dropped, _buf_bytes, _flusher
+    with _lock:
+        if len(_buf) >= MAX_BUFFERED:
             _dropped += 1
+            return
+        _buf.append(record)
+        _buf_bytes += len(record)
+        full = _buf_bytes >= MAX_DATAGRAM
+        start = _flusher is None
+        if start:
+            _flusher = threading.Thread(target=_flush_loop, name="autoglm-span-flush", daemon=True)
+    if start:
+        _flusher.start()  # type: ignore[union-attr]
+    if full:
+        flush()
+
+
+def _flush_loop() -> None:
+    me = threading.current_thread()
+    while _flusher is me and _sock is not None:
+        time.sleep(FLUSH_INTERVAL_S)
+        if _buf:
+            flush()
+
+
+def flush() -> None:
+    """Send what is buffered now (non-blocking; what cannot be sent is counted as dropped)."""
+    global _buf, _buf_bytes, _sent, _dropped
+    with _lock:
+        records, _buf, _buf_bytes = _buf, [], 0
+    if not records:
+        return
+    s = _sock
+    i = 0
+    while i < len(records):
+        size, j = 0, i
+        while j < len(records) and (j == i or size + len(records[j]) <= MAX_DATAGRAM):
+            size += len(records[j])
+            j += 1
+        ok = False
+        if s is not None:
+            payload = b"".join(records[i:j])
+            try:
+                try:
+                    s.send(payload)
+                except OSError as e:
+                    # Not connected yet (receiver started after us), or it went away and came back.
+                    if isinstance(e, BlockingIOError) or _path is None:
+                        raise
+                    s.sendto(payload, _path)
+                ok = True
+            except Exception:  # EAGAIN (queue full), ECONNREFUSED, ENOENT ...: count, never raise
+                ok = False
+        with _lock:
+            if ok:
+                _sent += j - i
+            else:
+                _dropped += j - i
+        i = j
 
 
 class Span:
@@ -235,7 +311,7 @@ class Span:
             attrs = self.attrs
             if exc_type is not None:
                 attrs = dict(attrs, error=exc_type.__name__)
-            _send(
+            _enqueue(
                 encode(
                     self.name,
                     self.start_ns,
@@ -367,5 +443,6 @@ def traced(name: Any = None, **span_kwargs: Any) -> Any:
 
 
 configure()
+atexit.register(flush)  # spans that ended just before exit still go out
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)

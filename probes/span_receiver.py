@@ -7,9 +7,10 @@ can. ``target_env()`` announces the path in ``AUTOGLM_TRACE_SPAN_SOCKET``.
 
 A thread blocks in ``recv`` and decodes datagrams into a list; ``sample()`` (the recorder's sampling
 thread) moves them into the ``spans`` table. Loss is reported in ``probe_stats``:
-``client_send_failed`` (the client's own cumulative drop counter, carried in every datagram: spans it
+``client_send_failed`` (the client's own cumulative drop counter, carried in every record: spans it
 could not send because our queue was full -- Unix datagram sockets queue at most
-``net.unix.max_dgram_qlen`` datagrams, 10 by default) and ``malformed``.
+``net.unix.max_dgram_qlen`` datagrams, 10 by default, which is why clients pack many spans into one
+datagram -- or because its own buffer was full) and ``malformed`` (undecodable datagrams).
 """
 
 from __future__ import annotations
@@ -131,30 +132,33 @@ class SpanReceiver(Collector):
 
     def _handle(self, data: bytes) -> None:
         try:
-            d = span_client.decode(data)
+            recs = span_client.decode_all(data)
         except ValueError:
             with self._lock:
                 self._malformed += 1
             return
-        row = {
-            "ts_ns": d["start_ns"],
-            "end_ns": d["end_ns"],
-            "name": d["name"],
-            "source": "api",
-            "pid": d["pid"],
-            "tid": d["tid"],
-            "ttft_ns": d["ttft_ns"],
-            "prompt_tokens": d["prompt_tokens"],
-            "output_tokens": d["output_tokens"],
-            "ok": d["ok"],
-            "attrs": d["attrs"],
-        }
+        rows = []
+        for d in recs:
+            rows.append({
+                "ts_ns": d["start_ns"],
+                "end_ns": d["end_ns"],
+                "name": d["name"],
+                "source": "api",
+                "pid": d["pid"],
+                "tid": d["tid"],
+                "ttft_ns": d["ttft_ns"],
+                "prompt_tokens": d["prompt_tokens"],
+                "output_tokens": d["output_tokens"],
+                "ok": d["ok"],
+                "attrs": d["attrs"],
+            })
         with self._lock:
-            self._pending.append(row)
-            self._received += 1
-            pid = d["pid"]
-            if d["dropped"] > self._client_dropped.get(pid, 0):
-                self._client_dropped[pid] = d["dropped"]
+            self._pending.extend(rows)
+            self._received += len(rows)
+            for d in recs:
+                pid = d["pid"]
+                if d["dropped"] > self._client_dropped.get(pid, 0):
+                    self._client_dropped[pid] = d["dropped"]
 
     def _drain(self, now_ns: int | None) -> None:
         with self._lock:

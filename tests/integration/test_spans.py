@@ -25,6 +25,7 @@ from autoglm_trace.analysis.serving_metrics import (
     histogram_windows,
 )
 from autoglm_trace.probes import span_client
+span_client.flush()
 from autoglm_trace.probes.http_probe import HttpProbe
 from autoglm_trace.probes.latency_log import LatencyLogTail, parse_latency_file, to_spans
 from autoglm_trace.probes.scrape import Scraper
@@ -90,6 +91,7 @@ try:
 except RuntimeError:
     pass
 from autoglm_trace.probes import span_client
+span_client.flush()
 print(json.dumps({"pid": __import__("os").getpid(), "spans": out, "stats": span_client.stats()}))
 """
 
