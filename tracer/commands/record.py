@@ -109,6 +109,9 @@ def main(argv: list[str]) -> int:
         return 0
     if opts.latency_log and not os.path.exists(opts.latency_log):
         raise UsageError(f"record: latency log {opts.latency_log} does not exist")
+    if opts.latency_log and not os.path.isfile(opts.latency_log):
+        # A FIFO or device would block the recorder in open() before the first sample.
+        raise UsageError(f"record: latency log {opts.latency_log} is not a regular file")
 
     from autoglm_trace.tracer.live_status import StatusLine
     from autoglm_trace.tracer.live_view import side_outputs
