@@ -355,8 +355,7 @@ class FlightRecorder:
         self._spans_new = 0
         self._spike_seen_end_ns = 0
         self._exit_seen: set[int] = set()
-        self._stderr_seen = 0
-        self._cuda_oom_seen = False
+        self._stderr_last: str | None = None
         self._drop_logged = 0
         self._full_logged = False
         self._errors: set[str] = set()
@@ -447,14 +446,22 @@ class FlightRecorder:
                     how = f"signal {_signame(sig)}" if sig else f"exit code {code}"
                     out.append(("exit", f"pid {pid} ({r.get('comm') or '?'}) exited with {how}"))
         child = rec.child
-        if child is not None and not self._cuda_oom_seen:
+        if child is not None:
+            # stderr_tail is a bounded deque of new str objects: the lines after the last one seen
+            # (found by identity) are new, even once the deque is full and rotating.
             tail = list(child.stderr_tail)
-            for line in tail[max(0, min(self._stderr_seen, len(tail)) - 1):]:
+            start = 0
+            if self._stderr_last is not None:
+                for i in range(len(tail) - 1, -1, -1):
+                    if tail[i] is self._stderr_last:
+                        start = i + 1
+                        break
+            for line in tail[start:]:
                 if CUDA_OOM_RE.search(line):
-                    self._cuda_oom_seen = True
                     out.append(("exit", f"CUDA out of memory in the target's stderr: {line.strip()[:160]}"))
                     break
-            self._stderr_seen = len(tail)
+            if tail:
+                self._stderr_last = tail[-1]
         return out
 
     def _check_spike(self, spans: pa.Table | None, now: int) -> list[tuple[str, str]]:
