@@ -36,16 +36,22 @@ def _in_range(t: pa.Table, start_ns: int, end_ns: int, slack_ns: int = 0) -> pa.
 
 def process_info(rec: Recording) -> dict[int, dict[str, Any]]:
     """pid -> {comm, cgroup} for the target's processes (from the ``processes`` table)."""
-    if not rec.has("processes"):
-        return {}
+    if not rec.has("processes") or not rec.table("processes").num_rows:
+        return _mark_recorder(rec, {})
     t = rec.table("processes")
-    if not t.num_rows:
-        return {}
     pids = col(t, "pid", np.int64)
     comm = t.column("comm").to_pylist()
     cg = t.column("cgroup").to_pylist()
     # Later rows (exec) win: they come later in the table.
-    return {int(p): {"comm": c, "cgroup": g} for p, c, g in zip(pids.tolist(), comm, cg, strict=False)}
+    out = {int(p): {"comm": c, "cgroup": g} for p, c, g in zip(pids.tolist(), comm, cg, strict=False)}
+    return _mark_recorder(rec, out)
+
+
+def _mark_recorder(rec: Recording, info: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    pid = (rec.manifest.get("recorder") or {}).get("pid")
+    if isinstance(pid, int):
+        info.setdefault(pid, {"comm": None, "cgroup": None})["is_recorder"] = True
+    return info
 
 
 def _grouped(t: pa.Table, key: str, sums: list[str], comm: str) -> pa.Table:
@@ -61,6 +67,8 @@ def _culprit(pid: int, comm: Any, share: float, in_target: bool, info: dict[int,
     meta = info.get(pid, {})
     out = {"pid": pid, "comm": comm if comm is not None else meta.get("comm"),
            "cgroup": meta.get("cgroup"), "in_target": in_target, "share": round(float(share), 4)}
+    if meta.get("is_recorder"):
+        out["is_recorder"] = True  # autoglm-trace itself: say so rather than blame a stranger
     out.update(extra)
     return out
 

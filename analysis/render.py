@@ -53,6 +53,8 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
             for cu in c.get("culprits", [])[:3]:
                 cg = f" cgroup {cu['cgroup']}" if cu.get("cgroup") else ""
                 tgt = " [in target]" if cu.get("in_target") else ""
+                if cu.get("is_recorder"):
+                    tgt += " [autoglm-trace recorder itself]"
                 out.append(escape(f"      pid {cu['pid']} {cu.get('comm') or '?'}{cg}{tgt}: "
                                   f"{100 * (cu.get('share') or 0):.0f}%"))
             if verbose:
