@@ -20,9 +20,14 @@ unit: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-## The main job: record the bundled demo inference server with one injected incident, then analyse it.
+## The main job: record the bundled demo inference server with one injected incident (a CPU hog
+## outside its process tree, pinned to its CPU), then print the diagnosis. Needs root for the probes.
+DEMO_INCIDENT ?= cpu-hog
+DEMO_REC ?= recordings/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: setup
-	$(AT) demo-run
+	@mkdir -p recordings
+	$(AT) demo --incident $(DEMO_INCIDENT) --record $(DEMO_REC)
+	@echo "report: $(AT) report $(DEMO_REC) -o $(DEMO_REC).html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
