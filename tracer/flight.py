@@ -819,10 +819,18 @@ def prepare_out_dir(path: Path) -> None:
 def main_ring(args: argparse.Namespace, opts: RecordOptions) -> int:
     """``record --ring``: run until SIGTERM / SIGINT (or --duration), saving a snapshot per trigger."""
     fo = flight_options(args, opts)
+    if getattr(args, "live", False):
+        raise UsageError("record: --live does not combine with --ring (the flight recorder logs one line per "
+                         "event); run 'autoglm-trace top' beside it")
     prepare_out_dir(fo.out_dir)
     opts.output = fo.out_dir  # never written to by the Recorder (write_files=False)
+    extra: list[Any] = []
+    if getattr(args, "prometheus", None):  # a service can export metrics while it flight-records
+        from autoglm_trace.tracer.live_view import side_outputs
+
+        extra, _, _ = side_outputs(False, args.prometheus)  # the recorder closes its sinks
     flight = FlightRecorder(fo)
-    rec = FlightSession(opts, on_tick=flight.tick, sinks=[flight.ring], write_files=False)
+    rec = FlightSession(opts, on_tick=flight.tick, sinks=[flight.ring, *extra], write_files=False)
     restore = install_signal_handlers(rec)
     prev_usr1 = signal.signal(signal.SIGUSR1, lambda *_: flight.signal_requested.set())
     for p in apply_retention(fo.out_dir, fo.keep, fo.keep_bytes):

@@ -22,6 +22,8 @@ EPILOG = """examples:
   sudo autoglm-trace record --cgroup system.slice/vllm.service --duration 300
   sudo autoglm-trace record --scrape http://127.0.0.1:8000/metrics -o rec -- vllm serve MODEL
   autoglm-trace record --no-bpf -o rec -- ./bench.sh      # unprivileged: /proc sampler only
+  sudo autoglm-trace record --ring 5m -o /var/lib/autoglm-trace/flight --keep 20   # always-on, whole host
+  sudo autoglm-trace record --ring 2m --cgroup system.slice/vllm.service --trigger-expr 'gpu_mem_used_frac>0.97'
   sudo autoglm-trace record --live --prometheus 9464 -o rec -p 4242   # live view + /metrics
 
 The target runs as the user who invoked sudo (SUDO_UID/SUDO_GID), never through a shell; the
@@ -63,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     # Hidden: print the generated BPF program and exit (tested without root).
     p.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]: start and record a command")
+    # Flight recorder (tracer/flight.py): --ring keeps the last DURATION in memory and writes
+    # DIR/<time>-<trigger>/ per incident; without a target it watches the whole host.
+    fl = p.add_argument_group("flight recorder (always-on; see docs/flight-recorder.md)")
+    fl.add_argument("--ring", metavar="DURATION", help="keep the last DURATION (e.g. 5m) in memory and save it on a trigger")
+    fl.add_argument("--ring-bytes", metavar="SIZE", help="memory limit of the ring (default 256M)")
+    fl.add_argument("--trigger", metavar="LIST", help="oom,exit,spike,signal,threshold (default: oom,exit,spike,signal)")
+    fl.add_argument("--trigger-expr", action="append", metavar="EXPR", help="threshold trigger, e.g. 'gpu_mem_used_frac>0.97' (repeatable)")
+    fl.add_argument("--tail", metavar="S", help="keep recording S after a trigger before saving (default 10s)")
+    fl.add_argument("--cooldown", metavar="S", help="ignore new triggers for S after one (default 60s; SIGUSR1 always works)")
+    fl.add_argument("--keep", type=int, metavar="N", help="keep at most N snapshots (oldest deleted)")
+    fl.add_argument("--keep-bytes", metavar="SIZE", help="keep at most SIZE of snapshots (oldest deleted)")
     return p
 
 
@@ -75,10 +88,14 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
     args = build_parser().parse_args(argv)
     if args.command:
         raise UsageError(f"record: unexpected argument {args.command[0]!r} (put the command after '--')")
+    flight_only = [n for n in ("ring_bytes", "trigger", "trigger_expr", "tail", "cooldown", "keep", "keep_bytes")
+                   if getattr(args, n) is not None]
+    if flight_only and not args.ring:
+        raise UsageError(f"record: --{flight_only[0].replace('_', '-')} needs --ring DURATION")
     chosen = [x for x in (args.pid is not None, bool(cmd), bool(args.cgroup), args.host) if x]
     if len(chosen) > 1:
         raise UsageError("record: give one target: -p PID, --cgroup PATH, --host or -- CMD")
-    if not chosen and not args.print_bpf:
+    if not chosen and not args.print_bpf and not args.ring:
         raise UsageError("record: no target: give -p PID, --cgroup PATH, --host or -- CMD [ARGS...]")
     if args.interval <= 0 or args.interval > 60_000:
         raise UsageError("record: --interval must be between 1 and 60000 ms")
@@ -91,7 +108,7 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
     if args.perf_pages:
         copts["perf_pages"] = args.perf_pages
     opts = RecordOptions(
-        output=out, pid=args.pid, command=cmd or None, cgroup=args.cgroup, host=args.host,
+        output=out, pid=args.pid, command=cmd or None, cgroup=args.cgroup, host=args.host or (bool(args.ring) and not chosen),
         duration_s=args.duration, interval_ms=args.interval, bpf=not args.no_bpf, gpu=not args.no_gpu,
         spans=not args.no_spans, scrape=args.scrape, scrape_interval_s=args.scrape_interval,
         probe=args.probe, probe_interval_s=args.probe_interval, latency_log=args.latency_log,
@@ -112,6 +129,10 @@ def main(argv: list[str]) -> int:
     if opts.latency_log and not os.path.isfile(opts.latency_log):
         # A FIFO or device would block the recorder in open() before the first sample.
         raise UsageError(f"record: latency log {opts.latency_log} is not a regular file")
+    if args.ring:
+        from autoglm_trace.tracer.flight import main_ring
+
+        return main_ring(args, opts)
 
     from autoglm_trace.tracer.live_status import StatusLine
     from autoglm_trace.tracer.live_view import side_outputs
