@@ -166,6 +166,15 @@ def test_memcg_oom_kill_saves_a_snapshot_with_the_victims_growth(cli: list[str],
     hs = rec.table("host_samples").column("ts_ns").to_pylist()
     assert min(hs) <= t_start and max(hs) >= victim["ts_ns"]
     assert json.loads((snap / "manifest.json").read_text())["flight"]["ring_s"] == 30
+    # An ordinary recording: the post-mortem and the report read it unchanged.
+    r = subprocess.run([*cli, "oom", str(snap), "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    kill = next(k for k in json.loads(r.stdout)["kills"] if k["pid"] == child.pid)
+    assert 5e6 < kill["growth_bytes_per_s"] < 60e6, kill
+    r = subprocess.run([*cli, "report", str(snap), "-o", str(tmp_path / "report.html")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
 @pytest.mark.root
