@@ -38,15 +38,18 @@ def _report(fd: int, **kv: float) -> None:
     os.write(fd, (json.dumps(kv) + "\n").encode())
 
 
-def _pinger(rd: int, wr: int, end: float, out: int) -> None:
+def _pinger(rd: int, wr: int, end: float, work: int, out: int) -> None:
     s0 = _switches()
     n = 0
     buf = b"x"
+    spin = range(work)
     # Check the clock every 256 round trips: a time call per hop would dominate.
     while True:
         for _ in range(256):
             os.write(wr, buf)
             os.read(rd, 1)
+            for _ in spin:  # "request handling" between hand-offs (--work): lowers the switch rate
+                pass
         n += 256
         if time.monotonic() >= end:
             break
@@ -79,7 +82,7 @@ def _decoder(end: float, size: int, out: int) -> None:
     _report(out, decode_steps=n, switches=_switches() - s0)
 
 
-def run(duration: float, pairs: int, decoders: int, size: int) -> dict[str, float]:
+def run(duration: float, pairs: int, decoders: int, size: int, work: int = 0) -> dict[str, float]:
     # Single-threaded BLAS: the decode step is one runnable thread, like one worker per core.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -107,7 +110,7 @@ def run(duration: float, pairs: int, decoders: int, size: int) -> dict[str, floa
     for _ in range(pairs):
         a_r, a_w = os.pipe()  # pinger -> ponger
         b_r, b_w = os.pipe()  # ponger -> pinger
-        spawn(_pinger, b_r, a_w, end)
+        spawn(_pinger, b_r, a_w, end, work)
         spawn(_ponger, a_r, b_w)
         for fd in (a_r, a_w, b_r, b_w):
             os.close(fd)
@@ -127,6 +130,7 @@ def run(duration: float, pairs: int, decoders: int, size: int) -> dict[str, floa
         "pairs": pairs,
         "decoders": decoders,
         "matrix": size,
+        "work": work,
         "workers_failed": failed,
         "round_trips": tot["round_trips"],
         "round_trips_per_s": round(tot["round_trips"] / duration, 1),
@@ -144,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=2, help="ping-pong process pairs (default 2)")
     p.add_argument("--decoders", type=int, default=1, help="numpy decode-loop processes (default 1)")
     p.add_argument("--matrix", type=int, default=256, help="decode weight matrix size (default 256)")
+    p.add_argument("--work", type=int, default=0,
+                   help="loop iterations of 'request handling' per round trip (default 0: pure hand-offs)")
     a = p.parse_args(argv)
-    r = run(a.duration, a.pairs, a.decoders, a.matrix)
+    r = run(a.duration, a.pairs, a.decoders, a.matrix, a.work)
     print(json.dumps(r), flush=True)
     return 1 if r["workers_failed"] else 0
 
