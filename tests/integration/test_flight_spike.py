@@ -1,0 +1,43 @@
+"""`record --ring -- CMD`: a slow request among the target's spans (span API) saves a `spike`
+snapshot; steady requests do not. No root needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from autoglm_trace.analysis.reader import Recording
+
+SERVER = r"""
+import time
+from autoglm_trace.probes.span_client import flush, span
+for i in range(40):                      # steady: ~20 ms each
+    with span("generate", output_tokens=10):
+        time.sleep(0.02 + (i % 5) * 0.001)
+time.sleep(2.5)                          # quiet: a check in between sees only normal requests
+with span("generate", output_tokens=10):  # the spike: ~15x slower for the same work
+    time.sleep(0.3)
+for i in range(5):
+    with span("generate", output_tokens=10):
+        time.sleep(0.02)
+flush()
+time.sleep(2.5)
+"""
+
+
+def test_slow_request_saves_a_spike_snapshot(cli: list[str], tmp_path: Path):
+    out = tmp_path / "flight"
+    r = subprocess.run([*cli, "record", "--ring", "30s", "-o", str(out), "--no-bpf", "--no-gpu", "--trigger", "spike",
+                        "--tail", "0.5", "--", sys.executable, "-c", SERVER], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    snaps = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    assert len(snaps) == 1 and snaps[0].name.endswith("-spike"), (snaps, r.stderr)
+    rec = Recording(snaps[0])
+    spans = rec.table("spans").to_pylist()
+    slow = [s for s in spans if s["end_ns"] - s["ts_ns"] > 200_000_000]
+    assert len(slow) == 1 and len(spans) >= 41
+    trig = rec.manifest["trigger"]
+    assert trig["detail"].startswith("1 slow request(s) (generate)")
+    # Fired after the slow request ended, within the once-a-second check (plus an interval).
+    assert slow[0]["end_ns"] <= trig["ts_ns"] <= slow[0]["end_ns"] + 1_500_000_000
