@@ -109,6 +109,7 @@ class Scraper(Collector):
         self.errors: dict[str, int] = {}
         self.samples_total = 0
         self.last_error: str | None = None
+        self.waiting = 0  # connection refusals before the first successful scrape
 
     def start(self, ctx: SessionContext) -> None:
         self.ctx = ctx
@@ -121,12 +122,15 @@ class Scraper(Collector):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.timeout_s + 1.0)
+        if self.ctx is not None and self.scrapes == 0 and self.waiting:
+            self._error("connect", f"never answered in {self.waiting} attempts ({self.last_error})")
 
     def status(self) -> dict[str, Any]:
         return {"events": self.scrapes, "lost": sum(self.errors.values())}
 
     def info(self) -> dict[str, Any]:
-        return {"url": self.url, "interval_s": self.interval_s, "timeout_s": self.timeout_s}
+        return {"url": self.url, "interval_s": self.interval_s, "timeout_s": self.timeout_s,
+                "scrapes": self.scrapes, "errors": dict(self.errors)}
 
     def scrape_once(self) -> int:
         """One scrape; emits rows and returns their count. Errors are counted, noted, never raised."""
@@ -137,6 +141,12 @@ class Scraper(Collector):
             t1 = time.monotonic_ns()
             samples = parse_samples(text, self.skip_prefixes)
         except ScrapeError as e:
+            if e.kind == "connect" and self.scrapes == 0:
+                # A server started by `record -- CMD` is not listening yet: not a lost sample.
+                # (stop() says so if it never came up.)
+                self.waiting += 1
+                self.last_error = str(e)
+                return 0
             self._error(e.kind, str(e))
             return 0
         # The engine read its counters somewhere inside the request: stamp the midpoint.

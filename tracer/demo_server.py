@@ -151,6 +151,22 @@ class TinyMoE:
         return int(np.argmax(self.emb @ x[0]))
 
 
+def default_weights_path(cfg: ModelConfig) -> Path:
+    workdir = Path(os.environ.get("AUTOGLM_DEMO_DIR", "/var/tmp/autoglm-demo"))
+    return workdir / f"weights-{cfg.n_floats()}.bin"
+
+
+def ensure_weights(cfg: ModelConfig | None = None) -> Path:
+    """Create the weights file if missing (0644: a server running as another user only reads it)."""
+    cfg = cfg or ModelConfig()
+    path = default_weights_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.stat().st_size != cfg.n_floats() * 4:
+        TinyMoE._create(path, cfg.n_floats())
+        os.chmod(path, 0o644)
+    return path
+
+
 class KVCache:
     """Per request, per layer K and V rows, grown by doubling (``2 x layers x tokens x hidden x 4``)."""
 
@@ -216,9 +232,7 @@ class DemoServer:
                  weights: Path | None = None, journal: Path | None = None, journal_fsync: bool = True,
                  kv_budget_bytes: int = 4 << 20, drop_cache: bool = False) -> None:
         self.cfg = model or ModelConfig()
-        workdir = Path(os.environ.get("AUTOGLM_DEMO_DIR", "/var/tmp/autoglm-demo"))
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.weights_path = weights or workdir / f"weights-{self.cfg.n_floats()}.bin"
+        self.weights_path = weights or default_weights_path(self.cfg)
         self.model = TinyMoE(self.weights_path, self.cfg, drop_cache)
         self.journal_path = journal
         self.journal_fsync = journal_fsync

@@ -215,6 +215,13 @@ class Demo:
         self.run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=_demo_dir()))
         self.journal = self.run_dir / "journal.jsonl"
         self.journal.touch()  # record --latency-log wants the file to exist
+        from autoglm_trace.tracer.spawn import sudo_user
+
+        # `sudo autoglm-trace demo --record` runs the server as the sudo user: it writes here.
+        owner = sudo_user() if a.record else None
+        if owner:
+            for path in (self.run_dir, self.journal):
+                os.chown(path, *owner)
         self.ready = self.run_dir / "ready.json"
         self.memcg: Path | None = None
         self.top: subprocess.Popen[bytes] | None = None  # the server, or record running it
@@ -241,8 +248,6 @@ class Demo:
         self.url = f"http://127.0.0.1:{port}"
         cmd = _cli() + ["demo", "serve", "--port", str(port), "--workers", str(self.a.workers),
                         "--journal", str(self.journal), "--ready-file", str(self.ready)]
-        if self.memcg:
-            cmd += ["--memcg", str(self.memcg)]
         if self.a.incident == "memory-pressure":
             # The weights' pages must belong to the cgroup the balloon squeezes. (Not for oom: there
             # the leak should hit the limit, not first thrash the weights out of the page cache.)
@@ -265,6 +270,10 @@ class Demo:
                     info = json.loads(self.ready.read_text())
                     self.server_pid = int(info["pid"])
                     urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                    if self.memcg:
+                        # Moved by us (root), not joined by the server: under `sudo ... record` the
+                        # server runs as the sudo user. Its memory from here on is charged there.
+                        (self.memcg / "cgroup.procs").write_text(str(self.server_pid))
                     return
                 except (OSError, ValueError, KeyError):
                     pass
@@ -401,7 +410,9 @@ def _run(a: argparse.Namespace) -> int:
     if a.cpus is None and (os.cpu_count() or 1) > 1:
         a.cpus = [0]  # leave the other CPU(s) to the tracer; the cpu hog targets this one
     from autoglm_trace.tracer.demo_load import run_load
+    from autoglm_trace.tracer.demo_server import ensure_weights
 
+    ensure_weights()  # created here (by root, under sudo), read by a server that may not be root
     demo = Demo(a)
     report = None
     try:
