@@ -35,3 +35,16 @@ clean:
 ## Regenerate the table reference in docs/format.md from tracer/schema.py.
 docs: setup
 	$(PY) scripts/gen_format_doc.py
+
+## Issue-7 benchmarks (root: BPF). Each rewrites its own section of docs/benchmarks-overhead.md.
+bench-overhead: setup
+	$(PY) bench/bench_overhead.py --doc docs/benchmarks-overhead.md
+	$(PY) bench/bench_overhead.py --work 0 --rounds 3 --section bench_overhead_stress --doc docs/benchmarks-overhead.md
+
+bench-capacity: setup
+	$(PY) bench/bench_capacity.py --doc docs/benchmarks-overhead.md
+
+## BENCH_RECORDER_S=600 for the 10-minute figure.
+BENCH_RECORDER_S ?= 60
+bench-recorder: setup
+	$(PY) bench/bench_recorder.py --duration $(BENCH_RECORDER_S) --doc docs/benchmarks-overhead.md
