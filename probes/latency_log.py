@@ -28,6 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from autoglm_trace.tracer import clock
 from autoglm_trace.tracer.collector import Collector, SessionContext
 
@@ -216,6 +218,15 @@ def to_spans(rows: list[dict[str, Any]], wall_offset_ns: int, source: str = "log
         "ok": r["ok"],
         "attrs": r["attrs"],
     } for r in rows]
+
+
+def latency_spans(path: str | os.PathLike[str], wall_offset_ns: int) -> tuple[pa.Table, list[str]]:
+    """For ``analyze REC --latency FILE``: the file's requests as a ``spans`` table (source ``log``)
+    on the recording's clock (pass ``Recording.wall_offset_ns``), and the 'line N: ...' errors."""
+    from autoglm_trace.tracer import schema
+
+    rows, errors = parse_latency_file(path)
+    return pa.Table.from_pylist(to_spans(rows, wall_offset_ns), schema=schema.schema_for("spans")), errors
 
 
 class LatencyLogTail(Collector):

@@ -211,7 +211,7 @@ def test_io_hog_writes_and_cleans_up(tmp_path):
 def _record_demo(tmp_path: Path, incident: str) -> Recording:
     rec = tmp_path / f"rec-{incident}"
     # the OOM needs the leak to fill its headroom: longer (the demo stops once the server is killed)
-    duration = "16" if incident == "oom" else "8"
+    duration = {"oom": "16", "memory-pressure": "10"}.get(incident, "8")
     p = subprocess.Popen(CLI + ["demo", "--incident", incident, "--duration", duration, "--incident-at", "3",
                                 "--record", str(rec), "--no-analyze"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -268,9 +268,11 @@ def test_incident_visible_in_recording(tmp_path, incident):
         ps = [x for x in r.table("proc_samples").to_pylist() if x["pid"] == pid]
         before = [x["majflt"] for x in ps if x["ts_ns"] < t_inc]
         after = [x["majflt"] for x in ps if x["ts_ns"] >= t_inc]
-        assert after[-1] - before[-1] > 20 * max(1, before[-1] - before[0]), (before[0], before[-1], after[-1])
+        # the squeezed weights come back as major faults (the warm server had none to speak of) ...
+        assert after[-1] - before[-1] >= 10, (before[0], before[-1], after[-1])
+        # ... and the server stalls in its memory cgroup's reclaim
         rc = [x for x in r.table("reclaim").to_pylist() if x["kind"] == "memcg" and x["pid"] == pid]
-        assert rc, "no memcg reclaim stalls in the server"
+        assert rc and all(x["in_target"] for x in rc), "no memcg reclaim stalls in the server"
     elif incident == "leak":
         ps = [x for x in r.table("proc_samples").to_pylist() if x["pid"] == pid]
         at = [x["rss_bytes"] for x in ps if x["ts_ns"] < t_inc][-1]

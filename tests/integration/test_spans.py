@@ -26,7 +26,7 @@ from autoglm_trace.analysis.serving_metrics import (
 )
 from autoglm_trace.probes import span_client
 from autoglm_trace.probes.http_probe import HttpProbe
-from autoglm_trace.probes.latency_log import LatencyLogTail, parse_latency_file, to_spans
+from autoglm_trace.probes.latency_log import LatencyLogTail, latency_spans, parse_latency_file, to_spans
 from autoglm_trace.probes.scrape import Scraper
 from autoglm_trace.probes.span_receiver import SpanReceiver
 from autoglm_trace.tracer import schema
@@ -433,7 +433,9 @@ def test_latency_log_jsonl_with_malformed_lines(tmp_path):
     assert "not a number" in errors[5]
     spans = to_spans(rows, wall_offset_ns=1732400000_000_000_000)
     assert spans[0]["ts_ns"] == 100000_000_000_000 and spans[0]["source"] == "log"
-    pa.Table.from_pylist(spans, schema=schema.schema_for("spans"))
+    table, errs = latency_spans(f, 1732400000_000_000_000)
+    assert table.schema.equals(schema.schema_for("spans"), check_metadata=False)
+    assert table.to_pylist() == spans and errs == errors
 
 
 def test_latency_log_csv(tmp_path):

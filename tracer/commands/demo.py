@@ -89,7 +89,10 @@ def _positive(s: str) -> float:
 # Parsers
 # --------------------------------------------------------------------------------------------
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoglm-trace demo", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="autoglm-trace demo [run]", description=(
+        "Run the bundled demo inference server under load, inject one incident, print the load summary "
+        "(and with --record, record it and print the analysis). Sub-commands: run (default), serve, "
+        "load, hog -- each with --help."),
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=_positive, default=25.0, metavar="S", help="load duration (default 25 s)")
     p.add_argument("--incident", choices=INCIDENTS, default="none", help="trouble to inject (default none)")
