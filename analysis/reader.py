@@ -62,7 +62,10 @@ def read_stream_file(path: Path, expected: pa.Schema | None = None) -> TableRead
             break
     table = pa.Table.from_batches(batches, schema=reader.schema)
     if expected is not None:
-        table = _conform(table, expected)
+        try:
+            table = _conform(table, expected)
+        except (pa.ArrowException, ValueError) as e:  # a damaged schema: names not UTF-8, uncastable types
+            raise RecordingError(f"{path.name} does not match its table's schema ({_short(e)})") from None
     return TableRead(table, truncated, error)
 
 
