@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from autoglm_trace.analysis.reader import Recording
@@ -97,6 +97,7 @@ def test_truncated_stream(good, cut: float, table: str) -> None:
 @given(flips=st.lists(st.tuples(st.floats(min_value=0, max_value=1, exclude_max=True), st.integers(1, 255)),
                       min_size=1, max_size=8),
        table=st.sampled_from(["processes", "proc_samples"]))
+@example(flips=[(0.11365564941700514, 120)], table="processes")  # once made a field name invalid UTF-8
 def test_flipped_bytes(good, flips: list[tuple[float, int]], table: str) -> None:
     data = bytearray(good[1][table])
     for pos, x in flips:
