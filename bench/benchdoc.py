@@ -42,8 +42,10 @@ def machine_facts() -> str:
                 break
     except OSError:
         pass
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"Linux {platform.release()}, {os.cpu_count()} CPUs ({model}), {mem} RAM, "
-            f"Python {platform.python_version()}, run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+            f"Python {platform.python_version()}, run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"load average at the end {load} (other work shares this VM: compare within a run only)")
 
 
 def command_line() -> str:
