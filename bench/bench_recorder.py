@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| measure | value | target | |",
         "|---|---:|---:|---|",
-        f"| recorder CPU, steady state (after {WARMUP_S:g} s) | {steady_pct:.1f}% of one core | <= 5% | {ok(verdict['cpu'])} |",
-        f"| recorder CPU, whole run incl. start-up (BPF compile) | {cpu_pct:.1f}% of one core | | |",
+        f"| recorder CPU, steady state (after {WARMUP_S:g} s) | {steady_pct:.2f}% of one core | <= 5% | {ok(verdict['cpu'])} |",
+        f"| recorder CPU, whole run incl. start-up (BPF compile) | {cpu_pct:.2f}% of one core | | |",
         f"| recorder peak RSS (VmHWM) | {hwm_mb:.0f} MB | <= 200 MB | {ok(verdict['rss'])} |",
         f"| recorder RSS at the end | {watch.rss_bytes / 1e6:.0f} MB | | |",
         f"| recording size | {size / 1e6:.2f} MB in {dur:.0f} s = {per_hour / 1e6:.0f} MB per hour | <= 100 MB/h | "
