@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pytest
 
 from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.tracer.errors import RecordingError
 
 PY = sys.executable
 
@@ -104,15 +105,17 @@ def _outputs(out: Path) -> tuple[str, str]:
     return Path(f"{logs}.out").read_text(), Path(f"{logs}.err").read_text()
 
 
-def _wait_for_rows(out: Path, timeout: float = 20.0) -> None:
-    """Until the recorder has flushed some samples (the proc_samples file has grown)."""
+def _wait_for_rows(out: Path, timeout: float = 30.0) -> None:
+    """Until the recorder has flushed some samples (read back through the reader itself)."""
     end = time.monotonic() + timeout
-    f = out / "proc_samples.arrow"
     while time.monotonic() < end:
-        if f.exists() and f.stat().st_size > 2000:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no samples flushed to {f} within {timeout} s")
+        try:
+            if Recording(out).table("proc_samples").num_rows > 0:
+                return
+        except RecordingError:
+            pass  # not created yet / manifest not written yet
+        time.sleep(0.1)
+    raise AssertionError(f"no samples flushed to {out} within {timeout} s")
 
 
 @pytest.mark.slow
