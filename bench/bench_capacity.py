@@ -107,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         past.append(r)
         print(_row(r), file=sys.stderr)
     clean = [r for r in rows if r["lost"] == 0]
-    best = max(clean, key=lambda r: r["probe_events_per_s"], default=None)
     md = [
         "## Capacity and loss",
         "",
@@ -127,11 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         *[_row(r) for r in past],
         "",
     ]
-    if best is not None:
-        md.append(f"Highest probe event rate with zero lost events at default sizes: "
-                  f"{best['probe_events_per_s']:,.0f} events/s ({best['kind']} flood, "
-                  f"{'max' if not best['rate_asked'] else best['rate_asked']} asked). "
-                  f"Lost events at default sizes over all levels: {sum(r['lost'] for r in rows):,}.")
+    def lifecycle(r: dict) -> float:  # process-lifecycle events recorded per second (perf-buffer path)
+        n = r["forks_recorded"] + r["exits_recorded"] if r["kind"] == "fork" else r["thread_exits_recorded"]
+        return n / args.duration
+
+    lc = [r for r in clean if r["kind"] in ("fork", "threads")]
+    if lc:
+        b = max(lc, key=lifecycle)
+        md.append(f"Zero lost events at default sizes up to: {lifecycle(b):,.0f} process-lifecycle events/s through the "
+                  f"perf buffers ({b['kind']} flood, {'max' if not b['rate_asked'] else b['rate_asked']} asked, "
+                  f"the fastest this 2-CPU VM made them), while the probes handled "
+                  f"{max(r['probe_events_per_s'] for r in clean):,.0f} events/s in all (kernel-aggregated "
+                  f"scheduler / fault events included).")
+    md.append(f"Lost events at default sizes over all levels: {sum(r['lost'] for r in rows):,}.")
     md.append(f"Recorder peak RSS over every level: {max(r['hwm_mib'] for r in rows + past):.0f} MiB.")
     text = "\n".join(md) + "\n"
     print(text)
