@@ -45,14 +45,17 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _cli() -> list[str]:
+    exe = Path(sys.executable).parent / "autoglm-trace"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "autoglm_trace.tracer.cli"]
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real recording of a small busy process (kernel probes too when we are root)."""
-    from conftest import autoglm_trace_cmd
-
     out = tmp_path_factory.mktemp("base") / "rec"
     prog = "import time\nx=[bytearray(4096) for _ in range(5000)]\nt=time.time()\nwhile time.time()-t<1.0: sum(range(1000))"
-    r = subprocess.run([*autoglm_trace_cmd(), "record", "-q", "--json", "--no-gpu", "-o", str(out), "--", PY, "-c", prog],
+    r = subprocess.run([*_cli(), "record", "-q", "--json", "--no-gpu", "-o", str(out), "--", PY, "-c", prog],
                        capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 0, r.stderr
     rec = Recording(out)
