@@ -111,22 +111,35 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     expected = _baseline_expected(rec, rec.table("preemptions"), "preemptor_pid", wcol, start_ns - bucket_slack_ns,
                                   end_ns)
     excess = weight - np.array([expected.get(int(p), 0.0) for p in pids])
-    order = np.lexsort((-weight, -excess)) if (excess > 0).any() else np.argsort(-weight)
     info = process_info(rec)
     tpid, tcpu, tcnt = col(t, "preemptor_pid", np.int64), col(t, "cpu", np.int64, -1), col(t, "count")
-    out = []
-    for i in order[: TOP + 2]:
-        pid = int(pids[i])
-        if in_map.get(pid):
+    # A neighbour is often several processes of one program (stress-ng workers, a forking hog):
+    # fold outside processes by comm so the program is named with its whole share.
+    groups: dict[Any, list[int]] = {}
+    for i in range(len(pids)):
+        if in_map.get(int(pids[i])):
             continue  # the target's own threads competing with each other are not a culprit
-        m = tpid == pid
+        groups.setdefault(comms[i] if comms[i] else ("pid", int(pids[i])), []).append(i)
+    keys = list(groups)
+    gw = np.array([weight[groups[k]].sum() for k in keys], dtype=float)
+    gx = np.array([excess[groups[k]].sum() for k in keys], dtype=float)
+    order = np.lexsort((-gw, -gx)) if (gx > 0).any() else np.argsort(-gw)
+    pos_excess = max(float(gx[gx > 0].sum()), 1e-9)
+    out = []
+    for gi in order[:TOP]:
+        members = sorted(groups[keys[gi]], key=lambda i: -weight[i])
+        lead = members[0]
+        pid = int(pids[lead])
+        m = np.isin(tpid, pids[members])
         cpus, cw = np.unique(tcpu[m], return_inverse=True)
         top_cpu = int(cpus[np.argmax(np.bincount(cw, weights=tcnt[m] + 1))]) if m.any() else None
-        out.append(_culprit(pid, comms[i], weight[i] / total, False, info, cpu=top_cpu,
-                            wait_ms=round(float(wait[i]) / 1e6, 3), preemptions=int(cnt[i]),
-                            excess_share=round(float(max(excess[i], 0) / max(excess[excess > 0].sum(), 1e-9)), 4)))
-        if len(out) >= TOP:
-            break
+        extra: dict[str, Any] = {}
+        if len(members) > 1:
+            extra = {"processes": len(members), "pids": [int(pids[i]) for i in members[:10]]}
+        out.append(_culprit(pid, comms[lead], gw[gi] / total, False, info, cpu=top_cpu,
+                            wait_ms=round(float(wait[members].sum()) / 1e6, 3),
+                            preemptions=int(cnt[members].sum()),
+                            excess_share=round(float(max(gx[gi], 0) / pos_excess), 4), **extra))
     self_share = float(sum(weight[i] for i in range(len(pids)) if in_map.get(int(pids[i])))) / total
     return {"culprits": out, "weighted_by": unit, "target_self_share": round(self_share, 4),
             "total_wait_ms": round(float(wait.sum()) / 1e6, 3), "total_preemptions": int(cnt.sum())}

@@ -60,6 +60,12 @@ def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np
     """Leak vs KV-cache growth with load vs sudden allocation, with the numbers behind it."""
     ok = np.isfinite(mem)
     ts, mem = ts[ok], mem[ok]
+    if len(starts):
+        # Start-up (imports, weights, warm-up) is growth too, but neither a leak nor load: judge the
+        # memory from the first request on.
+        serving = ts >= starts.min()
+        if serving.sum() >= 8:
+            ts, mem = ts[serving], mem[serving]
     if len(ts) < 8 or np.ptp(ts) <= 0:
         return {"verdict": "unknown", "reason": "fewer than 8 memory samples before the kill"}
     rise = float(mem[-1] - mem.min())
