@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--ring", default="5m")
     ap.add_argument("--ring-bytes", default="256M")
     ap.add_argument("--load", action="store_true", help="run a busy workload beside the recorder")
+    ap.add_argument("--status-every", type=float, default=60,
+                    help="the recorder's status line period (ring size and RSS over time), seconds")
     ap.add_argument("--extra", default="", help="extra record options, space separated (e.g. '--bucket 1000')")
     a = ap.parse_args()
 
@@ -77,8 +79,9 @@ def main() -> int:
     load = subprocess.Popen([sys.executable, "-c", LOAD]) if a.load else None
     cmd = [*cli(), "record", "--ring", a.ring, "--ring-bytes", a.ring_bytes, "-o", str(work / "snaps"),
            "--tail", "0", *a.extra.split()]
+    env = {**os.environ, "AUTOGLM_TRACE_FLIGHT_STATUS_S": str(a.status_every)}
     with open(log, "w") as lf:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=lf, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=lf, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while "collectors running" not in log.read_text():
@@ -136,6 +139,10 @@ def main() -> int:
         print(f"| ring rows / time covered | {ring['rows']} / {ring['covered_ns'] / 1e9:.0f} s |")
         print(f"| rows evicted by age / by the size limit | {ring['evicted_rows']} / {ring['dropped_rows']} |")
         print(f"| snapshot on disk | {snap_bytes / 2**20:.1f} MiB |")
+    status = [ln.split("flight: ", 1)[1] for ln in log.read_text().splitlines() if "flight: status:" in ln]
+    if status:
+        print(f"\nthe recorder's own status lines (every {a.status_every:g} s):\n")
+        print("\n".join(f"    {ln}" for ln in status))
     print(f"\nlog: {log}")
     return 0
 

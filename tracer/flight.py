@@ -74,6 +74,9 @@ METRIC_TABLES = {"gpu_": ("gpu_devices",), "rss_bytes": ("proc_samples",), "max_
                  "host_": ("host_samples",), "swap_": ("host_samples",), "load1": ("host_samples",),
                  "psi_": ("host_samples",), "runq_": ("sched",)}
 RING_WATCH_NS = 1_000_000_000
+# A status line in the log every so often (ring size, process RSS, snapshots): the journal then shows
+# the service's memory over days. AUTOGLM_TRACE_FLIGHT_STATUS_S overrides it (benchmarks use 60).
+STATUS_EVERY_S = 600.0
 
 
 # Parsing ----------------------------------------------------------------------------------------
@@ -361,6 +364,11 @@ class FlightRecorder:
         self._errors: set[str] = set()
         self._started_logged = False
         self._next_ring_watch_ns = 0
+        self._next_status_ns = 0
+        try:
+            self._status_every_s = float(os.environ.get("AUTOGLM_TRACE_FLIGHT_STATUS_S") or STATUS_EVERY_S)
+        except ValueError:
+            self._status_every_s = STATUS_EVERY_S
         watched = {t for k in fo.triggers for t in TRIGGER_TABLES.get(k, ())}
         if "threshold" in fo.triggers:
             for th in fo.thresholds:
@@ -627,6 +635,14 @@ class FlightRecorder:
                 f"{st['dropped_rows']} rows evicted early so far, holding {st['covered_ns'] / 1e9:.0f} s "
                 "(raise --ring-bytes or shorten --ring)")
             self._drop_logged = st["dropped_rows"]
+        now = clock.now_ns()
+        if now >= self._next_status_ns:
+            if self._next_status_ns:
+                log(f"status: ring {st['covered_ns'] / 1e9:.0f} s / {human_bytes(st['bytes'])} "
+                    f"(limit {human_bytes(self.fo.ring_bytes)}), {st['rows']} rows, {st['dropped_rows']} evicted early; "
+                    f"process RSS {human_bytes(_self_rss())}; {len(self.saved)} snapshot(s) saved, "
+                    f"{self.suppressed} suppressed")
+            self._next_status_ns = now + int(self._status_every_s * 1e9)
         if not self._full_logged and st["covered_ns"] >= self.ring.duration_ns * 0.99:
             self._full_logged = True
             log(f"ring full: holding {st['covered_ns'] / 1e9:.0f} s in {human_bytes(st['bytes'])} "
@@ -655,6 +671,14 @@ class FlightRecorder:
             self._finish_pending(clock.now_ns(), cut_short=clock.now_ns() < self.pending.deadline_ns)
         self._queue.put(None)
         self._writer.join()
+
+
+def _self_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
 
 
 def _signame(sig: int | None) -> str:

@@ -40,12 +40,21 @@ MAX_OPEN_BATCHES = 64  # batches gathered in the open chunk before it is concate
 FUTURE_SLACK_NS = 60_000_000_000
 
 
+# The memory pool rounds every allocation up to 64 bytes, so a one-row batch of 19 columns holds
+# about 2 KiB, not the 200 bytes its buffers report. Charged per column (validity + data buffers)
+# so that the many small batches of the open chunks are not under-counted; a concatenated chunk
+# pays it once.
+PER_COLUMN_OVERHEAD = 128
+
+
 def _buffer_bytes(batch: pa.RecordBatch) -> int:
-    """Bytes of the buffers the batch keeps alive (a slice keeps its parent's whole buffers)."""
+    """Bytes of the buffers the batch keeps alive (a slice keeps its parent's whole buffers), plus
+    the allocator's rounding."""
     try:
-        return int(batch.get_total_buffer_size())
+        size = int(batch.get_total_buffer_size())
     except (AttributeError, pa.ArrowException):
-        return int(batch.nbytes)
+        size = int(batch.nbytes)
+    return size + PER_COLUMN_OVERHEAD * batch.num_columns
 
 
 @dataclass
