@@ -554,6 +554,7 @@ class KernelProbes(Collector):
                 f"the BPF program did not compile or load ({str(e).strip().splitlines()[-1]}); "
                 "print it with 'record --print-bpf' and check the kernel headers ('sudo make setup')"
             ) from None
+        _release_compiler_heap()
         try:
             self._attach_extra(ctx)
             self._seed_filter(ctx)
@@ -886,3 +887,14 @@ class KernelProbes(Collector):
             "struct_offsets": "btf",
             "perf_records_lost": dict(self._perf_lost),
         }
+
+
+def _release_compiler_heap() -> None:
+    """Give the heap clang/LLVM used for the compile back to the kernel (glibc keeps freed arenas
+    mapped): it is most of the recorder's RSS otherwise, and it is never needed again."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

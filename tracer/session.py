@@ -34,7 +34,7 @@ from autoglm_trace.tracer.sinks import FanOut, Sink
 from autoglm_trace.tracer.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
 
-FLUSH_EVERY_NS = 500_000_000
+FLUSH_EVERY_NS = 900_000_000  # checked each tick: every flush lands within a second
 MANIFEST_EVERY_NS = 5_000_000_000
 MAX_COLLECTOR_ERRORS = 20
 

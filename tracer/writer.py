@@ -25,6 +25,7 @@ import pyarrow as pa
 from autoglm_trace.tracer import schema
 from autoglm_trace.tracer.errors import WriteError
 
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -92,7 +93,9 @@ class TableWriter:
         self.bytes_written = 0
         self._lock = threading.Lock()
         self._sink = _FdSink(_open_new(self.path))
-        self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        # zstd buffer compression: about 4x smaller files; every Arrow reader (pyarrow, polars,
+        # DuckDB through pyarrow) decompresses IPC streams transparently.
+        self._writer = pa.ipc.new_stream(self._sink, self.schema, options=_IPC_OPTIONS)
 
     # Appending --------------------------------------------------------------------------------
     def append_rows(self, rows: list[Mapping[str, Any]]) -> None:
