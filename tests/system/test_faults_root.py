@@ -127,6 +127,10 @@ def test_disk_full_is_a_clear_error_and_data_stays_readable(cli: list[str], tmp_
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "autoglm-test", str(mnt)], check=True)
     out = mnt / "rec"
+    # Leave ~300 KiB free: recordings are compressed, so the sampler alone would take minutes to
+    # fill even 2 MiB; a filler file makes the disk full within seconds of recording.
+    st = os.statvfs(mnt)
+    (mnt / "filler").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - (300 << 10)))
     p = None
     try:
         p = subprocess.Popen([*cli, "record", "-q", "--json", "--no-gpu", "--no-spans", "-i", "10",
@@ -145,7 +149,7 @@ def test_disk_full_is_a_clear_error_and_data_stays_readable(cli: list[str], tmp_
         # Everything flushed before the disk filled is readable.
         rec = Recording(out)
         rows = _read_all(rec)
-        assert rows.get("proc_samples", 0) > 60
+        assert rows.get("proc_samples", 0) > 0
         assert not rec.complete
         # The recorder did not leave its target behind.
         time.sleep(0.5)
