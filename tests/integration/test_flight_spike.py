@@ -39,7 +39,7 @@ def test_slow_request_saves_a_spike_snapshot(cli: list[str], tmp_path: Path):
     lat = sorted(s["end_ns"] - s["ts_ns"] for s in spans)
     median = lat[len(lat) // 2]
     # A slow request is there: the designed one, or one a loaded box made slow earlier (it counts too).
-    assert len(spans) >= 20 and lat[-1] >= 280_000_000 and median < 100_000_000
+    assert len(spans) >= 20 and lat[-1] >= 3 * median and median < 100_000_000
     trig = rec.manifest["trigger"]
     assert re.match(r"\d+ slow request\(s\) \(generate\): up to \d+ ms vs typical \d+ ms", trig["detail"]), trig
     # Fired after a slow request ended, within the once-a-second check (plus an interval).
