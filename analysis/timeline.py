@@ -90,6 +90,9 @@ def col(t: pa.Table, name: str, dtype: Any = np.float64, fill: float = 0) -> np.
     if pa.types.is_boolean(c.type):
         return pc.fill_null(c, False).to_numpy(zero_copy_only=False).astype(bool)
     if c.null_count:
+        if isinstance(fill, float) and not float(fill).is_integer() or fill != fill:
+            # NaN (or a fraction) cannot fill an integer column: widen to float64 first.
+            c = c.cast(pa.float64())
         c = pc.fill_null(c, fill)
     return c.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 

@@ -78,3 +78,15 @@ def test_dedupe_spans_drops_log_copies_of_api_spans():
     # the first log row is the api's first request; the other two are different requests
     assert out.num_rows == 5
     assert sorted(out.column("source").to_pylist()) == ["api"] * 3 + ["log"] * 2
+
+
+def test_col_fills_nan_into_integer_columns_with_nulls():
+    import numpy as np
+    import pyarrow as pa
+
+    from autoglm_trace.analysis.timeline import col
+
+    t = pa.table({"x": pa.array([1, None, 3], pa.int64())})
+    out = col(t, "x", np.float64, np.nan)
+    assert out[0] == 1 and np.isnan(out[1]) and out[2] == 3
+    assert col(t, "x").tolist() == [1, 0, 3]
