@@ -239,6 +239,7 @@ class Recorder:
             else:
                 try:
                     c = factory()
+                    c.name = name  # two --scrape URLs are two collectors: keep their names apart
                     c.start(ctx)
                     self.collectors.append(c)
                     entry = {"status": "ok", "tables": list(c.tables)}
@@ -367,8 +368,12 @@ class Recorder:
             except Exception as e:  # noqa: BLE001
                 ctx.note(f"{c.name}: stop failed: {type(e).__name__}: {e}")
         if self.child is not None:
-            if self.child.status is None and self.stop_reason in ("interrupted", "terminated"):
-                # Ctrl-C reached the child too (same process group); give it a moment to exit.
+            if self.child.status is None and self.stop_reason in ("terminated", "hangup"):
+                # We started the target, so a stop request for the recorder ends it too, as Ctrl-C
+                # (which the terminal sends to both) does.
+                self.child.kill(signal.SIGTERM)
+            if self.child.status is None and self.stop_reason in ("interrupted", "terminated", "hangup"):
+                # Give it a moment to exit so its exit status lands in the manifest.
                 deadline = time.monotonic() + 3
                 while self.child.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.05)

@@ -12,6 +12,7 @@ followed, and a recording never overwrites another.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -242,6 +243,8 @@ class RecordingWriter:
                 os.fsync(f.fileno())
             os.replace(tmp, self.directory / schema.MANIFEST_NAME)
         except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # never leave a half-written temporary beside the last good manifest
             raise WriteError(f"cannot write the manifest: {e.strerror or e}") from None
 
     def close(self) -> None:

@@ -177,6 +177,10 @@ def test_sigterm_and_ctrl_c_end_cleanly(cli: list[str], tmp_path: Path, how: str
     assert rec.manifest["stop_reason"] == reason
     assert rec.manifest["end_ns"] > rec.start_ns
     assert json.loads(stdout)["complete"] is True
+    # The recorder started the target, so ending the recorder ends the target too (and says how).
+    assert not rec.manifest["target"].get("still_running"), rec.manifest["target"]
+    t = rec.manifest["target"]
+    assert t["signal"] == signal.SIGTERM if how == "sigterm" else t["exit_code"] == 130, t
 
 
 def test_target_exits_at_once(cli: list[str], tmp_path: Path) -> None:
