@@ -82,8 +82,8 @@ class ProcSampler(Collector):
                 "vms_bytes": st["vsize"],
                 "shared_bytes": shared,
                 "num_threads": st["num_threads"],
-                "ctx_voluntary": _int(status.get("voluntary_ctxt_switches")),
-                "ctx_involuntary": _int(status.get("nonvoluntary_ctxt_switches")),
+                "ctx_voluntary": procfs.int_or_none(status.get("voluntary_ctxt_switches")),
+                "ctx_involuntary": procfs.int_or_none(status.get("nonvoluntary_ctxt_switches")),
                 "minflt": st["minflt"],
                 "majflt": st["majflt"],
                 "io_read_bytes": rd,
@@ -104,7 +104,7 @@ class ProcSampler(Collector):
                         "ppid": st["ppid"],
                         "comm": st["comm"],
                         "cmdline": procfs.read_cmdline(pid),
-                        "uid": _uid(status),
+                        "uid": procfs.uid_from_status(status),
                         "cgroup": procfs.read_pid_cgroup(pid),
                         "start_time_ns": _mono_from_starttime(st["starttime_ticks"], uptime, now_ns),
                         "is_root": pid == target.root_pid,
@@ -240,20 +240,6 @@ def memcg_limit_bytes(cgroup_path: str) -> float | None:
             continue
         return None if v >= _NO_LIMIT else float(v)
     return None
-
-
-def _int(v: str | None) -> int | None:
-    try:
-        return int(v) if v is not None else None
-    except ValueError:
-        return None
-
-
-def _uid(status: dict[str, str]) -> int | None:
-    try:
-        return int(status["Uid"].split()[0])
-    except (KeyError, ValueError, IndexError):
-        return None
 
 
 def wait_for(predicate: Any, timeout_s: float, step_s: float = 0.01) -> bool:

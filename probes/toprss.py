@@ -111,8 +111,8 @@ class TopRssSampler(Collector):
                 "ts_ns": now_ns, "pid": pid, "cpu_user_s": st["utime_s"], "cpu_system_s": st["stime_s"],
                 "rss_bytes": st["rss_pages"] * procfs.PAGE_SIZE, "vms_bytes": st["vsize"],
                 "shared_bytes": shared, "num_threads": st["num_threads"],
-                "ctx_voluntary": _int(status.get("voluntary_ctxt_switches")),
-                "ctx_involuntary": _int(status.get("nonvoluntary_ctxt_switches")),
+                "ctx_voluntary": procfs.int_or_none(status.get("voluntary_ctxt_switches")),
+                "ctx_involuntary": procfs.int_or_none(status.get("nonvoluntary_ctxt_switches")),
                 "minflt": st["minflt"], "majflt": st["majflt"], "io_read_bytes": rd, "io_write_bytes": wr,
                 "num_fds": procfs.count_fds(pid), "state": st["state"],
             })
@@ -123,7 +123,7 @@ class TopRssSampler(Collector):
                 age_s = uptime - st["starttime_ticks"] / procfs.CLK_TCK
                 new_procs.append({
                     "ts_ns": now_ns, "pid": pid, "ppid": st["ppid"], "comm": st["comm"],
-                    "cmdline": procfs.read_cmdline(pid), "uid": _uid(status),
+                    "cmdline": procfs.read_cmdline(pid), "uid": procfs.uid_from_status(status),
                     "cgroup": procfs.read_pid_cgroup(pid), "start_time_ns": now_ns - int(age_s * 1e9),
                     "is_root": False,
                 })
@@ -140,17 +140,3 @@ class TopRssSampler(Collector):
     def info(self) -> dict[str, Any]:
         return {"top_n": self.top_n, "every_ms": self.every_ns // 1_000_000,
                 "grow_bytes_per_s": self.grow, "sticky_s": self.sticky_ns / 1e9}
-
-
-def _int(v: str | None) -> int | None:
-    try:
-        return int(v) if v is not None else None
-    except ValueError:
-        return None
-
-
-def _uid(status: dict[str, str]) -> int | None:
-    try:
-        return int(status["Uid"].split()[0])
-    except (KeyError, ValueError, IndexError):
-        return None

@@ -144,6 +144,21 @@ def read_cmdline(pid: int) -> str:
         return ""
 
 
+def int_or_none(v: str | None) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def uid_from_status(status: dict[str, str]) -> int | None:
+    """Real uid from a parsed /proc/PID/status ('Uid:\treal effective saved fs')."""
+    try:
+        return int(status["Uid"].split()[0])
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
 def read_uid(pid: int) -> int | None:
     try:
         return int(read_pid_status(pid)["Uid"].split()[0])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
 
+from autoglm_trace.tracer.commands._parser import CommandParser
 from autoglm_trace.tracer.errors import UsageError
 
 NAME = "analyze"
@@ -26,9 +26,6 @@ preemption, block-I/O, reclaim and GPU-process tables. The JSON is a stable cont
 docs/analysis.md."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"analyze: {message}")
 
 
 def load_latency(path: str, wall_offset_ns: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -44,8 +41,7 @@ def load_latency(path: str, wall_offset_ns: int) -> tuple[list[dict[str, Any]], 
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="autoglm-trace analyze", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
     p.add_argument("--latency", metavar="FILE", help="request latency log (JSONL or CSV) to analyse with the recording")
     p.add_argument("--window", type=float, default=1.0, metavar="S",

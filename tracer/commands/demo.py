@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from autoglm_trace.tracer.commands._parser import CommandParser
 from autoglm_trace.tracer.errors import TargetError, TraceError, UsageError
 
 NAME = "demo"
@@ -89,7 +90,7 @@ def _positive(s: str) -> float:
 # Parsers
 # --------------------------------------------------------------------------------------------
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoglm-trace demo [run]", description=(
+    p = CommandParser("demo", prog="autoglm-trace demo [run]", description=(
         "Run the bundled demo inference server under load, inject one incident, print the load summary "
         "(and with --record, record it and print the analysis). Sub-commands: run (default), serve, "
         "load, hog -- each with --help."),
@@ -118,7 +119,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoglm-trace demo serve", description="Run the demo inference server.",
+    p = CommandParser("demo", prog="autoglm-trace demo serve", description="Run the demo inference server.",
                                 epilog="example:\n  autoglm-trace demo serve --port 8000 --incident leak --incident-at 10",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=8000)
@@ -137,7 +138,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def _load_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoglm-trace demo load", description="Drive a /generate server.",
+    p = CommandParser("demo", prog="autoglm-trace demo load", description="Drive a /generate server.",
                                 epilog="example:\n  autoglm-trace demo load --url http://127.0.0.1:8000 --duration 30",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True)
@@ -149,7 +150,7 @@ def _load_parser() -> argparse.ArgumentParser:
 
 
 def _hog_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoglm-trace demo hog", description="A noisy neighbour (comm noisy-hog).",
+    p = CommandParser("demo", prog="autoglm-trace demo hog", description="A noisy neighbour (comm noisy-hog).",
                                 epilog="examples:\n  autoglm-trace demo hog --cpu --cpus 0 --duration 10\n"
                                        "  autoglm-trace demo hog --io --dir /var/tmp --duration 10\n"
                                        "  sudo autoglm-trace demo hog --memory --memcg /sys/fs/cgroup/memory/x",

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any
 
-from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "diff"
 SUMMARY = "perf-regression hunt: latency p50/p90/p99 change with confidence, signals per request ranked"
@@ -23,14 +21,10 @@ is marked significant when the intervals do not overlap. Resource signals are no
 JSON is documented in docs/analysis.md."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"diff: {message}")
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="autoglm-trace diff", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("base", help="the recording before (baseline)")
     p.add_argument("new", help="the recording after (suspected regression)")
     p.add_argument("--top", type=int, default=10, help="signals to show (default 10)")

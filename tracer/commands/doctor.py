@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from autoglm_trace.tracer import procfs
-from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "doctor"
 SUMMARY = "check root, BPF, tracefs, tracepoints, bcc, kernel headers, NVML and cgroups; print fixes"
@@ -203,14 +202,10 @@ def run_checks() -> list[dict[str, str]]:
     return [{"check": c, "status": s, "detail": d, "fix": f} for c, s, d, f in rows]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"doctor: {message}")
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="autoglm-trace doctor", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     rows = run_checks()

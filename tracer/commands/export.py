@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Any
 
+from autoglm_trace.tracer.commands._parser import CommandParser
 from autoglm_trace.tracer.errors import UsageError, WriteError
 
 NAME = "export"
@@ -20,14 +19,10 @@ Open the file at https://ui.perfetto.dev ("Open trace file"); the file never lea
 Timestamps are microseconds from the recording's first event (its UTC time is in otherData)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"export: {message}")
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="autoglm-trace export", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
     p.add_argument("--perfetto", metavar="FILE", required=True,
                    help="write Chrome trace-event JSON (.json, or .json.gz to compress)")

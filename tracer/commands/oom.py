@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any
 
-from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "oom"
 SUMMARY = "post-mortem of every OOM kill and CUDA OOM: victim, limit, growth, leak or load (--json)"
@@ -23,14 +21,10 @@ verdict: leak (the floor keeps rising after requests finish), kv_cache_growth (m
 load), sudden_allocation, or unknown. The JSON is documented in docs/analysis.md."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"oom: {message}")
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="autoglm-trace oom", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
     p.add_argument("--json", action="store_true", help="machine-readable output (docs/analysis.md)")
     args = p.parse_args(argv)

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from autoglm_trace.tracer.commands._parser import CommandParser
 from autoglm_trace.tracer.errors import TargetError, UsageError
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
 
@@ -31,14 +32,10 @@ recording is owned by that user too. Ctrl-C ends the recording cleanly (a second
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2, through the CLI's error path
-        raise UsageError(f"record: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="autoglm-trace record", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     tgt = p.add_argument_group("target (one of)")
     tgt.add_argument("-p", "--pid", type=int, help="attach to a running process and its children")
     tgt.add_argument("--cgroup", help="a cgroup path (e.g. system.slice/x.service or /sys/fs/cgroup/...)")

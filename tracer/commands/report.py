@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+from autoglm_trace.tracer.commands._parser import CommandParser
 from autoglm_trace.tracer.errors import UsageError, WriteError
 
 NAME = "report"
@@ -21,14 +20,10 @@ The file embeds plotly.js (about 5 MB) and needs no network to open. When the re
 tables (no root: no kernel probes; no GPU), the report says which signals it could not check."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"report: {message}")
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="autoglm-trace report", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--open-browser", choices=("yes", "no"), default="no",

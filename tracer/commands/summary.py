@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any
 
-from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "summary"
 SUMMARY = "what a recording holds: target, duration, tables, whole-life totals (--json for scripts)"
@@ -20,14 +18,10 @@ EPILOG = """examples:
 The JSON is a stable contract, documented in docs/format.md ("summary --json")."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"summary: {message}")
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="autoglm-trace summary", description=SUMMARY, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
