@@ -3,8 +3,9 @@
 The JSON is a documented contract (docs/format.md, "summary --json"). Each total says where it came
 from, best source first:
 
-* ``kernel``: sums of the in-kernel aggregates (sched / faults tables) -- they cover every thread of the
-  tree from before its first instruction to its exit, short-lived children included;
+* ``kernel``: the kernel's per-task counters read at each exit (proc_events) for threads that ended,
+  plus the in-kernel aggregates (sched / faults tables) for threads still running -- every thread of
+  the tree from its first instruction, short-lived children included;
 * ``wait4``: the rusage the kernel handed back when the spawned target was reaped (its whole life and
   every descendant it waited for);
 * ``proc``: /proc counters of the sampled processes (last sample, minus the first one for processes
@@ -67,6 +68,52 @@ def _proc_totals(rec: Recording) -> dict[str, float]:
     return out
 
 
+def _kernel_counts(rec: Recording, sched: pa.Table | None, faults: pa.Table | None) -> dict[str, int]:
+    """Whole-life switch and fault counts of the tree from the kernel tables.
+
+    A thread born while recording and gone before its end is counted from the kernel's own per-task
+    counters read at its exit (``proc_events`` nvcsw / nivcsw / min_flt / maj_flt), plus its final
+    switch: the kernel counts a dying task's last schedule() as voluntary (kernel/sched/core.c
+    __schedule: TASK_DEAD is a non-zero prev state) after sched_process_exit fired, when the thread
+    has already left the probes' filter. Those counters also include faults taken in kernel mode
+    (e.g. while exec loads the binary), which exceptions:page_fault_user never sees. Every other
+    thread is counted from the in-kernel aggregates of the sched / faults tables.
+    """
+    out: dict[str, int] = {}
+    exited: set[int] = set()
+    ev = rec.table("proc_events")
+    if ev.num_rows and "nvcsw" in ev.column_names:
+        born = set(pc.filter(ev["tid"], pc.equal(ev["event"], "fork")).to_pylist())
+        if rec.target.get("mode") == "command" and rec.target.get("pid") is not None:
+            born.add(int(rec.target["pid"]))
+        dead = ev.filter(pc.and_(pc.is_in(ev["event"], value_set=pa.array(["exit", "thread_exit"])),
+                                 pc.is_valid(ev["nvcsw"])))
+        dead = dead.filter(pc.is_in(dead["tid"], value_set=pa.array(sorted(born), pa.int32())))
+        if dead.num_rows:
+            exited = set(dead["tid"].to_pylist())
+            out = {"vol": _sum(dead, "nvcsw") + dead.num_rows, "invol": _sum(dead, "nivcsw"),
+                   "minflt": _sum(dead, "minflt"), "majflt": _sum(dead, "majflt")}
+    gone = pa.array(sorted(exited), pa.int32())
+
+    def alive(t: pa.Table) -> pa.Table:
+        return t.filter(pc.invert(pc.is_in(t["tid"], value_set=gone))) if exited else t
+
+    if sched is not None:
+        a = alive(sched)
+        out["vol"] = out.get("vol", 0) + _sum(a, "switches_voluntary")
+        out["invol"] = out.get("invol", 0) + _sum(a, "switches_involuntary")
+    elif exited:
+        out.pop("vol"), out.pop("invol")
+    if faults is not None:
+        a = alive(faults)
+        major = _sum(a, "major")
+        out["minflt"] = out.get("minflt", 0) + _sum(a, "faults") - major
+        out["majflt"] = out.get("majflt", 0) + major
+    elif exited:
+        out.pop("minflt"), out.pop("majflt")
+    return out
+
+
 def totals(rec: Recording) -> dict[str, dict[str, Any]]:
     kernel_ok = (rec.collectors.get("kernel") or {}).get("status") == "ok"
     sched, faults = rec.table("sched"), rec.table("faults")
@@ -86,13 +133,17 @@ def totals(rec: Recording) -> dict[str, dict[str, Any]]:
 
     has_sched = kernel_ok and rec.has("sched")
     has_faults = kernel_ok and rec.has("faults")
-    pick("ctx_switches_voluntary", _sum(sched, "switches_voluntary") if has_sched else None, "kernel")
-    pick("ctx_switches_involuntary", _sum(sched, "switches_involuntary") if has_sched else None, "kernel")
-    all_faults = _sum(faults, "faults") if has_faults else None
-    major = _sum(faults, "major") if has_faults else None
-    pick("page_faults_minor", None if all_faults is None else all_faults - (major or 0), "kernel")
-    pick("page_faults_major", major, "kernel")
-    pick("cpu_seconds", _sum(sched, "oncpu_ns") / 1e9 if has_sched else None, "kernel")
+    k = _kernel_counts(rec, sched if has_sched else None, faults if has_faults else None)
+    pick("ctx_switches_voluntary", k.get("vol"), "kernel")
+    pick("ctx_switches_involuntary", k.get("invol"), "kernel")
+    pick("page_faults_minor", k.get("minflt"), "kernel")
+    pick("page_faults_major", k.get("majflt"), "kernel")
+    # CPU: the sched_switch sums miss each task's exit path (mm teardown runs after it left the filter)
+    # and a spawned target's moments before the probes attached; wait4's rusage has neither gap.
+    if "cpu_seconds" in rusage:
+        out["cpu_seconds"] = {"value": rusage["cpu_seconds"], "source": "wait4"}
+    else:
+        pick("cpu_seconds", _sum(sched, "oncpu_ns") / 1e9 if has_sched else None, "kernel")
     # Peak RSS: /proc samples see the tree's sum; wait4 gives the largest single process's peak.
     peak = proc.get("peak_rss_bytes")
     ru_peak = rusage.get("peak_rss_bytes")
