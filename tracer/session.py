@@ -55,6 +55,7 @@ class RecordOptions:
     scrape_interval_s: float = 1.0
     probe: list[str] = field(default_factory=list)
     probe_interval_s: float = 1.0
+    probe_body: str | None = None
     latency_log: str | None = None
     collector_options: dict[str, Any] = field(default_factory=dict)
     drop_privileges: bool = True
@@ -167,7 +168,7 @@ class Recorder:
         for i, url in enumerate(o.probe):
             cls = _optional("autoglm_trace.probes.http_probe", "HttpProbe")
             wanted.append((f"probe{i}" if i else "probe",
-                           cls if isinstance(cls, str) else (lambda c=cls, u=url: c(u, interval_s=o.probe_interval_s))))
+                           cls if isinstance(cls, str) else (lambda c=cls, u=url: c(u, interval_s=o.probe_interval_s, body=o.probe_body))))
         if o.latency_log:
             cls = _optional("autoglm_trace.probes.latency_log", "LatencyLogTail")
             wanted.append(("latency_log", cls if isinstance(cls, str) else (lambda c=cls: c(o.latency_log))))

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scrape", action="append", default=[], metavar="URL", help="poll a Prometheus /metrics endpoint (repeatable)")
     p.add_argument("--scrape-interval", type=float, default=1.0, metavar="S")
     p.add_argument("--probe", action="append", default=[], metavar="URL", help="send a synthetic request on an interval")
+    p.add_argument("--probe-body", metavar="JSON", help="POST this body with each --probe request (LLM servers want a POST)")
     p.add_argument("--probe-interval", type=float, default=1.0, metavar="S")
     p.add_argument("--latency-log", metavar="FILE", help="tail a JSONL/CSV latency log while recording")
     p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
@@ -108,7 +109,7 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
         output=out, pid=args.pid, command=cmd or None, cgroup=args.cgroup, host=args.host or (bool(args.ring) and not chosen),
         duration_s=args.duration, interval_ms=args.interval, bpf=not args.no_bpf, gpu=not args.no_gpu,
         spans=not args.no_spans, scrape=args.scrape, scrape_interval_s=args.scrape_interval,
-        probe=args.probe, probe_interval_s=args.probe_interval, latency_log=args.latency_log,
+        probe=args.probe, probe_interval_s=args.probe_interval, probe_body=args.probe_body, latency_log=args.latency_log,
         collector_options=copts,
     )
     return args, opts
@@ -119,7 +120,8 @@ def main(argv: list[str]) -> int:
     if args.print_bpf:
         from autoglm_trace.probes import kernel
 
-        sys.stdout.write(kernel.generate_program(opts.collector_options))
+        mode = "cgroup" if opts.cgroup else "host" if opts.host else "tree"
+        sys.stdout.write(kernel.generate_program({**opts.collector_options, "filter": mode}))
         return 0
     if opts.latency_log and not os.path.exists(opts.latency_log):
         raise UsageError(f"record: latency log {opts.latency_log} does not exist")
