@@ -386,6 +386,10 @@ def _culprits(cs: Any) -> str:
             more.append(f"{c['wait_ms']:,.0f} ms wait")
         if c.get("in_target") is False:
             more.append("outside the target")
+        if c.get("is_recorder"):
+            more.append("the autoglm-trace recorder itself")
+        if isinstance(c.get("processes"), int) and c["processes"] > 1:
+            more.append(f"{c['processes']} processes")
         extra = f" <span class='small'>{esc(', '.join(more))}</span>" if more else ""
         out.append(f"<code>{esc(c.get('comm'))}</code> ({esc(c.get('pid'))}){esc(sh)}{extra}")
     return "<br>".join(out)
