@@ -29,29 +29,12 @@ import pytest
 
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.tracer.errors import RecordingError
+from tests.cli_helpers import clean_env, one_error_line, read_all
 
 PY = sys.executable
 
 
-def _env() -> dict[str, str]:
-    # Tests run the recorder as root-as-itself: a SUDO_UID inherited from `sudo make test` would
-    # make the target drop privileges (tested on purpose in tests/system/test_privileges.py).
-    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_UID", "SUDO_GID", "SUDO_USER")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
-
-def _one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    errs = [ln for ln in lines if ln.startswith("autoglm-trace: error:")]
-    assert len(errs) == 1, stderr
-    return errs[0]
-
-
-def _read_all(rec: Recording) -> dict[str, int]:
-    """Read every table fully (the reader raises on anything it cannot read)."""
-    return {name: rec.table(name).num_rows for name in rec.table_names}
 
 
 def _kill_tree_of(rec_dir: Path) -> None:
@@ -96,7 +79,7 @@ def _start_record(cli: list[str], out: Path, *cmd: str, extra: tuple[str, ...] =
     return subprocess.Popen(
         [*cli, "record", "-q", "--no-gpu", "--no-spans", *extra, "-o", str(out), "--", *cmd],
         stdout=open(f"{logs}.out", "w"), stderr=open(f"{logs}.err", "w"),  # noqa: SIM115
-        text=True, env=_env(), start_new_session=True,
+        text=True, env=clean_env(), start_new_session=True,
     )
 
 
@@ -136,7 +119,7 @@ def test_sigkill_at_random_moments_leaves_readable_recording(cli: list[str], tmp
             _kill_tree_of(out)
         assert p.returncode == -signal.SIGKILL
         rec = Recording(out)
-        rows = _read_all(rec)
+        rows = read_all(rec)
         assert rec.manifest["complete"] is False
         assert not rec.complete
         assert rows["proc_samples"] > 0 and rows["processes"] >= 1
@@ -172,7 +155,7 @@ def test_sigterm_and_ctrl_c_end_cleanly(cli: list[str], tmp_path: Path, how: str
     assert "Traceback" not in stderr, stderr
     assert p.returncode == 0, stderr
     rec = Recording(out)
-    _read_all(rec)
+    read_all(rec)
     assert rec.complete, (rec.manifest, rec.truncated)
     assert rec.manifest["stop_reason"] == reason
     assert rec.manifest["end_ns"] > rec.start_ns
@@ -188,22 +171,22 @@ def test_target_exits_at_once(cli: list[str], tmp_path: Path) -> None:
         out = tmp_path / f"rec{code}"
         r = subprocess.run([*cli, "record", "-q", "--json", "--no-gpu", "-o", str(out), "--",
                             PY, "-c", f"raise SystemExit({code})"],
-                           capture_output=True, text=True, env=_env(), timeout=60)
+                           capture_output=True, text=True, env=clean_env(), timeout=60)
         assert r.returncode == 0, r.stderr
         rec = Recording(out)
         assert rec.complete
         assert rec.manifest["stop_reason"] == "target exited"
         assert rec.target["exit_code"] == code
         assert rec.target["signal"] is None
-        _read_all(rec)
+        read_all(rec)
 
 
 def test_target_that_cannot_start_is_one_line_error(cli: list[str], tmp_path: Path) -> None:
     for cmd, what in (["no-such-command-xyz"], "command not found"), ([str(tmp_path)], "cannot execute"):
         r = subprocess.run([*cli, "record", "-q", "--no-gpu", "-o", str(tmp_path / "rec"), "--", *cmd],
-                           capture_output=True, text=True, env=_env(), timeout=60)
+                           capture_output=True, text=True, env=clean_env(), timeout=60)
         assert r.returncode == 5, r.stderr
-        assert what in _one_error_line(r.stderr)
+        assert what in one_error_line(r.stderr)
 
 
 FORK_100 = textwrap.dedent(
@@ -231,7 +214,7 @@ def test_target_forks_100_children(cli: list[str], tmp_path: Path, mode: str) ->
     t0 = time.monotonic()
     r = subprocess.run([*cli, "record", "-q", "--json", "--no-gpu", "-o", str(out), "--",
                         PY, "-c", FORK_100, str(pids_file), mode],
-                       capture_output=True, text=True, env=_env(), timeout=90)
+                       capture_output=True, text=True, env=clean_env(), timeout=90)
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     kids = {int(x) for x in pids_file.read_text().split()}

@@ -21,26 +21,12 @@ import pytest
 
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.tracer.errors import WriteError
+from tests.cli_helpers import clean_env, one_error_line, read_all
 
 PY = sys.executable
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_UID", "SUDO_GID", "SUDO_USER")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
-
-def _one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    errs = [ln for ln in lines if ln.startswith("autoglm-trace: error:")]
-    assert len(errs) == 1, stderr
-    return errs[0]
-
-
-def _read_all(rec: Recording) -> dict[str, int]:
-    return {name: rec.table(name).num_rows for name in rec.table_names}
 
 
 @pytest.mark.root
@@ -70,7 +56,7 @@ def test_target_oom_killed_in_memory_cgroup(cli: list[str], tmp_path: Path) -> N
         )
         out = tmp_path / "rec"
         r = subprocess.run([*cli, "record", "-q", "--json", "--no-gpu", "-o", str(out), "--", PY, "-c", hog],
-                           capture_output=True, text=True, env=_env(), timeout=120)
+                           capture_output=True, text=True, env=clean_env(), timeout=120)
         assert r.returncode == 0, r.stderr
         rec = Recording(out)
         assert rec.complete
@@ -135,7 +121,7 @@ def test_disk_full_is_a_clear_error_and_data_stays_readable(cli: list[str], tmp_
     try:
         p = subprocess.Popen([*cli, "record", "-q", "--json", "--no-gpu", "--no-spans", "-i", "10",
                               "-o", str(out), "--", PY, "-c", CHATTY],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
                              start_new_session=True)
         try:
             _, stderr = p.communicate(timeout=90)
@@ -144,11 +130,11 @@ def test_disk_full_is_a_clear_error_and_data_stays_readable(cli: list[str], tmp_
             p.communicate()
             raise AssertionError("recorder did not stop when the disk filled") from None
         assert p.returncode == WriteError.exit_code, stderr
-        line = _one_error_line(stderr)
+        line = one_error_line(stderr)
         assert "No space left" in line or "space" in line.lower(), line
         # Everything flushed before the disk filled is readable.
         rec = Recording(out)
-        rows = _read_all(rec)
+        rows = read_all(rec)
         assert rows.get("proc_samples", 0) > 0
         assert not rec.complete
         # The recorder did not leave its target behind.
