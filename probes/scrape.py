@@ -110,6 +110,7 @@ class Scraper(Collector):
         self.samples_total = 0
         self.last_error: str | None = None
         self.waiting = 0  # connection refusals before the first successful scrape
+        self._refused: list[tuple[int, str]] = []  # refusals since the last answer, not yet judged
 
     def start(self, ctx: SessionContext) -> None:
         self.ctx = ctx
@@ -124,6 +125,9 @@ class Scraper(Collector):
             self._thread.join(timeout=self.timeout_s + 1.0)
         if self.ctx is not None and self.scrapes == 0 and self.waiting:
             self._error("connect", f"never answered in {self.waiting} attempts ({self.last_error})")
+        if self.ctx is not None and self._refused and self._target_alive():
+            self._judge_refusals()
+        self._refused.clear()
 
     def status(self) -> dict[str, Any]:
         return {"events": self.scrapes, "lost": sum(self.errors.values())}
@@ -147,6 +151,12 @@ class Scraper(Collector):
                 self.waiting += 1
                 self.last_error = str(e)
                 return 0
+            if e.kind == "connect":
+                # Refused after it answered before: the server may be shutting down. Judge later --
+                # lost if it answers again or is still alive at the end, not lost if it exited.
+                self._refused.append((time.monotonic_ns(), str(e)))
+                self.last_error = str(e)
+                return 0
             self._error(e.kind, str(e))
             return 0
         # The engine read its counters somewhere inside the request: stamp the midpoint.
@@ -160,10 +170,23 @@ class Scraper(Collector):
                 "labels": [s[1] for s in samples],
                 "value": [s[2] for s in samples],
             })
+        self._judge_refusals()  # it answers again: the refusals in between were lost scrapes
         self.scrapes += 1
         self.samples_total += n
         self.ctx.emit("probe_stats", [{"ts_ns": ts, "probe": "scrape", "events": n, "lost": 0, "reason": None}])
         return n
+
+    def _judge_refusals(self) -> None:
+        for _ts, msg in self._refused:
+            self._error("connect", msg)
+        self._refused.clear()
+
+    def _target_alive(self) -> bool:
+        target = getattr(self.ctx, "target", None)
+        if target is None or getattr(target, "mode", "host") == "host":
+            return True
+        target.refresh()
+        return bool(target.alive)
 
     def _error(self, kind: str, message: str) -> None:
         assert self.ctx is not None
