@@ -24,6 +24,50 @@ def _mono_from_starttime(starttime_ticks: int, uptime_now: float, mono_now_ns: i
     return mono_now_ns - int(age_s * 1e9)
 
 
+def read_sample(pid: int, now_ns: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """One ``proc_samples`` row for ``pid`` (plus the parsed stat and status it came from).
+    Raises ProcGone when the process vanished mid-read."""
+    st = procfs.read_pid_stat(pid)
+    status = procfs.read_pid_status(pid)
+    _, _, shared = procfs.read_pid_statm(pid)
+    rd, wr = procfs.read_pid_io(pid)
+    row = {
+        "ts_ns": now_ns,
+        "pid": pid,
+        "cpu_user_s": st["utime_s"],
+        "cpu_system_s": st["stime_s"],
+        "rss_bytes": st["rss_pages"] * procfs.PAGE_SIZE,
+        "vms_bytes": st["vsize"],
+        "shared_bytes": shared,
+        "num_threads": st["num_threads"],
+        "ctx_voluntary": procfs.int_or_none(status.get("voluntary_ctxt_switches")),
+        "ctx_involuntary": procfs.int_or_none(status.get("nonvoluntary_ctxt_switches")),
+        "minflt": st["minflt"],
+        "majflt": st["majflt"],
+        "io_read_bytes": rd,
+        "io_write_bytes": wr,
+        "num_fds": procfs.count_fds(pid),
+        "state": st["state"],
+    }
+    return row, st, status
+
+
+def identity_row(pid: int, st: dict[str, Any], status: dict[str, str], now_ns: int, uptime: float,
+                 is_root: bool) -> dict[str, Any]:
+    """The ``processes`` row written when a process is first seen."""
+    return {
+        "ts_ns": now_ns,
+        "pid": pid,
+        "ppid": st["ppid"],
+        "comm": st["comm"],
+        "cmdline": procfs.read_cmdline(pid),
+        "uid": procfs.uid_from_status(status),
+        "cgroup": procfs.read_pid_cgroup(pid),
+        "start_time_ns": _mono_from_starttime(st["starttime_ticks"], uptime, now_ns),
+        "is_root": is_root,
+    }
+
+
 class ProcSampler(Collector):
     name = "proc"
     tables = ("processes", "proc_samples", "host_samples", "host_cpu")
@@ -66,50 +110,17 @@ class ProcSampler(Collector):
         uptime = None
         for pid in pids:
             try:
-                st = procfs.read_pid_stat(pid)
-                status = procfs.read_pid_status(pid)
-                _, _, shared = procfs.read_pid_statm(pid)
+                row, st, status = read_sample(pid, now_ns)
             except procfs.ProcGone:
                 target.discard(pid)
                 continue
-            rd, wr = procfs.read_pid_io(pid)
-            row = {
-                "ts_ns": now_ns,
-                "pid": pid,
-                "cpu_user_s": st["utime_s"],
-                "cpu_system_s": st["stime_s"],
-                "rss_bytes": st["rss_pages"] * procfs.PAGE_SIZE,
-                "vms_bytes": st["vsize"],
-                "shared_bytes": shared,
-                "num_threads": st["num_threads"],
-                "ctx_voluntary": procfs.int_or_none(status.get("voluntary_ctxt_switches")),
-                "ctx_involuntary": procfs.int_or_none(status.get("nonvoluntary_ctxt_switches")),
-                "minflt": st["minflt"],
-                "majflt": st["majflt"],
-                "io_read_bytes": rd,
-                "io_write_bytes": wr,
-                "num_fds": procfs.count_fds(pid),
-                "state": st["state"],
-            }
             rows.append(row)
             self.last[pid] = row
             if pid not in self._known:
                 self._known.add(pid)
                 if uptime is None:
                     uptime = procfs.uptime_s()
-                new_procs.append(
-                    {
-                        "ts_ns": now_ns,
-                        "pid": pid,
-                        "ppid": st["ppid"],
-                        "comm": st["comm"],
-                        "cmdline": procfs.read_cmdline(pid),
-                        "uid": procfs.uid_from_status(status),
-                        "cgroup": procfs.read_pid_cgroup(pid),
-                        "start_time_ns": _mono_from_starttime(st["starttime_ticks"], uptime, now_ns),
-                        "is_root": pid == target.root_pid,
-                    }
-                )
+                new_procs.append(identity_row(pid, st, status, now_ns, uptime, pid == target.root_pid))
         # Drop live-status rows of processes that left.
         for pid in list(self.last):
             if pid not in pids:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from autoglm_trace.probes.procsampler import identity_row, read_sample
 from autoglm_trace.tracer import procfs
 from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 
@@ -101,32 +102,15 @@ class TopRssSampler(Collector):
         uptime = None
         for pid in pids:
             try:
-                st = procfs.read_pid_stat(pid)
-                status = procfs.read_pid_status(pid)
-                _, _, shared = procfs.read_pid_statm(pid)
+                row, st, status = read_sample(pid, now_ns)
             except procfs.ProcGone:
                 continue
-            rd, wr = procfs.read_pid_io(pid)
-            rows.append({
-                "ts_ns": now_ns, "pid": pid, "cpu_user_s": st["utime_s"], "cpu_system_s": st["stime_s"],
-                "rss_bytes": st["rss_pages"] * procfs.PAGE_SIZE, "vms_bytes": st["vsize"],
-                "shared_bytes": shared, "num_threads": st["num_threads"],
-                "ctx_voluntary": procfs.int_or_none(status.get("voluntary_ctxt_switches")),
-                "ctx_involuntary": procfs.int_or_none(status.get("nonvoluntary_ctxt_switches")),
-                "minflt": st["minflt"], "majflt": st["majflt"], "io_read_bytes": rd, "io_write_bytes": wr,
-                "num_fds": procfs.count_fds(pid), "state": st["state"],
-            })
+            rows.append(row)
             if pid not in self._known:
                 self._known.add(pid)
                 if uptime is None:
                     uptime = procfs.uptime_s()
-                age_s = uptime - st["starttime_ticks"] / procfs.CLK_TCK
-                new_procs.append({
-                    "ts_ns": now_ns, "pid": pid, "ppid": st["ppid"], "comm": st["comm"],
-                    "cmdline": procfs.read_cmdline(pid), "uid": procfs.uid_from_status(status),
-                    "cgroup": procfs.read_pid_cgroup(pid), "start_time_ns": now_ns - int(age_s * 1e9),
-                    "is_root": False,
-                })
+                new_procs.append(identity_row(pid, st, status, now_ns, uptime, False))
         # A pid reused by a new process must get a new identity row: forget pids that are gone.
         self._known &= set(rss)
         ctx.emit("processes", new_procs)
