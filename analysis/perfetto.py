@@ -30,8 +30,6 @@ import gzip
 import heapq
 import io
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -43,6 +41,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from autoglm_trace.analysis import tracks as T
+from autoglm_trace.analysis.outfile import atomic_file
 
 PSEUDO_PID = 1 << 30  # above PID_MAX_LIMIT (4194304): no clash with a real pid
 REQUESTS_PID = PSEUDO_PID
@@ -463,10 +462,7 @@ def export_perfetto(rec, path: str | Path) -> dict[str, Any]:
         "clock": "CLOCK_MONOTONIC; ts = (monotonic_ns - time_origin_ns) / 1000",
         "target": rec.target, "not_recorded": absent,
     }
-    d = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=d)
-    try:
-        raw = os.fdopen(fd, "wb")
+    with atomic_file(path) as raw:
         binf = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if path.suffix == ".gz" else raw
         with io.TextIOWrapper(binf, encoding="ascii", newline="\n", write_through=False) as f:
             w = TraceWriter(f, other)
@@ -483,16 +479,6 @@ def export_perfetto(rec, path: str | Path) -> dict[str, Any]:
             _instants(rec, w, clk)
             _metadata(rec, w, gpus, span_stats["lanes"], reclaim_lanes)
             w.close()
-        if binf is not raw:
-            raw.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return {"path": str(path), "events": w.n, "by_phase": dict(w.by_phase), **span_stats,
             "thread_state_events": states, "time_origin_ns": origin, "tables_used": used,
             "tables_absent": absent, "bytes": path.stat().st_size}

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from autoglm_trace.analysis import tracks as T
+from autoglm_trace.analysis.outfile import atomic_file
 
 UNIT_SCALE: dict[str, tuple[float, str]] = {
     "bytes": (1 / 2**30, "GiB"),
@@ -593,28 +593,10 @@ def render_html(rec, diagnosis: dict | None = None, oom: dict | None = None,
             + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` via a new temp file in the same directory and a rename: never follows a link
-    planted at ``path`` (the rename replaces the link itself) and never leaves half a file."""
-    path = Path(path)
-    d = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_report(rec, path: str | Path, diagnosis: dict | None = None, oom: dict | None = None,
                  max_points: int = T.DEFAULT_MAX_POINTS) -> None:
     """Render ``rec`` (a Recording) into one self-contained HTML file at ``path``. ``diagnosis`` /
     ``oom`` default to ``analysis.diagnosis.diagnose(rec)`` / ``analysis.oom.oom_postmortem(rec)``
     when those modules exist; when they do not (or fail) the report says so and carries on."""
-    write_atomic(Path(path), render_html(rec, diagnosis, oom, max_points).encode("utf-8"))
+    with atomic_file(path) as f:
+        f.write(render_html(rec, diagnosis, oom, max_points).encode("utf-8"))
