@@ -26,8 +26,6 @@ preemption, block-I/O, reclaim and GPU-process tables. The JSON is a stable cont
 docs/analysis.md."""
 
 
-
-
 def load_latency(path: str, wall_offset_ns: int) -> tuple[list[dict[str, Any]], list[str]]:
     from autoglm_trace.probes.latency_log import parse_latency_file, to_spans
 

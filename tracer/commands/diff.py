@@ -21,8 +21,6 @@ is marked significant when the intervals do not overlap. Resource signals are no
 JSON is documented in docs/analysis.md."""
 
 
-
-
 def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("base", help="the recording before (baseline)")

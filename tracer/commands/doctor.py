@@ -202,8 +202,6 @@ def run_checks() -> list[dict[str, str]]:
     return [{"check": c, "status": s, "detail": d, "fix": f} for c, s, d, f in rows]
 
 
-
-
 def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("--json", action="store_true")

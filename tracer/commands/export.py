@@ -19,8 +19,6 @@ Open the file at https://ui.perfetto.dev ("Open trace file"); the file never lea
 Timestamps are microseconds from the recording's first event (its UTC time is in otherData)."""
 
 
-
-
 def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")

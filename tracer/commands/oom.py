@@ -21,8 +21,6 @@ verdict: leak (the floor keeps rising after requests finish), kv_cache_growth (m
 load), sudden_allocation, or unknown. The JSON is documented in docs/analysis.md."""
 
 
-
-
 def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")

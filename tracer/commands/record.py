@@ -32,8 +32,6 @@ recording is owned by that user too. Ctrl-C ends the recording cleanly (a second
 """
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     tgt = p.add_argument_group("target (one of)")

@@ -20,8 +20,6 @@ The file embeds plotly.js (about 5 MB) and needs no network to open. When the re
 tables (no root: no kernel probes; no GPU), the report says which signals it could not check."""
 
 
-
-
 def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")

@@ -18,8 +18,6 @@ EPILOG = """examples:
 The JSON is a stable contract, documented in docs/format.md ("summary --json")."""
 
 
-
-
 def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
