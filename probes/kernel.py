@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from autoglm_trace.probes import btf as btf_mod
+from autoglm_trace.probes import headers as headers_mod
 from autoglm_trace.tracer import procfs, schema
 from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 
@@ -206,8 +207,7 @@ def _import_bcc() -> Any:
 
 
 def _headers_present() -> bool:
-    build = Path("/lib/modules") / os.uname().release / "build"
-    return (build / "include").exists() or Path("/sys/kernel/kheaders.tar.xz").exists()
+    return headers_mod.present()
 
 
 def _base_problem() -> str | None:
@@ -218,8 +218,8 @@ def _base_problem() -> str | None:
         return "the bcc Python module is missing: install python3-bpfcc (or run 'sudo make setup')"
     if not _headers_present():
         return (
-            f"no kernel headers at /lib/modules/{os.uname().release}/build (bcc compiles against them): "
-            "run 'sudo make setup' or install linux-headers"
+            f"{headers_mod.find().detail}: run 'sudo make setup' (unpacks the nearest headers into "
+            f"{headers_mod.CACHE}; installs no package)"
         )
     if _tracefs() is None:
         return "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing"
@@ -548,6 +548,7 @@ class KernelProbes(Collector):
         try:
             # -w: the (nearest-version) kernel headers bcc includes produce warnings that say
             # nothing about this program.
+            headers_mod.apply()
             self.bpf = bcc.BPF(text=text.encode(), cflags=["-w"])
         except Exception as e:  # bcc raises bare Exception on compile / load failures
             raise CollectorUnavailable(

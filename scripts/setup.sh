@@ -2,9 +2,9 @@
 # One-command, idempotent set-up for autoglm-trace on Debian/Ubuntu (called by `make setup`,
 # and so by `make test` and `make demo`):
 #   1. apt packages: bcc (python3-bpfcc, bpfcc-tools, libbpfcc), python3-venv
-#   2. kernel headers for bcc: when /lib/modules/$(uname -r)/build is missing, install the nearest
-#      Debian linux-headers-<ver>-amd64 (and its -common) and link build/ and source/ to them.
-#      Tracepoint programs read their argument layout from tracefs, so a nearby version is fine.
+#   2. kernel headers for bcc (scripts/kernel-headers.sh): the running kernel's own when present, else
+#      the nearest Debian headers unpacked into /var/cache/autoglm-trace/kernel-headers (no package
+#      is installed, nothing is written under /lib/modules or /boot).
 #   3. tracefs / debugfs mounted (bcc attaches tracepoints through them)
 #   4. a venv in .venv built from the system python3 with --system-site-packages (sees bcc)
 #      and the package installed into it (editable) with its test extras.
@@ -35,36 +35,9 @@ else
 fi
 
 # Kernel headers ------------------------------------------------------------------------------
-KREL=$(uname -r)
-MODDIR=/lib/modules/$KREL
-if [ -e "$MODDIR/build/include" ] || [ -e /sys/kernel/kheaders.tar.xz ]; then
-  :
-elif ! is_root; then
-  say "kernel headers missing for $KREL and not root: run 'sudo make setup'"
-elif command -v apt-get >/dev/null 2>&1; then
-  pkg="linux-headers-$KREL"
-  if apt-cache show "$pkg" >/dev/null 2>&1; then
-    apt_install "$pkg"
-  else
-    # The running kernel has no Debian headers package (a custom or cloud kernel). Pick the
-    # highest-versioned generic linux-headers-*-amd64 the archive has: the nearest to a newer kernel.
-    [ $apt_updated = 1 ] || { apt-get update -qq >&2 || true; apt_updated=1; }
-    arch=$(dpkg --print-architecture)
-    pkg=$(apt-cache search --names-only "^linux-headers-[0-9].*-${arch}\$" | awk '{print $1}' \
-          | grep -vE -- '-(cloud|rt)-' | sort -V | tail -n 1)
-    if [ -z "$pkg" ]; then
-      say "no linux-headers package found in apt; bcc will not compile programs"
-    else
-      apt_install "$pkg"
-      ver=${pkg#linux-headers-}; ver=${ver%-"$arch"}
-      build=/usr/src/$pkg; source=/usr/src/linux-headers-$ver-common
-      mkdir -p "$MODDIR"
-      ln -sfn "$build" "$MODDIR/build"
-      [ -d "$source" ] && ln -sfn "$source" "$MODDIR/source"
-      say "linked $MODDIR/build -> $build (nearest headers for $KREL)"
-    fi
-  fi
-fi
+# Never installs a headers package (Debian's depends on linux-image-*: a kernel in /boot, systemd
+# upgraded): the nearest headers are downloaded and unpacked into a private cache instead.
+bash scripts/kernel-headers.sh || say "kernel headers could not be prepared; bcc will not compile programs"
 
 # tracefs / debugfs -----------------------------------------------------------------------------
 if is_root; then

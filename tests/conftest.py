@@ -35,6 +35,9 @@ def bpf_unavailable_reason() -> str | None:
     except Exception as e:  # noqa: BLE001
         return f"bcc not importable: {e}"
     try:
+        from autoglm_trace.probes import headers
+
+        headers.apply()
         b = BPF(text="int f(void *ctx) { return 0; }", cflags=["-w"])
         b.load_func("f", BPF.SOCKET_FILTER)
         b.cleanup()

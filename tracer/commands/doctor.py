@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,20 +102,14 @@ def check_tracepoints() -> list[tuple[str, str, str, str]]:
 
 
 def check_headers() -> tuple[str, str, str]:
-    rel = platform.release()
-    build = Path(f"/lib/modules/{rel}/build")
-    if (build / "include").exists():
-        target = os.path.realpath(build)
-        exact = rel in os.path.basename(target)
-        detail = f"{build} -> {target}"
-        if not exact:
-            detail += " (nearest available version: fine for tracepoint programs, which read their layout from tracefs)"
-        return OK, detail, ""
-    if Path("/sys/kernel/kheaders.tar.xz").exists():
-        return OK, "in-kernel headers (CONFIG_IKHEADERS)", ""
-    return FAIL, f"no kernel headers for {rel} (bcc compiles programs against them)", (
-        "sudo make setup: installs linux-headers-$(uname -r), or the nearest Debian linux-headers-*-amd64, "
-        f"and links /lib/modules/{rel}/build and source to it")
+    from autoglm_trace.probes import headers
+
+    h = headers.find()
+    if h.how != "missing":
+        return OK, f"{h.how}: {h.detail}", ""
+    return FAIL, h.detail, (
+        f"sudo make setup: unpacks the nearest Debian linux-headers-* into {headers.CACHE} with "
+        "apt-get download + dpkg -x (no package installed, nothing under /lib/modules or /boot)")
 
 
 def check_bcc() -> tuple[str, str, str]:
@@ -129,6 +122,9 @@ def check_bcc() -> tuple[str, str, str]:
     try:
         from bcc import BPF
 
+        from autoglm_trace.probes import headers
+
+        headers.apply()
         b = BPF(text="int probe(void *ctx) { return 0; }", cflags=["-w"])
         b.load_func("probe", BPF.SOCKET_FILTER)
         b.cleanup()
