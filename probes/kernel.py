@@ -1,4 +1,4 @@
-"""The bcc kernel probes: one BPF program built from the families in probes/bpf/*.c.
+"""The kernel-probe collector: one BPF program built from the families in probes/bpf/*.c.
 
 ``KernelProbes`` is the collector ``record`` attaches when it runs as root. Everything high-rate
 (scheduler switches, page faults, block I/O) is aggregated in the kernel per thread / issuer per
@@ -9,35 +9,49 @@ counts -- and every refused map update -- are stored in ``probe_stats`` each int
 
 Filtering happens in the kernel: a hash of target tgids seeded from user space and extended at
 fork (proc.c), plus cgroup v2 ids in cgroup mode. See docs/format-kernel.md for the tables.
+
+Rooms: bpf_program (program text), kernel_features (what can run, for doctor), kernel_events
+(perf-buffer structs), cgroups (memcg / cgroup v2 readers), bpf_maps (bulk map reads).
 """
 
 from __future__ import annotations
 
 import ctypes as ct
-import errno
-import os
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from autoglm_trace.probes import btf as btf_mod
 from autoglm_trace.probes import headers as headers_mod
+from autoglm_trace.probes.bpf_maps import MapDrainer
+from autoglm_trace.probes.bpf_program import (
+    DEFAULT_BUCKET_MS,
+    FAMILIES,
+    FILTER_MODES,
+    NR_FAMILIES,
+    NR_STATS,
+    generate_program,
+    select_families,
+    tracepoint_present,
+)
+from autoglm_trace.probes.cgroups import cgroup2_ids, memcg_numbers
+from autoglm_trace.probes.kernel_events import (
+    PROC_EVENT_NAMES,
+    RECLAIM_KINDS,
+    OomEvent,
+    ProcEvent,
+    ReclaimEvent,
+    comm_str,
+    decode_exit_code,
+    dev_name,
+)
+from autoglm_trace.probes.kernel_features import base_problem, family_problem
 from autoglm_trace.tracer import procfs, schema
 from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 
-BPF_DIR = Path(__file__).resolve().parent / "bpf"
-TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-
-DEFAULT_BUCKET_MS = 100
 DEFAULT_PERF_PAGES = 64
-MAX_TARGETS = 16384
-MAX_THREADS = 32768
-MAX_AGG = 16384
 # Per-bucket block-I/O rows kept for issuers outside the target (the top ones by bytes).
 TOP_OTHER_IO_ISSUERS = 10
 # Buckets are drained once they ended this long ago, so updates racing the bucket edge land.
@@ -46,431 +60,6 @@ CGROUP_CACHE_REFRESH_NS = 1_000_000_000
 
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_PAGE_FAULTS_MAJ = 6
-
-FILTER_MODES = {"host": 0, "tree": 1, "cgroup": 2}
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    index: int  # FAM_* in common.h
-    source: str
-    required: tuple[tuple[str, str], ...]
-    raw: bool = False  # needs raw tracepoints
-    # Extra tracepoints used when present: {macro: (category, event)}.
-    optional: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    perf_buffers: tuple[str, ...] = ()
-
-
-# Concatenation order matters: proc.c refers to maps of sched.c and memory.c when enabled.
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family(
-            "sched", 1, "sched.c",
-            (("sched", "sched_switch"), ("sched", "sched_wakeup"), ("sched", "sched_wakeup_new"),
-             ("sched", "sched_migrate_task")),
-            raw=True,
-        ),
-        Family("faults", 2, "faults.c", (("exceptions", "page_fault_user"),)),
-        Family("io", 3, "io.c", (("block", "block_rq_issue"), ("block", "block_rq_complete"))),
-        Family(
-            "memory", 4, "memory.c",
-            (("vmscan", "mm_vmscan_direct_reclaim_begin"), ("vmscan", "mm_vmscan_direct_reclaim_end")),
-            optional={
-                "HAVE_TP_MEMCG_RECLAIM": ("vmscan", "mm_vmscan_memcg_reclaim_begin"),
-                "HAVE_TP_MEMCG_SOFTLIMIT_RECLAIM": ("vmscan", "mm_vmscan_memcg_softlimit_reclaim_begin"),
-                "HAVE_TP_KSWAPD_WAKE": ("vmscan", "mm_vmscan_kswapd_wake"),
-            },
-            perf_buffers=("reclaim_events",),
-        ),
-        Family("oom", 5, "oom.c", (("oom", "mark_victim"),), perf_buffers=("oom_events",)),
-        Family(
-            "proc", 0, "proc.c",
-            (("sched", "sched_process_fork"), ("sched", "sched_process_exec"),
-             ("sched", "sched_process_exit")),
-            raw=True, perf_buffers=("proc_events",),
-        ),
-    )
-}
-NR_FAMILIES = 6
-NR_STATS = 3  # per family in the `stats` map: events, map_full, perf_full (common.h)
-FAMILY_BY_INDEX = {f.index: f.name for f in FAMILIES.values()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Program text
-# ---------------------------------------------------------------------------------------------
-def _tracefs() -> Path | None:
-    for d in TRACEFS_DIRS:
-        if (d / "events").is_dir():
-            return d
-    return None
-
-
-def tracepoint_present(category: str, event: str) -> bool | None:
-    """Whether tracefs lists the tracepoint; None when tracefs cannot be read (not root)."""
-    tfs = _tracefs()
-    if tfs is None:
-        return None
-    return (tfs / "events" / category / event).is_dir()
-
-
-def _exit_has_group_dead() -> bool:
-    """sched_process_exit gained a `bool group_dead` argument in 6.16; tracefs shows it."""
-    tfs = _tracefs()
-    if tfs is None:
-        return False
-    try:
-        return "group_dead" in (tfs / "events/sched/sched_process_exit/format").read_text()
-    except OSError:
-        return False
-
-
-def _select_families(families: Iterable[str] | None) -> list[str]:
-    if families is None:
-        return list(FAMILIES)
-    wanted = [f.strip() for f in families if f and f.strip()]
-    unknown = [f for f in wanted if f not in FAMILIES]
-    if unknown:
-        raise ValueError(f"unknown probe families {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
-    # Keep the concatenation order of FAMILIES.
-    return [f for f in FAMILIES if f in wanted]
-
-
-def generate_program(options: dict | None = None) -> str:
-    """The complete C text of the bcc program for ``options`` (no root needed).
-
-    Option keys: bucket_ms, families, filter ("tree" | "cgroup" | "host"), and for tests /
-    callers that already probed the kernel: task_offsets ({OFF_TASK_*: int}), defines (extra
-    macros, e.g. {"HAVE_TP_KSWAPD_WAKE": 1}), group_dead (bool).
-    """
-    opts = dict(options or {})
-    fams = _select_families(opts.get("families"))
-    bucket_ns = int(float(opts.get("bucket_ms", DEFAULT_BUCKET_MS)) * 1_000_000)
-    if bucket_ns <= 0:
-        raise ValueError("bucket_ms must be positive")
-    mode = opts.get("filter", "tree")
-    if mode not in FILTER_MODES:
-        raise ValueError(f"filter must be one of {', '.join(FILTER_MODES)}")
-    offsets = opts.get("task_offsets")
-    lines = [
-        "/* autoglm-trace kernel probes: generated by autoglm_trace.probes.kernel.generate_program */",
-        f"/* families: {', '.join(fams)} */",
-        f"#define BUCKET_NS {bucket_ns}ULL",
-        f"#define FILTER_MODE {FILTER_MODES[mode]}  /* {mode} */",
-        f"#define MAX_TARGETS {int(opts.get('max_targets', MAX_TARGETS))}",
-        f"#define MAX_THREADS {int(opts.get('max_threads', MAX_THREADS))}",
-        f"#define MAX_AGG {int(opts.get('max_agg', MAX_AGG))}",
-    ]
-    if offsets is None:
-        try:
-            offsets = btf_mod.task_offsets()
-        except btf_mod.BTFError as e:
-            lines.append(f"#error task_struct offsets unknown: {e}")
-            offsets = {}
-    for macro, value in sorted(offsets.items()):
-        lines.append(f"#define {macro} {int(value)}")
-    for fam in fams:
-        lines.append(f"#define HAVE_{fam.upper()} 1")
-    defines = opts.get("defines")
-    if defines is None:
-        defines = {}
-        for fam in fams:
-            for macro, (cat, ev) in FAMILIES[fam].optional.items():
-                # Unknown (not root): assume present; start() passes what it checked.
-                if tracepoint_present(cat, ev) is not False:
-                    defines[macro] = 1
-    for macro, value in sorted(defines.items()):
-        lines.append(f"#define {macro} {value}")
-    group_dead = opts.get("group_dead")
-    if group_dead is None:
-        group_dead = _exit_has_group_dead()
-    if group_dead:
-        lines.append("#define HAVE_EXIT_GROUP_DEAD 1")
-    parts = ["\n".join(lines), (BPF_DIR / "common.h").read_text()]
-    for fam in fams:
-        parts.append((BPF_DIR / FAMILIES[fam].source).read_text())
-    return "\n\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Capability checks (doctor, start)
-# ---------------------------------------------------------------------------------------------
-def _import_bcc() -> Any:
-    try:
-        import bcc  # noqa: PLC0415 - optional system package
-
-        return bcc
-    except ImportError:
-        return None
-
-
-def _headers_present() -> bool:
-    return headers_mod.present()
-
-
-def _base_problem() -> str | None:
-    """Why no probe can run here at all (None: the basics are in place)."""
-    if os.geteuid() != 0:
-        return "kernel probes need root: run 'sudo autoglm-trace record ...'"
-    if _import_bcc() is None:
-        return "the bcc Python module is missing: install python3-bpfcc (or run 'sudo make setup')"
-    if not _headers_present():
-        return (
-            f"{headers_mod.find().detail}: run 'sudo make setup' (unpacks the nearest headers into "
-            f"{headers_mod.CACHE}; installs no package)"
-        )
-    if _tracefs() is None:
-        return "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing"
-    try:
-        btf_mod.task_offsets()
-    except btf_mod.BTFError as e:
-        return f"{e}"
-    return None
-
-
-def _family_problem(fam: Family, bcc: Any) -> str | None:
-    missing = []
-    for cat, ev in fam.required:
-        exists = bcc.BPF.tracepoint_exists(cat, ev) if bcc is not None else tracepoint_present(cat, ev)
-        if not exists:
-            missing.append(f"{cat}:{ev}")
-    if missing:
-        return f"tracepoint {', '.join(missing)} not in this kernel"
-    if fam.raw and bcc is not None and not bcc.BPF.support_raw_tracepoint():
-        return "raw tracepoints unsupported (kernel older than 4.17)"
-    return None
-
-
-def feature_report() -> list[tuple[str, bool, str]]:
-    """(family, available, reason or fix) for ``doctor``."""
-    base = _base_problem()
-    bcc = _import_bcc()
-    out = []
-    for fam in FAMILIES.values():
-        if base is not None:
-            out.append((fam.name, False, base))
-            continue
-        problem = _family_problem(fam, bcc)
-        if problem:
-            out.append((fam.name, False, problem))
-        else:
-            tps = ", ".join(f"{c}:{e}" for c, e in fam.required)
-            out.append((fam.name, True, f"{'raw ' if fam.raw else ''}tracepoints {tps}"))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Perf-buffer event layouts (mirror the structs in probes/bpf/*.c)
-# ---------------------------------------------------------------------------------------------
-class ProcEvent(ct.Structure):
-    _fields_ = [
-        ("ts", ct.c_uint64), ("nvcsw", ct.c_uint64), ("nivcsw", ct.c_uint64),
-        ("min_flt", ct.c_uint64), ("maj_flt", ct.c_uint64), ("type", ct.c_uint32),
-        ("pid", ct.c_uint32), ("tid", ct.c_uint32), ("ppid", ct.c_uint32),
-        ("exit_code", ct.c_int32), ("pad", ct.c_uint32), ("comm", ct.c_char * 16),
-    ]
-
-
-class OomEvent(ct.Structure):
-    _fields_ = [
-        ("ts", ct.c_uint64), ("total_vm_kb", ct.c_uint64), ("anon_rss_kb", ct.c_uint64),
-        ("file_rss_kb", ct.c_uint64), ("shmem_rss_kb", ct.c_uint64), ("pid", ct.c_uint32),
-        ("uid", ct.c_uint32), ("trigger_tgid", ct.c_uint32), ("in_target", ct.c_uint32),
-        ("oom_score_adj", ct.c_int32), ("pad", ct.c_uint32), ("comm", ct.c_char * 16),
-    ]
-
-
-class ReclaimEvent(ct.Structure):
-    _fields_ = [
-        ("ts", ct.c_uint64), ("duration_ns", ct.c_uint64), ("nr_reclaimed", ct.c_uint64),
-        ("tgid", ct.c_uint32), ("tid", ct.c_uint32), ("kind", ct.c_uint32),
-        ("in_target", ct.c_uint32), ("comm", ct.c_char * 16),
-    ]
-
-
-PROC_EVENT_NAMES = {1: "fork", 2: "exec", 3: "exit", 4: "thread_exit"}
-RECLAIM_KINDS = {1: "direct", 2: "memcg", 3: "memcg_softlimit", 4: "kswapd_wake"}
-
-
-def decode_exit_code(code: int) -> tuple[int | None, int | None]:
-    """task->exit_code -> (exit status, terminating signal); include/linux/sched.h / wait(2)."""
-    sig = code & 0x7F
-    if sig:
-        return None, sig
-    return (code >> 8) & 0xFF, None
-
-
-def _comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-def _dev_name(dev: int) -> str:
-    # Kernel-internal dev_t (include/linux/kdev_t.h): MINORBITS = 20.
-    return f"{dev >> 20}:{dev & 0xFFFFF}"
-
-
-# ---------------------------------------------------------------------------------------------
-# memcg numbers for OOM events
-# ---------------------------------------------------------------------------------------------
-_UNLIMITED = 1 << 62  # v1 reports PAGE_COUNTER_MAX * PAGE_SIZE (~ 2**63) when there is no limit
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        raw = path.read_text().strip()
-    except OSError:
-        return None
-    if raw == "max":
-        return None
-    try:
-        v = int(raw)
-    except ValueError:
-        return None
-    return None if v >= _UNLIMITED else v
-
-
-def memcg_numbers(cg_path: str) -> tuple[int | None, int | None, int | None]:
-    """(limit, usage, max usage) of the memory cgroup at ``cg_path`` (as /proc/PID/cgroup names it)."""
-    root = procfs.sys_path("fs/cgroup")
-    rel = cg_path.lstrip("/")
-    v1 = root / "memory" / rel
-    if (v1 / "memory.limit_in_bytes").exists():
-        return (
-            _read_int(v1 / "memory.limit_in_bytes"),
-            _read_int(v1 / "memory.usage_in_bytes"),
-            _read_int(v1 / "memory.max_usage_in_bytes"),
-        )
-    for base in (root, root / "unified"):
-        d = base / rel
-        if (d / "memory.current").exists():
-            return _read_int(d / "memory.max"), _read_int(d / "memory.current"), _read_int(d / "memory.peak")
-    return None, None, None
-
-
-def _cgroup2_ids(path: str) -> list[int]:
-    """Inode numbers (== v2 cgroup ids) of a cgroup2 directory and its descendants; [] for v1."""
-    if not os.path.isdir(path) or not _is_cgroup2(path):
-        return []
-    ids = []
-    for dirpath, _dirs, _files in os.walk(path):
-        try:
-            ids.append(os.stat(dirpath).st_ino)
-        except OSError:
-            continue
-    return ids
-
-
-def _is_cgroup2(path: str) -> bool:
-    best, fstype = "", ""
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return False
-    real = os.path.realpath(path)
-    for line in mounts:
-        parts = line.split()
-        under = len(parts) >= 3 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/"))
-        if under and len(parts[1]) > len(best):
-            best, fstype = parts[1], parts[2]
-    return fstype == "cgroup2"
-
-
-# ---------------------------------------------------------------------------------------------
-# The collector
-# ---------------------------------------------------------------------------------------------
-def ctypes_dtype(cls: type) -> np.dtype:
-    """numpy dtype with the exact layout of a ctypes Structure (bcc's map Key / Leaf classes);
-    numpy's own conversion guesses when the PEP 3118 format and the size disagree."""
-    names, formats, offsets = [], [], []
-    for fname, ftype, *_ in cls._fields_:
-        if fname.startswith("__pad"):
-            continue
-        desc = getattr(cls, fname)
-        if issubclass(ftype, ct.Array):
-            base = ftype._type_
-            fmt: Any = f"S{ftype._length_}" if base in (ct.c_char, ct.c_byte, ct.c_ubyte) and \
-                fname == "comm" else (np.dtype(base), (ftype._length_,))
-        elif issubclass(ftype, ct.Structure):
-            fmt = ctypes_dtype(ftype)
-        else:
-            fmt = np.dtype(ftype)
-        names.append(fname)
-        formats.append(fmt)
-        offsets.append(desc.offset)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": ct.sizeof(cls)})
-
-
-class _MapDrainer:
-    """Reads a BPF hash map with BPF_MAP_LOOKUP_BATCH into preallocated arrays, viewed as numpy
-    structured arrays, and deletes the selected keys with BPF_MAP_DELETE_BATCH."""
-
-    def __init__(self, table: Any, lib: Any) -> None:
-        self.table = table
-        self.lib = lib
-        self.n = table.max_entries
-        self.keys = (table.Key * self.n)()
-        self.vals = (table.Leaf * self.n)()
-        self.key_dtype = ctypes_dtype(table.Key)
-        self.val_dtype = ctypes_dtype(table.Leaf)
-        self.batch_ok = True
-
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
-        total = self._read_batch() if self.batch_ok else None
-        if total is None:
-            self.batch_ok = False
-            items = list(self.table.items())
-            total = len(items)
-            for i, (k, v) in enumerate(items[: self.n]):
-                self.keys[i] = k
-                self.vals[i] = v
-        k = np.frombuffer(ct.string_at(self.keys, total * self.key_dtype.itemsize), self.key_dtype)
-        v = np.frombuffer(ct.string_at(self.vals, total * self.val_dtype.itemsize), self.val_dtype)
-        return k, v
-
-    def _read_batch(self) -> int | None:
-        ksz, vsz = ct.sizeof(self.table.Key), ct.sizeof(self.table.Leaf)
-        in_b, out_b, cnt = ct.c_uint32(0), ct.c_uint32(0), ct.c_uint32(0)
-        total, first = 0, True
-        while total < self.n:
-            cnt.value = self.n - total
-            res = self.lib.bpf_lookup_batch(
-                self.table.map_fd,
-                None if first else ct.byref(in_b),
-                ct.byref(out_b),
-                ct.byref(self.keys, ksz * total),
-                ct.byref(self.vals, vsz * total),
-                ct.byref(cnt),
-            )
-            err = ct.get_errno()
-            total += cnt.value
-            if res != 0:
-                if err == errno.ENOENT:
-                    break
-                return None if first else total
-            in_b.value = out_b.value
-            first = False
-            if cnt.value == 0:
-                break
-        return total
-
-    def delete(self, keys: np.ndarray) -> None:
-        if not len(keys):
-            return
-        keys = np.ascontiguousarray(keys)
-        if self.batch_ok:
-            cnt = ct.c_uint32(len(keys))
-            if self.lib.bpf_delete_batch(self.table.map_fd, keys.ctypes.data, ct.byref(cnt)) == 0:
-                return
-        raw = keys.tobytes()
-        size = ct.sizeof(self.table.Key)
-        for i in range(len(keys)):
-            k = self.table.Key.from_buffer_copy(raw[i * size : (i + 1) * size])
-            try:
-                del self.table[k]
-            except KeyError:
-                pass
 
 
 class KernelProbes(Collector):
@@ -488,13 +77,13 @@ class KernelProbes(Collector):
         if pages < 1 or pages & (pages - 1):
             raise ValueError("perf_pages must be a power of two >= 1")
         self.perf_pages = pages
-        self.requested = _select_families(self.options.get("families"))
+        self.requested = select_families(self.options.get("families"))
         self.enabled: list[str] = []
         self.skipped: dict[str, str] = {}
         self.bpf: Any = None
         self.filter_mode = "tree"
         self.major_faults = False
-        self._drainers: dict[str, _MapDrainer] = {}
+        self._drainers: dict[str, MapDrainer] = {}
         self._pushed: set[int] = set()
         self._cg_cache: dict[int, str] = {}
         self._cg_refreshed_ns = 0
@@ -511,15 +100,16 @@ class KernelProbes(Collector):
     # Start ------------------------------------------------------------------------------------
     def start(self, ctx: SessionContext) -> None:
         self.ctx = ctx
-        base = _base_problem()
+        base = base_problem()
         if base:
             raise CollectorUnavailable(base)
-        bcc = _import_bcc()
+        import bcc  # noqa: PLC0415 - the loader process will own this (issue 16)
+
         self.filter_mode = getattr(ctx.target, "mode", "tree") or "tree"
         if self.filter_mode not in FILTER_MODES:
             self.filter_mode = "tree"
         for name in self.requested:
-            problem = _family_problem(FAMILIES[name], bcc)
+            problem = family_problem(FAMILIES[name])
             if problem:
                 self.skipped[name] = problem
                 ctx.note(f"kernel probe '{name}' skipped: {problem}")
@@ -536,7 +126,7 @@ class KernelProbes(Collector):
         defines: dict[str, int] = {}
         for name in self.enabled:
             for macro, (cat, ev) in FAMILIES[name].optional.items():
-                if bcc.BPF.tracepoint_exists(cat, ev):
+                if tracepoint_present(cat, ev):
                     defines[macro] = 1
         text = generate_program({
             "bucket_ms": self.bucket_ns / 1e6,
@@ -561,7 +151,7 @@ class KernelProbes(Collector):
             self._seed_filter(ctx)
             self._open_buffers()
             self._drainers = {
-                m: _MapDrainer(self.bpf[m.encode()], bcc.libbcc.lib)
+                m: MapDrainer(self.bpf[m.encode()], bcc.libbcc.lib)
                 for m, fam in (("sched_agg", "sched"), ("preempt_agg", "sched"), ("fault_agg", "faults"),
                                ("io_agg", "io"))
                 if fam in self.enabled
@@ -589,7 +179,7 @@ class KernelProbes(Collector):
             return
         if self.filter_mode == "cgroup" and ctx.target.cgroup_path:
             table = self.bpf[b"target_cgroups"]
-            for cg in _cgroup2_ids(ctx.target.cgroup_path)[: 1024]:
+            for cg in cgroup2_ids(ctx.target.cgroup_path)[: 1024]:
                 table[ct.c_uint64(cg)] = ct.c_uint8(1)
         self._push_pids(ctx.target.pids())
 
@@ -625,7 +215,7 @@ class KernelProbes(Collector):
         event = PROC_EVENT_NAMES.get(e.type, "other")
         row: dict[str, Any] = {
             "ts_ns": e.ts, "event": event, "pid": e.pid, "tid": e.tid, "ppid": e.ppid or None,
-            "comm": _comm(e.comm), "source": "bpf",
+            "comm": comm_str(e.comm), "source": "bpf",
         }
         if event in ("exit", "thread_exit"):
             row["exit_code"], row["signal"] = decode_exit_code(e.exit_code)
@@ -646,7 +236,7 @@ class KernelProbes(Collector):
         limit, usage, max_usage = memcg_numbers(memcg) if memcg else (None, None, None)
         in_target = bool(e.in_target) or (self.ctx is not None and self.ctx.target.contains(e.pid))
         self._oom_rows.append({
-            "ts_ns": e.ts, "pid": e.pid, "comm": _comm(e.comm), "uid": e.uid, "in_target": in_target,
+            "ts_ns": e.ts, "pid": e.pid, "comm": comm_str(e.comm), "uid": e.uid, "in_target": in_target,
             "total_vm_bytes": e.total_vm_kb * 1024, "anon_rss_bytes": e.anon_rss_kb * 1024,
             "file_rss_bytes": e.file_rss_kb * 1024, "shmem_rss_bytes": e.shmem_rss_kb * 1024,
             "oom_score_adj": e.oom_score_adj, "memcg": memcg, "memcg_limit_bytes": limit,
@@ -657,7 +247,7 @@ class KernelProbes(Collector):
         e = ct.cast(data, ct.POINTER(ReclaimEvent)).contents
         in_target = bool(e.in_target) or (self.ctx is not None and self.ctx.target.contains(e.tgid))
         self._reclaim_rows.append({
-            "ts_ns": e.ts, "pid": e.tgid, "tid": e.tid, "comm": _comm(e.comm), "in_target": in_target,
+            "ts_ns": e.ts, "pid": e.tgid, "tid": e.tid, "comm": comm_str(e.comm), "in_target": in_target,
             "kind": RECLAIM_KINDS.get(e.kind, "other"), "duration_ns": e.duration_ns,
             "nr_reclaimed": e.nr_reclaimed,
         })
@@ -824,7 +414,7 @@ class KernelProbes(Collector):
             "pid": k["tgid"].astype(np.int32),
             "comm": np.char.decode(v["comm"], "utf-8", "replace"),
             "in_target": v["in_target"] != 0,
-            "dev": [_dev_name(int(d)) for d in k["dev"]],
+            "dev": [dev_name(int(d)) for d in k["dev"]],
             "op": op_chars, "count": v["count"].astype(np.int64), "bytes": v["bytes"].astype(np.int64),
             "lat_sum_ns": v["lat_sum_ns"].astype(np.int64), "lat_max_ns": v["lat_max_ns"].astype(np.int64),
             "lat_hist": self._hist(v["hist"]),

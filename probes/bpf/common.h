@@ -1,6 +1,6 @@
-/* common.h -- shared by every probe family; probes/kernel.py concatenates it first.
+/* common.h -- shared by every probe family; probes/bpf_program.py concatenates it first.
  *
- * The generated prologue (probes/kernel.py: generate_program) defines, before this file:
+ * The generated prologue (probes/bpf_program.py: generate_program) defines, before this file:
  *   BUCKET_NS        aggregation bucket length in ns (ts / BUCKET_NS = bucket index)
  *   FILTER_MODE      0 = whole host, 1 = process tree (tgid set), 2 = cgroup (tgid set + v2 cgroup ids)
  *   MAX_TARGETS, MAX_THREADS, MAX_AGG   map sizes (bounded memory in the kernel)
@@ -13,7 +13,7 @@
 #define TASK_COMM_LEN 16
 #define LOG2_SLOTS 32
 
-/* Family indexes into `stats` (kept in sync with probes/kernel.py FAMILIES). */
+/* Family indexes into `stats` (kept in sync with probes/bpf_program.py FAMILIES). */
 #define FAM_PROC 0
 #define FAM_SCHED 1
 #define FAM_FAULTS 2

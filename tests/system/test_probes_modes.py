@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kernel_harness import KernelRun
 
-from autoglm_trace.probes import kernel
+from autoglm_trace.probes import bpf_program, kernel_features
 from autoglm_trace.tracer.target import TargetTree
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
@@ -95,12 +95,11 @@ def test_host_mode_sees_other_processes(tmp_path):
 
 
 def test_missing_tracepoint_degrades_with_a_reason():
-    import bcc
 
-    fam = kernel.Family("bogus", 9, "none.c", (("sched", "no_such_tracepoint_here"),))
-    reason = kernel._family_problem(fam, bcc)
+    fam = bpf_program.Family("bogus", 9, "none.c", (("sched", "no_such_tracepoint_here"),))
+    reason = kernel_features.family_problem(fam)
     assert reason == "tracepoint sched:no_such_tracepoint_here not in this kernel"
-    for name, ok, why in kernel.feature_report():
+    for name, ok, why in kernel_features.feature_report():
         assert ok, (name, why)
 
 

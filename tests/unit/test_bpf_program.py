@@ -8,20 +8,20 @@ import struct
 
 import pytest
 
-from autoglm_trace.probes import btf, kernel
+from autoglm_trace.probes import bpf_maps, bpf_program, btf, kernel_events
 
 OFFSETS = {macro: 100 + 8 * i for i, (macro, _path) in enumerate(btf.TASK_FIELDS)}
 
 
 def program(**opts):
-    return kernel.generate_program({"task_offsets": OFFSETS, "defines": {}, "group_dead": False, **opts})
+    return bpf_program.generate_program({"task_offsets": OFFSETS, "defines": {}, "group_dead": False, **opts})
 
 
 def test_every_family_and_its_tracepoints_are_in_the_default_program():
     text = program()
-    for fam in kernel.FAMILIES.values():
+    for fam in bpf_program.FAMILIES.values():
         assert f"#define HAVE_{fam.name.upper()} 1" in text
-        assert (kernel.BPF_DIR / fam.source).read_text() in text
+        assert (bpf_program.BPF_DIR / fam.source).read_text() in text
         for cat, ev in fam.required:
             if fam.raw:
                 assert f"RAW_TRACEPOINT_PROBE({ev})" in text
@@ -88,7 +88,7 @@ def _c_struct_size(text: str, name: str) -> int:
 
 @pytest.mark.parametrize(
     "cstruct,pystruct",
-    [("proc_event", kernel.ProcEvent), ("oom_event", kernel.OomEvent), ("reclaim_event", kernel.ReclaimEvent)],
+    [("proc_event", kernel_events.ProcEvent), ("oom_event", kernel_events.OomEvent), ("reclaim_event", kernel_events.ReclaimEvent)],
 )
 def test_perf_event_layouts_match_the_c_structs(cstruct, pystruct):
     text = program()
@@ -96,10 +96,10 @@ def test_perf_event_layouts_match_the_c_structs(cstruct, pystruct):
 
 
 def test_exit_code_decoding():
-    assert kernel.decode_exit_code(3 << 8) == (3, None)
-    assert kernel.decode_exit_code(0) == (0, None)
-    assert kernel.decode_exit_code(9) == (None, 9)
-    assert kernel.decode_exit_code(0x80 | 11) == (None, 11)  # core dumped
+    assert kernel_events.decode_exit_code(3 << 8) == (3, None)
+    assert kernel_events.decode_exit_code(0) == (0, None)
+    assert kernel_events.decode_exit_code(9) == (None, 9)
+    assert kernel_events.decode_exit_code(0x80 | 11) == (None, 11)  # core dumped
 
 
 def test_ctypes_dtype_keeps_the_exact_layout():
@@ -107,7 +107,7 @@ def test_ctypes_dtype_keeps_the_exact_layout():
         _fields_ = [("a", ct.c_uint64), ("b", ct.c_uint32), ("hist", ct.c_uint32 * 4),
                     ("comm", ct.c_char * 16)]
 
-    dt = kernel.ctypes_dtype(Leaf)
+    dt = bpf_maps.ctypes_dtype(Leaf)
     assert dt.itemsize == ct.sizeof(Leaf)
     v = Leaf(7, 3, (ct.c_uint32 * 4)(1, 2, 3, 4), b"python3")
     import numpy as np

@@ -137,10 +137,10 @@ def check_bcc() -> tuple[str, str, str]:
 
 def check_probe_families() -> list[tuple[str, str, str, str]]:
     try:
-        from autoglm_trace.probes import kernel
+        from autoglm_trace.probes import kernel_features
     except Exception as e:  # noqa: BLE001
         return [("kernel probes", WARN, f"probe module unavailable: {e}", "")]
-    fr: Callable[[], Any] | None = getattr(kernel, "feature_report", None)
+    fr: Callable[[], Any] | None = getattr(kernel_features, "feature_report", None)
     if fr is None:
         return []
     out = []

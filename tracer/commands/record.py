@@ -116,10 +116,10 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
 def main(argv: list[str]) -> int:
     args, opts = parse_options(argv)
     if args.print_bpf:
-        from autoglm_trace.probes import kernel
+        from autoglm_trace.probes import bpf_program
 
         mode = "cgroup" if opts.cgroup else "host" if opts.host else "tree"
-        sys.stdout.write(kernel.generate_program({**opts.collector_options, "filter": mode}))
+        sys.stdout.write(bpf_program.generate_program({**opts.collector_options, "filter": mode}))
         return 0
     if opts.latency_log and not os.path.exists(opts.latency_log):
         raise UsageError(f"record: latency log {opts.latency_log} does not exist")
