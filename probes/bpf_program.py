@@ -34,9 +34,11 @@ class Family:
     # Extra tracepoints used when present: {macro: (category, event)}.
     optional: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     perf_buffers: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # families whose maps its C code uses
 
 
-# Concatenation order matters: proc.c refers to maps of sched.c and memory.c when enabled.
+# Concatenation order matters: proc.c refers to maps of sched.c and memory.c when enabled, wakeups.c
+# to sched.c's.
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -45,6 +47,14 @@ FAMILIES: dict[str, Family] = {
             (("sched", "sched_switch"), ("sched", "sched_wakeup"), ("sched", "sched_wakeup_new"),
              ("sched", "sched_migrate_task")),
             raw=True,
+        ),
+        Family(
+            "wakeups", 6, "wakeups.c", (("sched", "sched_waking"),), raw=True, needs=("sched",),
+            optional={
+                "HAVE_TP_SOFTIRQ": ("irq", "softirq_entry"),
+                "HAVE_TP_IRQ_HANDLER": ("irq", "irq_handler_entry"),
+                "HAVE_TP_HRTIMER_EXPIRE": ("timer", "hrtimer_expire_entry"),
+            },
         ),
         Family("faults", 2, "faults.c", (("exceptions", "page_fault_user"),)),
         Family("io", 3, "io.c", (("block", "block_rq_issue"), ("block", "block_rq_complete"))),
@@ -67,7 +77,7 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
-NR_FAMILIES = 6
+NR_FAMILIES = 7
 NR_STATS = 3  # per family in the `stats` map: events, map_full, perf_full (common.h)
 FAMILY_BY_INDEX = {f.index: f.name for f in FAMILIES.values()}
 
@@ -109,6 +119,12 @@ def select_families(families: Iterable[str] | None) -> list[str]:
     return [f for f in FAMILIES if f in wanted]
 
 
+def missing_needs(name: str, families: Iterable[str]) -> list[str]:
+    """The families ``name`` needs that are not among ``families``."""
+    have = set(families)
+    return [n for n in FAMILIES[name].needs if n not in have]
+
+
 def generate_program(options: dict | None = None) -> str:
     """The complete C text of the bcc program for ``options`` (no root needed).
 
@@ -118,6 +134,7 @@ def generate_program(options: dict | None = None) -> str:
     """
     opts = dict(options or {})
     fams = select_families(opts.get("families"))
+    fams = [f for f in fams if not missing_needs(f, fams)]  # its C code would not compile alone
     bucket_ns = int(float(opts.get("bucket_ms", DEFAULT_BUCKET_MS)) * 1_000_000)
     if bucket_ns <= 0:
         raise ValueError("bucket_ms must be positive")

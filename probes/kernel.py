@@ -33,6 +33,7 @@ from autoglm_trace.probes.bpf_program import (
     NR_FAMILIES,
     NR_STATS,
     generate_program,
+    missing_needs,
     select_families,
     tracepoint_present,
 )
@@ -40,6 +41,7 @@ from autoglm_trace.probes.cgroups import cgroup2_ids, memcg_numbers
 from autoglm_trace.probes.kernel_events import (
     PROC_EVENT_NAMES,
     RECLAIM_KINDS,
+    WAKE_CONTEXT_NAMES,
     OomEvent,
     ProcEvent,
     ReclaimEvent,
@@ -66,7 +68,7 @@ class KernelProbes(Collector):
     """bcc probes for the target: sched, faults, io, memory, oom, proc (see module docstring)."""
 
     name = "kernel"
-    tables = ("sched", "preemptions", "faults", "block_io", "reclaim", "oom_kills", "proc_events",
+    tables = ("sched", "preemptions", "wakeups", "faults", "block_io", "reclaim", "oom_kills", "proc_events",
               "probe_stats")
 
     def __init__(self, options: dict | None = None) -> None:
@@ -113,6 +115,10 @@ class KernelProbes(Collector):
             if problem:
                 self.skipped[name] = problem
                 ctx.note(f"kernel probe '{name}' skipped: {problem}")
+            elif missing_needs(name, self.enabled):
+                why = f"needs the {', '.join(missing_needs(name, self.enabled))} family"
+                self.skipped[name] = why
+                ctx.note(f"kernel probe '{name}' skipped: {why}")
             else:
                 self.enabled.append(name)
         if not self.enabled:
@@ -152,8 +158,8 @@ class KernelProbes(Collector):
             self._open_buffers()
             self._drainers = {
                 m: MapDrainer(self.bpf[m.encode()], bcc.libbcc.lib)
-                for m, fam in (("sched_agg", "sched"), ("preempt_agg", "sched"), ("fault_agg", "faults"),
-                               ("io_agg", "io"))
+                for m, fam in (("sched_agg", "sched"), ("preempt_agg", "sched"), ("waker_agg", "wakeups"),
+                               ("fault_agg", "faults"), ("io_agg", "io"))
                 if fam in self.enabled
             }
             self._stats_prev = self._read_stats()
@@ -311,6 +317,8 @@ class KernelProbes(Collector):
         if "sched_agg" in self._drainers:
             self._drain_sched(cutoff)
             self._drain_preempt(cutoff)
+        if "waker_agg" in self._drainers:
+            self._drain_wakers(cutoff)
         if "fault_agg" in self._drainers:
             self._drain_faults(cutoff)
         if "io_agg" in self._drainers:
@@ -379,6 +387,27 @@ class KernelProbes(Collector):
             "preemptor_comm": np.char.decode(v["comm"], "utf-8", "replace"),
             "preemptor_in_target": v["in_target"] != 0, "cpu": k["cpu"].astype(np.int16),
             "count": v["count"].astype(np.int64), "wait_ns": v["wait_ns"].astype(np.int64),
+        })
+
+    def _drain_wakers(self, cutoff: int | None) -> None:
+        k, v = self._take("waker_agg", cutoff)
+        if not len(k):
+            return
+        contexts = [WAKE_CONTEXT_NAMES.get(int(c), "irq") for c in k["ctx"]]
+        comm = np.char.decode(v["comm"], "utf-8", "replace").tolist()
+        # Interrupt context: no task woke it; the context stands in as the waker's name.
+        comm = [c if x == "task" else f"[{x}]" for c, x in zip(comm, contexts, strict=True)]
+        self._emit("wakeups", len(k), {
+            "ts_ns": k["bucket"].astype(np.int64) * self.bucket_ns,
+            "bucket_ns": np.full(len(k), self.bucket_ns, dtype=np.int64),
+            "pid": k["pid"].astype(np.int32), "tid": k["tid"].astype(np.int32),
+            "waker_pid": k["waker_pid"].astype(np.int32), "waker_tid": k["waker_tid"].astype(np.int32),
+            "waker_comm": comm, "waker_in_target": v["waker_in_target"] != 0,
+            "waker_context": contexts,
+            "state": np.where(k["state"] == 2, "D", "S").tolist(),
+            "count": v["count"].astype(np.int64), "sleep_ns": v["sleep_ns"].astype(np.int64),
+            "sleep_max_ns": v["sleep_max_ns"].astype(np.int64),
+            "waker_oncpu_ns": v["waker_oncpu_ns"].astype(np.int64),
         })
 
     def _drain_faults(self, cutoff: int | None) -> None:

@@ -33,6 +33,10 @@ class ReclaimEvent(ct.Structure):
 
 PROC_EVENT_NAMES = {1: "fork", 2: "exec", 3: "exit", 4: "thread_exit"}
 RECLAIM_KINDS = {1: "direct", 2: "memcg", 3: "memcg_softlimit", 4: "kswapd_wake"}
+# wakeups.c WCTX_* mask -> the context a wakeup came from; with several bits, the innermost (an
+# hrtimer expires inside a hard interrupt, which can interrupt a softirq).
+WAKE_CONTEXT_NAMES = {0: "task", 1: "hardirq", 2: "softirq", 3: "hardirq", 4: "hrtimer", 5: "hrtimer",
+                      6: "hrtimer", 7: "hrtimer"}
 
 
 def decode_exit_code(code: int) -> tuple[int | None, int | None]:

@@ -189,6 +189,30 @@ _table(
 )
 
 _table(
+    "wakeups",
+    "Who woke the target's sleeping threads: per bucket, per (target thread, waker) pair, the "
+    "wakeups at sched_waking (the waker is the task running try_to_wake_up, or an interrupt "
+    "context) and the S- or D-state sleep they ended.",
+    [
+        _ts,
+        _bucket,
+        _f("pid", pa.int32(), "tgid of the woken target thread", False),
+        _f("tid", pa.int32(), "the woken target thread", False),
+        _f("waker_pid", pa.int32(), "tgid of the waker (0: interrupt context)", False),
+        _f("waker_tid", pa.int32(), "thread id of the waker (0: interrupt context)", False),
+        _f("waker_comm", pa.string(), "comm of the waker, or [hardirq] / [softirq] / [hrtimer]"),
+        _f("waker_in_target", pa.bool_(), "the waker belongs to the target tree"),
+        _f("waker_context", pa.string(), "task | hardirq | softirq | hrtimer"),
+        _f("state", pa.string(), "S (interruptible sleep) | D (uninterruptible)"),
+        _f("count", pa.int64(), "wakeups"),
+        _f("sleep_ns", pa.int64(), "sleep the wakeups ended (switch-out to wakeup)"),
+        _f("sleep_max_ns", pa.int64(), "longest of those sleeps"),
+        _f("waker_oncpu_ns", pa.int64(), "part of those sleeps the waker (a target thread) had been on CPU "
+           "without a break up to the wakeup"),
+    ],
+)
+
+_table(
     "faults",
     "User page faults of the target tree per thread per bucket (exceptions:page_fault_user for all "
     "faults; major faults from the PERF_COUNT_SW_PAGE_FAULTS_MAJ software event).",

@@ -7,7 +7,7 @@
  *   OFF_TASK_*       task_struct member offsets taken from the running kernel's BTF
  *                    (probes/btf.py): the installed headers may not match the kernel, so no
  *                    kernel struct is ever dereferenced through a header definition.
- *   HAVE_<FAMILY>    for each enabled family (SCHED, FAULTS, IO, MEMORY, OOM, PROC)
+ *   HAVE_<FAMILY>    for each enabled family (SCHED, WAKEUPS, FAULTS, IO, MEMORY, OOM, PROC)
  */
 
 #define TASK_COMM_LEN 16
@@ -20,7 +20,8 @@
 #define FAM_IO 3
 #define FAM_MEMORY 4
 #define FAM_OOM 5
-#define NR_FAMILIES 6
+#define FAM_WAKEUPS 6
+#define NR_FAMILIES 7
 
 /* The target filter: tgids of the traced tree, seeded from user space and extended in the
  * kernel at fork (proc.c), so a child that lives a millisecond is still attributed. */

@@ -66,6 +66,16 @@ def test_family_selection_and_optional_tracepoints():
         program(filter="galaxy")
 
 
+def test_wakeups_family_needs_sched_and_marks_interrupt_contexts():
+    text = program(families=["wakeups", "sched"], defines={"HAVE_TP_SOFTIRQ": 1, "HAVE_TP_HRTIMER_EXPIRE": 1})
+    assert text.index("sched.c --") < text.index("wakeups.c --")  # it reads sched.c's thread_states
+    assert "RAW_TRACEPOINT_PROBE(sched_waking)" in text
+    assert "#define HAVE_TP_SOFTIRQ 1" in text and "#define HAVE_TP_IRQ_HANDLER" not in text
+    # Without the sched family its C code would not compile: it is left out.
+    alone = program(families=["wakeups", "oom"])
+    assert "HAVE_WAKEUPS" not in alone and "sched_waking" not in alone
+
+
 def test_no_kernel_struct_is_read_through_headers():
     # Every task_struct access goes through a BTF offset macro (headers may not match the kernel).
     text = program()

@@ -1,0 +1,132 @@
+/* wakeups.c -- who woke the target's sleeping threads (off-CPU sleep attribution).
+ *
+ * Needs sched.c (concatenated before it): the sleep a wakeup ends is measured from the wakee's
+ * switch-out in S or D state, recorded in sched.c's `thread_states`, to this wakeup.
+ *
+ * The waker is `current` at sched_waking, which kernel/sched/core.c try_to_wake_up() fires in the
+ * waker's context once the wakee's state matched. (sched_wakeup is no substitute: with TTWU_QUEUE
+ * the wakee's CPU activates it from an IPI, where `current` is whatever ran there, often idle.)
+ * A wakeup from interrupt context (a timer expiring, a softirq delivering a packet, a device
+ * interrupt) is not the interrupted task's doing: the irq/softirq/hrtimer tracepoints below keep a
+ * per-CPU mask of the contexts being run, and such wakeups are stored with waker tid 0 and the
+ * context as `ctx` instead of the task that happened to be interrupted.
+ *
+ *   sched_waking(struct task_struct *p)
+ *   softirq_entry/exit(unsigned int vec_nr), irq_handler_entry/exit(int irq, ...),
+ *   hrtimer_expire_entry(struct hrtimer *, ktime_t *now), hrtimer_expire_exit(struct hrtimer *)
+ */
+
+#define WCTX_TASK 0
+#define WCTX_HARDIRQ 1
+#define WCTX_SOFTIRQ 2
+#define WCTX_HRTIMER 4
+
+#define WSTATE_SLEEP 1
+#define WSTATE_DSTATE 2
+
+struct waker_key {
+    u64 bucket;
+    u32 tid;        /* wakee: a target thread */
+    u32 pid;        /* its tgid */
+    u32 waker_tid;  /* 0 in interrupt context */
+    u32 waker_pid;
+    u32 ctx;        /* WCTX_* mask of the waking context (0: a task) */
+    u32 state;      /* WSTATE_*: the sleep the wakee was in */
+};
+
+struct waker_val {
+    u64 count;          /* wakeups */
+    u64 sleep_ns;       /* sleep they ended (wakee's switch-out -> this wakeup) */
+    u64 sleep_max_ns;
+    u64 waker_oncpu_ns; /* part of that sleep the waker had been on CPU, without a break, since */
+    u32 waker_in_target;
+    u32 pad;
+    char comm[TASK_COMM_LEN];  /* the waker's */
+};
+
+BPF_HASH(waker_agg, struct waker_key, struct waker_val, MAX_AGG);
+BPF_PERCPU_ARRAY(wake_ctx, u32, 1);
+
+static __always_inline void wake_ctx_set(u32 bit, int on)
+{
+    u32 zero = 0;
+    u32 *m = wake_ctx.lookup(&zero);
+    if (!m)
+        return;
+    if (on)
+        *m |= bit;
+    else
+        *m &= ~bit;
+}
+
+#ifdef HAVE_TP_SOFTIRQ
+RAW_TRACEPOINT_PROBE(softirq_entry) { wake_ctx_set(WCTX_SOFTIRQ, 1); return 0; }
+RAW_TRACEPOINT_PROBE(softirq_exit) { wake_ctx_set(WCTX_SOFTIRQ, 0); return 0; }
+#endif
+#ifdef HAVE_TP_IRQ_HANDLER
+RAW_TRACEPOINT_PROBE(irq_handler_entry) { wake_ctx_set(WCTX_HARDIRQ, 1); return 0; }
+RAW_TRACEPOINT_PROBE(irq_handler_exit) { wake_ctx_set(WCTX_HARDIRQ, 0); return 0; }
+#endif
+#ifdef HAVE_TP_HRTIMER_EXPIRE
+RAW_TRACEPOINT_PROBE(hrtimer_expire_entry) { wake_ctx_set(WCTX_HRTIMER, 1); return 0; }
+RAW_TRACEPOINT_PROBE(hrtimer_expire_exit) { wake_ctx_set(WCTX_HRTIMER, 0); return 0; }
+#endif
+
+RAW_TRACEPOINT_PROBE(sched_waking)
+{
+    void *p = (void *)ctx->args[0];
+    u32 tid = task_u32(p, OFF_TASK_PID);
+    u32 tgid = task_u32(p, OFF_TASK_TGID);
+    if (tid == 0 || !tgid_in_target(tgid))
+        return 0;
+    struct thread_state *st = thread_states.lookup(&tid);
+    if (!st || (st->out != OUT_SLEEP && st->out != OUT_DSTATE) || !st->ts_out)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now <= st->ts_out)
+        return 0;
+    u64 sleep = now - st->ts_out;
+    count_event(FAM_WAKEUPS);
+
+    u32 zero = 0;
+    u32 *m = wake_ctx.lookup(&zero);
+    u32 wctx = m ? *m : 0;
+    struct waker_key key = {
+        .bucket = bucket_of(now), .tid = tid, .pid = tgid, .ctx = wctx,
+        .state = st->out == OUT_DSTATE ? WSTATE_DSTATE : WSTATE_SLEEP,
+    };
+    u64 oncpu = 0;
+    u32 in_target = 0;
+    if (wctx == WCTX_TASK) {
+        u64 id = bpf_get_current_pid_tgid();
+        key.waker_tid = (u32)id;
+        key.waker_pid = id >> 32;
+        if (key.waker_tid != 0 && tgid_in_target(key.waker_pid)) {
+            in_target = 1;
+            u32 wtid = key.waker_tid;
+            struct thread_state *ws = thread_states.lookup(&wtid);
+            if (ws && ws->ts_in && now > ws->ts_in)
+                oncpu = now - ws->ts_in < sleep ? now - ws->ts_in : sleep;
+        }
+    }
+    struct waker_val *v = waker_agg.lookup(&key);
+    if (!v) {
+        struct waker_val init = {};
+        init.waker_in_target = in_target;
+        if (wctx == WCTX_TASK)
+            bpf_get_current_comm(init.comm, sizeof(init.comm));
+        if (waker_agg.update(&key, &init) != 0) {
+            count_drop(FAM_WAKEUPS);
+            return 0;
+        }
+        v = waker_agg.lookup(&key);
+        if (!v)
+            return 0;
+    }
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->sleep_ns, sleep);
+    __sync_fetch_and_add(&v->waker_oncpu_ns, oncpu);
+    if (sleep > v->sleep_max_ns)
+        v->sleep_max_ns = sleep;
+    return 0;
+}
