@@ -6,12 +6,13 @@ import json
 import sys
 from typing import Any
 
-from autoglm_trace.tracer.commands._parser import CommandParser
+from autoglm_trace.tracer.commands._parser import CommandParser, float_in
 from autoglm_trace.tracer.errors import UsageError
 
 NAME = "analyze"
 SUMMARY = "find latency spikes, name their cause and the culprit process, OOM post-mortems (--json)"
 ORDER = 30
+MAX_WINDOW_S = 7 * 86400.0  # a week: wider is a typo, and window ns stay far inside int64
 
 EPILOG = """examples:
   autoglm-trace analyze rec
@@ -42,13 +43,11 @@ def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
     p.add_argument("--latency", metavar="FILE", help="request latency log (JSONL or CSV) to analyse with the recording")
-    p.add_argument("--window", type=float, default=1.0, metavar="S",
+    p.add_argument("--window", type=float_in(0, MAX_WINDOW_S, " s", lo_open=True), default=1.0, metavar="S",
                    help="analysis window in seconds (default 1; never shorter than the kernel buckets)")
     p.add_argument("--json", action="store_true", help="machine-readable output (docs/analysis.md)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every signal's numbers")
     args = p.parse_args(argv)
-    if not args.window > 0:
-        raise UsageError("analyze: --window must be positive")
     from autoglm_trace.analysis.diagnosis import diagnose
     from autoglm_trace.analysis.reader import Recording
     from autoglm_trace.analysis.render import print_markup, render_diagnosis

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from autoglm_trace.tracer.commands._parser import CommandParser
+from autoglm_trace.tracer.commands._parser import CommandParser, int_in
 
 NAME = "diff"
 SUMMARY = "perf-regression hunt: latency p50/p90/p99 change with confidence, signals per request ranked"
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("base", help="the recording before (baseline)")
     p.add_argument("new", help="the recording after (suspected regression)")
-    p.add_argument("--top", type=int, default=10, help="signals to show (default 10)")
+    p.add_argument("--top", type=int_in(1, 10_000), default=10, help="signals to show (default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable output (docs/analysis.md)")
     args = p.parse_args(argv)
     from autoglm_trace.analysis.diff import diff_recordings

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autoglm_trace.tracer.commands._parser import CommandParser
+from autoglm_trace.tracer.commands._parser import CommandParser, float_in, http_url, int_in
 from autoglm_trace.tracer.errors import TargetError, UsageError
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
 
 NAME = "record"
 SUMMARY = "record a process tree (-p PID | -- CMD), a cgroup or the host into a recording"
 ORDER = 10
+MAX_DURATION_S = 366 * 86400.0  # a year: longer is a typo, and time arithmetic stays exact
 
 EPILOG = """examples:
   sudo autoglm-trace record -o rec -- python3 server.py --port 8000
@@ -35,23 +37,23 @@ recording is owned by that user too. Ctrl-C ends the recording cleanly (a second
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     tgt = p.add_argument_group("target (one of)")
-    tgt.add_argument("-p", "--pid", type=int, help="attach to a running process and its children")
+    tgt.add_argument("-p", "--pid", type=int_in(1, 2**22), help="attach to a running process and its children")
     tgt.add_argument("--cgroup", help="a cgroup path (e.g. system.slice/x.service or /sys/fs/cgroup/...)")
     tgt.add_argument("--host", action="store_true", help="the whole host (no target filter)")
     p.add_argument("-o", "--output", help="recording directory to create (default: ./autoglm-YYYYmmdd-HHMMSS)")
-    p.add_argument("-d", "--duration", type=float, help="stop after S seconds")
-    p.add_argument("-i", "--interval", type=int, default=100, metavar="MS", help="sampling interval (default 100 ms)")
-    p.add_argument("--bucket", type=int, default=None, metavar="MS", help="kernel aggregation bucket (default: the interval)")
+    p.add_argument("-d", "--duration", type=float_in(0, MAX_DURATION_S, " s", lo_open=True), help="stop after S seconds")
+    p.add_argument("-i", "--interval", type=int_in(1, 60_000, " ms"), default=100, metavar="MS", help="sampling interval (default 100 ms)")
+    p.add_argument("--bucket", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="kernel aggregation bucket (default: the interval)")
     p.add_argument("--no-bpf", action="store_true", help="no kernel probes (the /proc sampler still runs)")
     p.add_argument("--no-gpu", action="store_true", help="no NVML sampling")
     p.add_argument("--no-spans", action="store_true", help="do not listen for span API datagrams")
-    p.add_argument("--gpu-interval", type=int, default=None, metavar="MS", help="NVML sampling interval (default: the interval)")
-    p.add_argument("--perf-pages", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--scrape", action="append", default=[], metavar="URL", help="poll a Prometheus /metrics endpoint (repeatable)")
-    p.add_argument("--scrape-interval", type=float, default=1.0, metavar="S")
-    p.add_argument("--probe", action="append", default=[], metavar="URL", help="send a synthetic request on an interval")
+    p.add_argument("--gpu-interval", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="NVML sampling interval (default: the interval)")
+    p.add_argument("--perf-pages", type=int_in(1, 1 << 16), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--scrape", action="append", type=http_url, default=[], metavar="URL", help="poll a Prometheus /metrics endpoint (repeatable)")
+    p.add_argument("--scrape-interval", type=float_in(0.05, 3600, " s"), default=1.0, metavar="S")
+    p.add_argument("--probe", action="append", type=http_url, default=[], metavar="URL", help="send a synthetic request on an interval")
     p.add_argument("--probe-body", metavar="JSON", help="POST this body with each --probe request (LLM servers want a POST)")
-    p.add_argument("--probe-interval", type=float, default=1.0, metavar="S")
+    p.add_argument("--probe-interval", type=float_in(0.05, 3600, " s"), default=1.0, metavar="S")
     p.add_argument("--latency-log", metavar="FILE", help="tail a JSONL/CSV latency log while recording")
     p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
     p.add_argument("--live", action="store_true", help="show the live view (as 'top') while recording")
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--trigger-expr", action="append", metavar="EXPR", help="threshold trigger, e.g. 'gpu_mem_used_frac>0.97' (repeatable)")
     fl.add_argument("--tail", metavar="S", help="keep recording S after a trigger before saving (default 10s)")
     fl.add_argument("--cooldown", metavar="S", help="ignore new triggers for S after one (default 60s; SIGUSR1 always works)")
-    fl.add_argument("--keep", type=int, metavar="N", help="keep at most N snapshots (oldest deleted)")
+    fl.add_argument("--keep", type=int_in(1, 1_000_000), metavar="N", help="keep at most N snapshots (oldest deleted)")
     fl.add_argument("--keep-bytes", metavar="SIZE", help="keep at most SIZE of snapshots (oldest deleted)")
     return p
 
@@ -93,10 +95,18 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
         raise UsageError("record: give one target: -p PID, --cgroup PATH, --host or -- CMD")
     if not chosen and not args.print_bpf and not args.ring:
         raise UsageError("record: no target: give -p PID, --cgroup PATH, --host or -- CMD [ARGS...]")
-    if args.interval <= 0 or args.interval > 60_000:
-        raise UsageError("record: --interval must be between 1 and 60000 ms")
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError("record: --duration must be positive")
+    if args.prometheus:
+        from autoglm_trace.tracer.exporter import parse_listen
+
+        try:
+            parse_listen(args.prometheus)  # refused now, not when the endpoint starts
+        except UsageError as e:
+            raise UsageError(f"record: {e}") from None
+    if args.probe_body is not None:
+        try:
+            json.loads(args.probe_body)
+        except ValueError:
+            raise UsageError("record: --probe-body is not valid JSON") from None
     out = Path(args.output or datetime.now().strftime("autoglm-%Y%m%d-%H%M%S"))
     copts: dict[str, Any] = {"bucket_ms": args.bucket or args.interval}
     if args.gpu_interval:
@@ -110,6 +120,15 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
         probe=args.probe, probe_interval_s=args.probe_interval, probe_body=args.probe_body, latency_log=args.latency_log,
         collector_options=copts,
     )
+    if opts.latency_log and not os.path.exists(opts.latency_log):
+        raise UsageError(f"record: latency log {opts.latency_log} does not exist")
+    if opts.latency_log and not os.path.isfile(opts.latency_log):
+        # A FIFO or device would block the recorder in open() before the first sample.
+        raise UsageError(f"record: latency log {opts.latency_log} is not a regular file")
+    if args.ring:
+        from autoglm_trace.tracer.flight import flight_options
+
+        flight_options(args, opts)  # the --ring family is checked before anything starts, too
     return args, opts
 
 
@@ -121,11 +140,6 @@ def main(argv: list[str]) -> int:
         mode = "cgroup" if opts.cgroup else "host" if opts.host else "tree"
         sys.stdout.write(bpf_program.generate_program({**opts.collector_options, "filter": mode}))
         return 0
-    if opts.latency_log and not os.path.exists(opts.latency_log):
-        raise UsageError(f"record: latency log {opts.latency_log} does not exist")
-    if opts.latency_log and not os.path.isfile(opts.latency_log):
-        # A FIFO or device would block the recorder in open() before the first sample.
-        raise UsageError(f"record: latency log {opts.latency_log} is not a regular file")
     if args.ring:
         from autoglm_trace.tracer.flight import main_ring
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from autoglm_trace.tracer.commands._parser import CommandParser
+from autoglm_trace.tracer.commands._parser import CommandParser, int_in
 from autoglm_trace.tracer.errors import UsageError, WriteError
 
 NAME = "report"
@@ -26,11 +26,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--open-browser", choices=("yes", "no"), default="no",
                    help="open the report in the default browser when written (default: no)")
-    p.add_argument("--max-points", type=int, default=2000, metavar="N",
+    p.add_argument("--max-points", type=int_in(10, 1_000_000), default=2000, metavar="N",
                    help="points per plotted track; spikes are kept when downsampling (default: 2000)")
     args = p.parse_args(argv)
-    if args.max_points < 10:
-        raise UsageError("report: --max-points must be at least 10")
     out = Path(args.output)
     if out.is_dir():
         raise UsageError(f"report: {out} is a directory; give a file name (e.g. {out / 'report.html'})")

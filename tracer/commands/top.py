@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from autoglm_trace.tracer.commands import record
+from autoglm_trace.tracer.commands._parser import float_in
 from autoglm_trace.tracer.errors import UsageError
 
 NAME = "top"
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     for a in p._actions:
         if a.dest in _HIDDEN or id(a) in hidden:
             a.help = argparse.SUPPRESS
-    p.add_argument("-w", "--window", type=float, default=10.0, metavar="S",
+    p.add_argument("-w", "--window", type=float_in(0.5, 3600, " s"), default=10.0, metavar="S",
                    help="seconds of data each figure covers (default 10)")
     return p
 
