@@ -32,7 +32,7 @@ demo: setup
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
-## Regenerate the table reference in docs/format.md from tracer/schema.py.
+## Regenerate the table reference in docs/format.md from autoglm_trace/schema.py.
 docs: setup
 	$(PY) scripts/gen_format_doc.py
 

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from autoglm_trace import schema
 from autoglm_trace.analysis import causes as causes_mod
 from autoglm_trace.analysis import culprits as culprits_mod
 from autoglm_trace.analysis.oom import iso, oom_postmortem
@@ -25,7 +26,6 @@ from autoglm_trace.analysis.spikes import (
     score_spans,
 )
 from autoglm_trace.analysis.timeline import Signal, Timeline, build_timeline, col, in_flight
-from autoglm_trace.tracer import schema
 
 SCHEMA_ID = "autoglm-trace.diagnosis/1"
 

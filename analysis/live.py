@@ -3,8 +3,8 @@
 ``LiveRecording(ring, manifest)`` offers the read interface of ``analysis.reader.Recording``
 (``table``, ``has``, ``table_names``, ``rows``, ``manifest``, ``start_ns``, ``end_ns``, ``target``,
 ``collectors``, ``wall_offset_ns``, ``to_wall_ns``, ``truncated``, ``complete``, ``path``) over a
-``tracer.ring.RingSink``, so the analysis functions, the live view and the exporter run unchanged on
-live data.
+``TableSource`` (autoglm_trace/sinks.py; the recorder's ring is one), so the analysis functions, the
+live view and the exporter run unchanged on live data.
 
 ``table(name)`` returns what the ring holds now; the result is cached until the ring's content of that
 table changes, so several analysis passes in one tick see the same rows without re-concatenating.
@@ -22,13 +22,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.errors import RecordingError
-from autoglm_trace.tracer.ring import RingSink
+from autoglm_trace import schema
+from autoglm_trace.errors import RecordingError
+from autoglm_trace.sinks import TableSource
 
 
 class LiveRecording:
-    def __init__(self, ring: RingSink, manifest: dict[str, Any],
+    def __init__(self, ring: TableSource, manifest: dict[str, Any],
                  path: str | Path = "<live>", _frozen: dict[str, pa.Table] | None = None) -> None:
         self.ring = ring
         self.manifest = manifest  # the recorder's live manifest (the same dict; it updates)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.errors import NewerSchemaError, RecordingError
+from autoglm_trace import schema
+from autoglm_trace.errors import NewerSchemaError, RecordingError
 
 
 @dataclass

@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes.kernel import KernelProbes
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 
 def pingpong(seconds: float) -> tuple[int, int, int]:

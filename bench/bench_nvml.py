@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from autoglm_trace import schema
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes import nvml_sim
 from autoglm_trace.probes.nvml import NvmlSampler, load_nvml
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.perfetto import export_perfetto
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.report import write_report
-from autoglm_trace.tracer import schema
 from autoglm_trace.tracer.writer import RecordingWriter
 
 NS = 1_000_000_000

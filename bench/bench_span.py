@@ -23,10 +23,10 @@ import sys
 import threading
 import time
 
-from autoglm_trace.probes import span_client as sc
+from autoglm_trace import span_client as sc
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes.span_receiver import SpanReceiver
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 
 def best_ns(fn, n: int, repeat: int) -> float:  # type: ignore[no-untyped-def]

@@ -18,11 +18,11 @@ from prometheus_client import generate_latest
 from rich.console import Console
 
 from autoglm_trace.analysis.live import LiveRecording
+from autoglm_trace.sinks import columns_to_batch
 from autoglm_trace.tracer.exporter import PrometheusExporter
 from autoglm_trace.tracer.live_view import compute, render
 from autoglm_trace.tracer.manifest import new_manifest
 from autoglm_trace.tracer.ring import RingSink
-from autoglm_trace.tracer.sinks import columns_to_batch
 
 NS = 1_000_000_000
 TICK = NS // 10

@@ -1,6 +1,6 @@
 """cgroup readers for the kernel probes: memcg numbers of an OOM victim, v2 ids of a cgroup tree.
 
-Paths go through tracer.procfs (one overridable root). cgroup v1 memory files:
+Paths go through autoglm_trace.procfs (one overridable root). cgroup v1 memory files:
 Documentation/admin-guide/cgroup-v1/memory.rst; v2: Documentation/admin-guide/cgroup-v2.rst.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from autoglm_trace.tracer import procfs
+from autoglm_trace import procfs
 
 _UNLIMITED = 1 << 62  # v1 reports PAGE_COUNTER_MAX * PAGE_SIZE (~ 2**63) when there is no limit
 

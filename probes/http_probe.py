@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 
 MAX_BODY = 1 << 20
 

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from autoglm_trace import procfs, schema
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.probes import headers as headers_mod
 from autoglm_trace.probes.bpf_maps import MapDrainer
 from autoglm_trace.probes.bpf_program import (
@@ -50,8 +52,6 @@ from autoglm_trace.probes.kernel_events import (
     dev_name,
 )
 from autoglm_trace.probes.kernel_features import base_problem, family_problem
-from autoglm_trace.tracer import procfs, schema
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 
 DEFAULT_PERF_PAGES = 64
 # Per-bucket block-I/O rows kept for issuers outside the target (the top ones by bytes).

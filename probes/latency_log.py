@@ -30,8 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from autoglm_trace.tracer import clock
-from autoglm_trace.tracer.collector import Collector, SessionContext
+from autoglm_trace import clock
+from autoglm_trace.collector import Collector, SessionContext
 
 START_KEYS = ("start", "start_time", "start_s")
 END_KEYS = ("end", "end_time", "end_s")
@@ -223,7 +223,7 @@ def to_spans(rows: list[dict[str, Any]], wall_offset_ns: int, source: str = "log
 def latency_spans(path: str | os.PathLike[str], wall_offset_ns: int) -> tuple[pa.Table, list[str]]:
     """For ``analyze REC --latency FILE``: the file's requests as a ``spans`` table (source ``log``)
     on the recording's clock (pass ``Recording.wall_offset_ns``), and the 'line N: ...' errors."""
-    from autoglm_trace.tracer import schema
+    from autoglm_trace import schema
 
     rows, errors = parse_latency_file(path)
     return pa.Table.from_pylist(to_spans(rows, wall_offset_ns), schema=schema.schema_for("spans")), errors

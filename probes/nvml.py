@@ -37,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.probes.growth import GrowthEstimator
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 
 ENV_BACKEND = "AUTOGLM_TRACE_NVML"
 ENV_SCENARIO = "AUTOGLM_TRACE_NVML_SCENARIO"

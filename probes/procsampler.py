@@ -1,7 +1,7 @@
 """The /proc sampler: per-process and host counters, no root needed.
 
 Raw counters only (cumulative CPU seconds, context switches, faults, I/O bytes): rates are the
-reader's business. Every file goes through ``tracer.procfs`` so tests can feed canned kernel text.
+reader's business. Every file goes through ``autoglm_trace.procfs`` so tests can feed canned kernel text.
 psutil enumerates the tree (``TargetTree.refresh``); the counters themselves come straight from
 /proc, which is what psutil reads too, minus its per-call object overhead.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from autoglm_trace import procfs
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.probes.growth import GrowthEstimator
-from autoglm_trace.tracer import procfs
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
-from autoglm_trace.tracer.target import HOST
+from autoglm_trace.target import HOST
 
 
 def _mono_from_starttime(starttime_ticks: int, uptime_now: float, mono_now_ns: int) -> int:

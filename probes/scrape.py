@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 
 MAX_BODY = 32 << 20
 # Process / runtime metrics every client library adds: noise for latency analysis.

@@ -23,8 +23,8 @@ import tempfile
 import threading
 from typing import Any
 
-from autoglm_trace.probes import span_client
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
+from autoglm_trace import span_client
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 
 _RCVBUF = 4 << 20
 _MAX_DGRAM = 65536

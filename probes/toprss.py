@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from autoglm_trace import procfs
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.probes.procsampler import identity_row, read_sample
-from autoglm_trace.tracer import procfs
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
 
 DEFAULT_TOP_N = 16
 DEFAULT_EVERY_MS = 1000

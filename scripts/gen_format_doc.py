@@ -1,4 +1,4 @@
-"""Regenerate the table reference inside docs/format.md from tracer/schema.py."""
+"""Regenerate the table reference inside docs/format.md from autoglm_trace/schema.py."""
 
 import re
 import sys

@@ -13,8 +13,8 @@ import sys
 from types import ModuleType
 
 from autoglm_trace import __version__
+from autoglm_trace.errors import TraceError
 from autoglm_trace.tracer import commands
-from autoglm_trace.tracer.errors import TraceError
 
 PROG = "autoglm-trace"
 

@@ -40,7 +40,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest  # noqa: E402
 
-from autoglm_trace.probes.span_client import span  # noqa: E402
+from autoglm_trace.span_client import span  # noqa: E402
 
 MODEL_NAME = "autoglm-demo"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0,

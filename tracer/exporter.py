@@ -1,6 +1,6 @@
 """Prometheus /metrics for a running recording (``record --prometheus``, ``top --prometheus``).
 
-``PrometheusExporter`` is a recorder sink (tracer/sinks.py): every batch a collector emits reaches
+``PrometheusExporter`` is a recorder sink (autoglm_trace/sinks.py): every batch a collector emits reaches
 ``emit_batch`` and is folded into running totals right away, vectorised per batch (numpy / pyarrow;
 Python loops run only over the per-batch groups -- pids, devices, probes -- never over events). A
 custom collector registered in the exporter's own ``CollectorRegistry`` turns those totals into
@@ -46,8 +46,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from autoglm_trace.tracer.errors import UsageError
-from autoglm_trace.tracer.schema import LOG2_BUCKETS
+from autoglm_trace.errors import UsageError
+from autoglm_trace.schema import LOG2_BUCKETS
 
 PREFIX = "autoglm_trace_"
 OTHER = "other"

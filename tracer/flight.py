@@ -46,8 +46,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from autoglm_trace.tracer import clock, schema
-from autoglm_trace.tracer.errors import UsageError, WriteError
+from autoglm_trace import clock, schema
+from autoglm_trace.analysis.spikes import score_spans
+from autoglm_trace.errors import UsageError, WriteError
 from autoglm_trace.tracer.manifest import wall_iso
 from autoglm_trace.tracer.ring import RingSink
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
@@ -266,7 +267,7 @@ class MetricState:
             if total == 0:
                 return 0.0
             i = int(np.searchsorted(np.cumsum(hist), 0.99 * total))
-            return (2.0**i) / 1000.0  # bucket i holds waits below 2**i us (tracer/schema.py LOG2_BUCKETS)
+            return (2.0**i) / 1000.0  # bucket i holds waits below 2**i us (autoglm_trace/schema.py LOG2_BUCKETS)
         raise KeyError(metric)
 
 
@@ -276,30 +277,12 @@ def _num(v: Any) -> float | None:
 
 # Spike detection --------------------------------------------------------------------------------
 def slow_spans(spans: pa.Table) -> np.ndarray:
-    """Boolean mask of the spans that are slow for the work they did. Uses the analysis' detector
-    (analysis/spikes.py) so ``analyze`` and the flight recorder agree; a robust median/MAD rule on
-    log latency per span name stands in if that module cannot be imported."""
-    if spans.num_rows == 0:
-        return np.zeros(0, dtype=bool)
-    try:
-        from autoglm_trace.analysis.spikes import score_spans
-
-        sc = score_spans(spans)
-        if sc is not None:
-            return np.asarray(sc.slow, dtype=bool)
-    except Exception:  # noqa: BLE001 - fall back to the local rule below
-        pass
-    start = spans.column("ts_ns").to_numpy(zero_copy_only=False).astype(np.int64)
-    end = spans.column("end_ns").to_numpy(zero_copy_only=False).astype(np.int64)
-    lat = np.log(np.maximum(end - start, 1).astype(np.float64))
-    names = np.asarray(pc.fill_null(spans.column("name"), "").to_pylist(), dtype=object)
-    slow = np.zeros(len(lat), dtype=bool)
-    for n in set(names.tolist()):
-        m = names == n
-        med = float(np.median(lat[m]))
-        mad = max(1.4826 * float(np.median(np.abs(lat[m] - med))), 0.05)
-        slow[m] = ((lat[m] - med) / mad >= 4.0) & (lat[m] - med >= np.log(1.5))
-    return slow
+    """Boolean mask of the spans that are slow for the work they did: the analysis' own detector
+    (analysis/spikes.py), so ``analyze`` and the flight recorder agree."""
+    sc = score_spans(spans)
+    if sc is None:
+        return np.zeros(spans.num_rows, dtype=bool)
+    return np.asarray(sc.slow, dtype=bool)
 
 
 # The flight recorder ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Render the column reference of docs/format.md from tracer/schema.py (the one definition).
+"""Render the column reference of docs/format.md from autoglm_trace/schema.py (the one definition).
 
 ``python -m autoglm_trace.tracer.format_doc`` prints the markdown; a unit test checks that
 docs/format.md carries every table and column, so the documentation cannot drift from the code.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from autoglm_trace.tracer import schema
+from autoglm_trace import schema
 
 
 def tables_markdown() -> str:

@@ -11,15 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from autoglm_trace.analysis.units import human_bytes
 
 
 def human_count(n: float) -> str:

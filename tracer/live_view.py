@@ -32,8 +32,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from autoglm_trace.tracer.live_status import human_bytes
-from autoglm_trace.tracer.schema import LOG2_BUCKETS
+from autoglm_trace.analysis.units import human_bytes
+from autoglm_trace.schema import LOG2_BUCKETS
 
 NS = 1_000_000_000
 DEFAULT_WINDOW_S = 10.0

@@ -13,8 +13,7 @@ import socket
 from datetime import datetime, timezone
 from typing import Any
 
-from autoglm_trace import __version__
-from autoglm_trace.tracer import clock, procfs, schema
+from autoglm_trace import __version__, clock, procfs, schema
 
 
 def wall_iso(wall_ns: int) -> str:

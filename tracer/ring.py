@@ -1,6 +1,6 @@
 """The in-memory ring: the last N seconds of every table, bounded in bytes.
 
-``RingSink`` is a Sink (tracer/sinks.py): the recorder's FanOut hands it every batch any collector
+``RingSink`` is a Sink (autoglm_trace/sinks.py): the recorder's FanOut (tracer/fanout.py) hands it every batch any collector
 emits. It keeps, per table, a deque of *chunks* -- consecutive batches whose timestamps span at most
 ``duration_ns / CHUNKS_PER_DURATION`` -- and evicts whole chunks:
 
@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from autoglm_trace.tracer import schema
+from autoglm_trace import schema
 
 CHUNKS_PER_DURATION = 64
 MAX_CHUNK_ROWS = 256_000

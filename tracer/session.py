@@ -14,7 +14,6 @@ per-collector limits).
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import threading
@@ -26,12 +25,21 @@ from typing import Any
 
 import psutil
 
-from autoglm_trace.tracer import clock, procfs, spawn
-from autoglm_trace.tracer.collector import Collector, CollectorUnavailable, SessionContext
-from autoglm_trace.tracer.errors import TargetError, TraceError, WriteError
+from autoglm_trace import clock, procfs
+from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
+from autoglm_trace.errors import TargetError, TraceError, WriteError
+from autoglm_trace.probes.http_probe import HttpProbe
+from autoglm_trace.probes.kernel import KernelProbes
+from autoglm_trace.probes.latency_log import LatencyLogTail
+from autoglm_trace.probes.nvml import NvmlSampler
+from autoglm_trace.probes.procsampler import ProcSampler
+from autoglm_trace.probes.scrape import Scraper
+from autoglm_trace.probes.span_receiver import SpanReceiver
+from autoglm_trace.sinks import Sink
+from autoglm_trace.target import TargetTree
+from autoglm_trace.tracer import spawn
+from autoglm_trace.tracer.fanout import FanOut
 from autoglm_trace.tracer.manifest import new_manifest, wall_iso
-from autoglm_trace.tracer.sinks import FanOut, Sink
-from autoglm_trace.tracer.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
 
 FLUSH_EVERY_NS = 900_000_000  # checked each tick: every flush lands within a second
@@ -71,14 +79,6 @@ class RecordOptions:
             "latency_log": self.latency_log,
             **{k: v for k, v in self.collector_options.items() if isinstance(v, (int, float, str, bool))},
         }
-
-
-def _optional(module: str, cls: str) -> Callable[..., Collector] | str:
-    """A collector class, or why it cannot be imported (a missing optional part never breaks record)."""
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
-        return f"{module} unavailable: {e}"
 
 
 class Recorder:
@@ -124,7 +124,7 @@ class Recorder:
                 info = {"mode": "pid", "pid": o.pid, "comm": None, "command": None, "user": None}
             return TargetTree.for_pid(o.pid), info
         if o.cgroup:
-            from autoglm_trace.tracer.target import resolve_cgroup
+            from autoglm_trace.target import resolve_cgroup
 
             try:
                 path = resolve_cgroup(o.cgroup)
@@ -141,37 +141,30 @@ class Recorder:
             copts.setdefault("target_uid", self.run_as[0])
             copts.setdefault("target_gid", self.run_as[1])
         wanted: list[tuple[str, Callable[[], Collector] | str]] = []
-        from autoglm_trace.probes.procsampler import ProcSampler
-
         wanted.append(("proc", lambda: ProcSampler(copts)))
         if o.bpf:
             if not self.is_root:
                 wanted.append(("kernel", "not running as root: kernel probes need root (run with sudo); "
                                          "recording with the /proc sampler alone"))
             else:
-                cls = _optional("autoglm_trace.probes.kernel", "KernelProbes")
-                wanted.append(("kernel", cls if isinstance(cls, str) else (lambda c=cls: c(copts))))
+                wanted.append(("kernel", lambda: KernelProbes(copts)))
         else:
             wanted.append(("kernel", "disabled with --no-bpf"))
         if o.gpu:
-            cls = _optional("autoglm_trace.probes.nvml", "NvmlSampler")
-            wanted.append(("gpu", cls if isinstance(cls, str) else (lambda c=cls: c(copts))))
+            wanted.append(("gpu", lambda: NvmlSampler(copts)))
         else:
             wanted.append(("gpu", "disabled with --no-gpu"))
         if o.spans:
-            cls = _optional("autoglm_trace.probes.span_receiver", "SpanReceiver")
-            wanted.append(("spans", cls if isinstance(cls, str) else (lambda c=cls: c(copts))))
+            wanted.append(("spans", lambda: SpanReceiver(copts)))
         for i, url in enumerate(o.scrape):
-            cls = _optional("autoglm_trace.probes.scrape", "Scraper")
             wanted.append((f"scrape{i}" if i else "scrape",
-                           cls if isinstance(cls, str) else (lambda c=cls, u=url: c(u, interval_s=o.scrape_interval_s))))
+                           lambda u=url: Scraper(u, interval_s=o.scrape_interval_s)))
         for i, url in enumerate(o.probe):
-            cls = _optional("autoglm_trace.probes.http_probe", "HttpProbe")
             wanted.append((f"probe{i}" if i else "probe",
-                           cls if isinstance(cls, str) else (lambda c=cls, u=url: c(u, interval_s=o.probe_interval_s, body=o.probe_body))))
+                           lambda u=url: HttpProbe(u, interval_s=o.probe_interval_s, body=o.probe_body)))
         if o.latency_log:
-            cls = _optional("autoglm_trace.probes.latency_log", "LatencyLogTail")
-            wanted.append(("latency_log", cls if isinstance(cls, str) else (lambda c=cls: c(o.latency_log))))
+            path = o.latency_log
+            wanted.append(("latency_log", lambda: LatencyLogTail(path)))
         return wanted
 
     # Run ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from autoglm_trace.tracer.errors import TargetError
+from autoglm_trace.errors import TargetError
 
 
 @dataclass

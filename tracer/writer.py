@@ -23,8 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.errors import WriteError
+from autoglm_trace import schema
+from autoglm_trace.errors import WriteError
 
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -103,7 +103,7 @@ static __always_inline u64 bucket_of(u64 ts)
 }
 
 /* Log2 slot of v (callers pass microseconds): slot 0 holds v == 0, slot i holds
- * 2^(i-1) <= v < 2^i (the LOG2_BUCKETS rule in tracer/schema.py); the top slot takes the rest. */
+ * 2^(i-1) <= v < 2^i (the LOG2_BUCKETS rule in autoglm_trace/schema.py); the top slot takes the rest. */
 static __always_inline u32 log2_slot(u64 v)
 {
     u32 r = 0;

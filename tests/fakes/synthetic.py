@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from autoglm_trace.tracer import schema
+from autoglm_trace import schema
 from autoglm_trace.tracer.writer import RecordingWriter
 
 START_NS = 5_000_000_000_000  # monotonic clock at the recording's start

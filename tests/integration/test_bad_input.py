@@ -33,8 +33,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer import cli, schema
+from autoglm_trace.tracer import cli
 
 PY = sys.executable
 

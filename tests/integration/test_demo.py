@@ -17,14 +17,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from autoglm_trace import schema, span_client
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.serving_metrics import histogram_windows
-from autoglm_trace.probes import span_client
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes.scrape import Scraper
 from autoglm_trace.probes.span_receiver import SpanReceiver
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 CLI = [sys.executable, "-m", "autoglm_trace.tracer.cli"]
 IS_ROOT = os.geteuid() == 0

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pytest
 
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer.errors import RecordingError
+from autoglm_trace.errors import RecordingError
 from tests.cli_helpers import clean_env, one_error_line, read_all
 
 PY = sys.executable

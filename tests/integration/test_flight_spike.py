@@ -12,7 +12,7 @@ from autoglm_trace.analysis.reader import Recording
 
 SERVER = r"""
 import time
-from autoglm_trace.probes.span_client import flush, span
+from autoglm_trace.span_client import flush, span
 for i in range(40):                      # steady: ~20 ms each
     with span("generate", output_tokens=10):
         time.sleep(0.02 + (i % 5) * 0.001)

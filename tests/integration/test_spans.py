@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from autoglm_trace import schema, span_client
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.serving_metrics import (
     bucket_quantile,
@@ -24,14 +25,12 @@ from autoglm_trace.analysis.serving_metrics import (
     gauge_series,
     histogram_windows,
 )
-from autoglm_trace.probes import span_client
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes.http_probe import HttpProbe
 from autoglm_trace.probes.latency_log import LatencyLogTail, latency_spans, parse_latency_file, to_spans
 from autoglm_trace.probes.scrape import Scraper
 from autoglm_trace.probes.span_receiver import SpanReceiver
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
 
 MS = 1_000_000
@@ -90,7 +89,7 @@ try:
         raise RuntimeError("x")
 except RuntimeError:
     pass
-from autoglm_trace.probes import span_client
+from autoglm_trace import span_client
 span_client.flush()
 print(json.dumps({"pid": __import__("os").getpid(), "spans": out, "stats": span_client.stats()}))
 """
@@ -160,13 +159,10 @@ def test_socket_is_given_to_the_target_user(tmp_path):
         d = tmp_path / "pkg"
         d.mkdir()
         (d / "autoglm_trace").mkdir()
-        (d / "autoglm_trace" / "__init__.py").write_text("")
-        (d / "autoglm_trace" / "probes").mkdir()
-        (d / "autoglm_trace" / "probes" / "__init__.py").write_text("")
         src = Path(span_client.__file__).read_text()
-        (d / "autoglm_trace" / "probes" / "span_client.py").write_text(src)
+        (d / "autoglm_trace" / "span_client.py").write_text(src)
         (d / "autoglm_trace" / "__init__.py").write_text(
-            "from autoglm_trace.probes.span_client import mark_first_token, span, traced\n")
+            "from autoglm_trace.span_client import mark_first_token, span, traced\n")
         os.chmod(tmp_path, 0o755)
         for p in [d, *d.rglob("*")]:
             os.chmod(p, 0o755)

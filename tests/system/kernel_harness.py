@@ -12,11 +12,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes.kernel import KernelProbes
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer.errors import WriteError
+from autoglm_trace.errors import WriteError
 from tests.cli_helpers import clean_env, one_error_line, read_all
 
 PY = sys.executable

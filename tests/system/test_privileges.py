@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer.errors import WriteError
+from autoglm_trace.errors import WriteError
 
 pytestmark = pytest.mark.root
 

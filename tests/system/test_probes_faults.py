@@ -7,7 +7,7 @@ import os
 import pytest
 from kernel_harness import GatedChild, KernelRun, stat_faults
 
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kernel_harness import GatedChild, KernelRun
 
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
 

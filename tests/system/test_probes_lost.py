@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from kernel_harness import KernelRun
 
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
 

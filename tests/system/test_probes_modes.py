@@ -13,7 +13,7 @@ import pytest
 from kernel_harness import KernelRun
 
 from autoglm_trace.probes import bpf_program, kernel_features
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -107,8 +107,8 @@ def test_without_root_start_refuses_with_a_fix(tmp_path):
     # A real unprivileged process (uid nobody), not a patched geteuid.
     code = (
         "from autoglm_trace.probes.kernel import KernelProbes\n"
-        "from autoglm_trace.tracer.collector import CollectorUnavailable, SessionContext\n"
-        "from autoglm_trace.tracer.target import TargetTree\n"
+        "from autoglm_trace.collector import CollectorUnavailable, SessionContext\n"
+        "from autoglm_trace.target import TargetTree\n"
         "ctx = SessionContext(print, print, print, TargetTree.for_host())\n"
         "try:\n    KernelProbes().start(ctx)\nexcept CollectorUnavailable as e:\n    print('UNAVAILABLE', e)\n"
     )

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from kernel_harness import GatedChild, KernelRun, status_counts
 
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 
 def oncpu_ns(pid: int) -> int:

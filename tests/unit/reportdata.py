@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoglm_trace.tracer import schema
+from autoglm_trace import schema
 from autoglm_trace.tracer.writer import RecordingWriter
 
 NS = 1_000_000_000

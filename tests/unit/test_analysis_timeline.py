@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.spikes import latency_incidents, score_spans
 from autoglm_trace.analysis.timeline import Timeline, counter_deltas, in_flight
-from autoglm_trace.tracer import schema
 
 
 def test_counter_deltas_per_key_and_resets():

@@ -10,8 +10,8 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from autoglm_trace.sinks import rows_to_batch
 from autoglm_trace.tracer.exporter import PrometheusExporter
-from autoglm_trace.tracer.sinks import rows_to_batch
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "autoglm-trace.json"
 NAME = re.compile(r"\bautoglm_trace_[a-z0-9_]+")

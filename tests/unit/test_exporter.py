@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.errors import UsageError
+from autoglm_trace.sinks import rows_to_batch
 from autoglm_trace.tracer.exporter import OTHER, PrometheusExporter, parse_listen
-from autoglm_trace.tracer.sinks import rows_to_batch
 
 
 def _samples(e: PrometheusExporter) -> dict[tuple, float]:

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_trace import clock
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer import clock
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.collector import SessionContext
+from autoglm_trace.errors import UsageError
+from autoglm_trace.sinks import rows_to_batch
+from autoglm_trace.target import TargetTree
+from autoglm_trace.tracer.fanout import FanOut
 from autoglm_trace.tracer.flight import (
     FlightOptions,
     FlightRecorder,
@@ -30,8 +33,6 @@ from autoglm_trace.tracer.flight import (
 )
 from autoglm_trace.tracer.manifest import new_manifest
 from autoglm_trace.tracer.session import Recorder, RecordOptions
-from autoglm_trace.tracer.sinks import FanOut, rows_to_batch
-from autoglm_trace.tracer.target import TargetTree
 
 S = 1_000_000_000
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from autoglm_trace.tracer import schema
+from autoglm_trace import schema
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "format.md"
 

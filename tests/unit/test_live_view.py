@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.live import LiveRecording
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer import schema
+from autoglm_trace.sinks import rows_to_batch
 from autoglm_trace.tracer.live_view import (
     LiveView,
     compute,
@@ -23,7 +24,6 @@ from autoglm_trace.tracer.live_view import (
 )
 from autoglm_trace.tracer.manifest import new_manifest
 from autoglm_trace.tracer.ring import RingSink
-from autoglm_trace.tracer.sinks import rows_to_batch
 from autoglm_trace.tracer.writer import RecordingWriter
 
 NS = 1_000_000_000

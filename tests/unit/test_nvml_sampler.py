@@ -16,12 +16,12 @@ import time
 
 import pytest
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.collector import CollectorUnavailable, SessionContext
 from autoglm_trace.probes import nvml_sim
 from autoglm_trace.probes.nvml import NvmlSampler, load_nvml, nvml_check, reason_names
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.collector import CollectorUnavailable, SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
 
 GiB = 1 << 30

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autoglm_trace.tracer import procfs
+from autoglm_trace import procfs
 
 STAT = ("4242 (my (weird) comm) S 1 4242 4242 0 -1 4194560 1234 0 7 0 250 50 0 0 20 0 9 0 "
         "12345 1000000 2560 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n")

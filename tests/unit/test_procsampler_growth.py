@@ -1,10 +1,10 @@
 """The /proc sampler's time-to-full alert, fed by a real process whose RSS climbs inside a memcg-like limit."""
 
+from autoglm_trace import procfs
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes import procsampler
 from autoglm_trace.probes.procsampler import ProcSampler, memcg_limit_bytes
-from autoglm_trace.tracer import procfs
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 
 def test_memcg_limit_reading(tmp_path, monkeypatch):

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.errors import RecordingError
+from autoglm_trace.errors import RecordingError
 from autoglm_trace.tracer.writer import RecordingWriter
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

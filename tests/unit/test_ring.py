@@ -8,13 +8,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.live import LiveRecording
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.errors import RecordingError
+from autoglm_trace.errors import RecordingError
+from autoglm_trace.sinks import rows_to_batch
+from autoglm_trace.tracer.fanout import FanOut
 from autoglm_trace.tracer.manifest import new_manifest
 from autoglm_trace.tracer.ring import RingSink
-from autoglm_trace.tracer.sinks import FanOut, rows_to_batch
 from autoglm_trace.tracer.writer import RecordingWriter
 
 S = 1_000_000_000
@@ -288,7 +289,7 @@ FLOOD = r"""
 import json, sys
 import numpy as np
 from autoglm_trace.tracer.ring import RingSink
-from autoglm_trace.tracer.sinks import columns_to_batch, rows_to_batch
+from autoglm_trace.sinks import columns_to_batch, rows_to_batch
 
 def rss():
     with open("/proc/self/status") as f:

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from autoglm_trace.tracer import schema
+from autoglm_trace import schema
 
 
 def test_every_table_has_ts_and_version_metadata():

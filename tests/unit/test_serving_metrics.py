@@ -8,6 +8,7 @@ import math
 import pyarrow as pa
 import pytest
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.serving_metrics import (
     E2E_LATENCY,
     bucket_quantile,
@@ -15,7 +16,6 @@ from autoglm_trace.analysis.serving_metrics import (
     gauge_series,
     histogram_windows,
 )
-from autoglm_trace.tracer import schema
 
 S = 1_000_000_000
 M = "vllm:e2e_request_latency_seconds"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from autoglm_trace.probes import span_client as sc
+from autoglm_trace import span_client as sc
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from autoglm_trace.collector import SessionContext
 from autoglm_trace.probes.toprss import TopRssSampler, scan_rss, select_pids
-from autoglm_trace.tracer.collector import SessionContext
-from autoglm_trace.tracer.target import TargetTree
+from autoglm_trace.target import TargetTree
 
 S = 1_000_000_000
 

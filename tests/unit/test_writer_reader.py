@@ -4,9 +4,9 @@ import os
 import pyarrow as pa
 import pytest
 
+from autoglm_trace import schema
 from autoglm_trace.analysis.reader import Recording, read_stream_file
-from autoglm_trace.tracer import schema
-from autoglm_trace.tracer.errors import NewerSchemaError, RecordingError, WriteError
+from autoglm_trace.errors import NewerSchemaError, RecordingError, WriteError
 from autoglm_trace.tracer.manifest import new_manifest
 from autoglm_trace.tracer.writer import RecordingWriter
 

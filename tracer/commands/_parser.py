@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from autoglm_trace.tracer.errors import UsageError
+from autoglm_trace.errors import UsageError
 
 
 class CommandParser(argparse.ArgumentParser):

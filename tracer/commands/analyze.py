@@ -6,8 +6,8 @@ import json
 import sys
 from typing import Any
 
+from autoglm_trace.errors import UsageError
 from autoglm_trace.tracer.commands._parser import CommandParser, float_in
-from autoglm_trace.tracer.errors import UsageError
 
 NAME = "analyze"
 SUMMARY = "find latency spikes, name their cause and the culprit process, OOM post-mortems (--json)"

@@ -28,8 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from autoglm_trace.errors import TargetError, TraceError, UsageError
 from autoglm_trace.tracer.commands._parser import CommandParser
-from autoglm_trace.tracer.errors import TargetError, TraceError, UsageError
 
 NAME = "demo"
 SUMMARY = "run the bundled demo inference server under load, with an injected incident"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoglm_trace.tracer import procfs
+from autoglm_trace import procfs
 from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "doctor"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoglm_trace.errors import UsageError, WriteError
 from autoglm_trace.tracer.commands._parser import CommandParser
-from autoglm_trace.tracer.errors import UsageError, WriteError
 
 NAME = "export"
 SUMMARY = "export to Chrome trace JSON for ui.perfetto.dev: spans, thread states, counters, OOM markers"

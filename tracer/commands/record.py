@@ -10,8 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from autoglm_trace.errors import TargetError, UsageError
 from autoglm_trace.tracer.commands._parser import CommandParser, float_in, http_url, int_in
-from autoglm_trace.tracer.errors import TargetError, UsageError
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
 
 NAME = "record"
@@ -183,7 +183,7 @@ def _report(manifest: dict[str, Any], out: Path, as_json: bool) -> int:
         render_summary(summary, file=sys.stderr)
         print(f"recording written to {out}", file=sys.stderr)
     if manifest.get("error"):
-        from autoglm_trace.tracer.errors import WriteError
+        from autoglm_trace.errors import WriteError
 
         raise WriteError(manifest["error"])
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from autoglm_trace.errors import UsageError, WriteError
 from autoglm_trace.tracer.commands._parser import CommandParser, int_in
-from autoglm_trace.tracer.errors import UsageError, WriteError
 
 NAME = "report"
 SUMMARY = "self-contained HTML report: latency timeline, resource tracks, causes, OOM post-mortem"

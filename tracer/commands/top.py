@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from autoglm_trace.errors import UsageError
 from autoglm_trace.tracer.commands import record
 from autoglm_trace.tracer.commands._parser import float_in
-from autoglm_trace.tracer.errors import UsageError
 
 NAME = "top"
 SUMMARY = "live view of a process tree (-p PID | -- CMD), a cgroup or the host; optional /metrics"

@@ -29,7 +29,7 @@ class SessionContext:
     emit_rows: Callable[[str, list[Mapping[str, Any]]], None]
     emit_columns_fn: Callable[[str, Mapping[str, Any]], None]
     emit_batch_fn: Callable[[str, pa.RecordBatch | pa.Table], None]
-    target: Any  # tracer.target.TargetTree
+    target: Any  # autoglm_trace.target.TargetTree
     interval_ns: int = 100_000_000
     is_root: bool = False
     options: dict[str, Any] = field(default_factory=dict)

@@ -1,39 +1,19 @@
-"""Where emitted rows go: the recording writer, and any number of other sinks beside it.
+"""The recorder's fan-out: one Arrow batch per emit, handed to the file writer and every other sink.
 
-Collectors emit through ``FanOut``, which turns rows into one Arrow record batch (schema from
-tracer/schema.py) and hands that same batch to every sink: the file writer, the flight recorder's
-in-memory ring, the Prometheus exporter, the live view. A sink that fails is detached with a note;
-only the file writer's failure stops a recording.
+Collectors emit through ``FanOut``, which turns rows into one record batch (autoglm_trace/sinks.py) and
+hands that same batch to every sink. A sink that fails is detached with a note; only the file writer's
+failure stops a recording.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 
-from autoglm_trace.tracer import schema
-
-
-class Sink(Protocol):
-    def emit_batch(self, table: str, batch: pa.RecordBatch | pa.Table) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def rows_to_batch(table: str, rows: list[Mapping[str, Any]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=schema.schema_for(table))
-
-
-def columns_to_batch(table: str, columns: Mapping[str, Any]) -> pa.RecordBatch:
-    sch = schema.schema_for(table)
-    n = len(next(iter(columns.values()))) if columns else 0
-    arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, f.type) for f in sch]
-    return pa.RecordBatch.from_arrays(arrays, schema=sch)
+from autoglm_trace.sinks import Sink, columns_to_batch, rows_to_batch
 
 
 class FanOut:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from autoglm_trace.tracer import procfs
+from autoglm_trace import procfs
 
 HOST = "host"
 TREE = "tree"
