@@ -65,6 +65,10 @@ _path: str | None = None
 _sent = 0
 _dropped = 0
 _lock = threading.Lock()
+# Held by a flush from taking the buffer until its sends are counted: flushes from the flusher thread
+# and from a span thread that filled the buffer go out in order, and ``stats()`` (which takes it too)
+# counts every datagram a receiver already holds. The span hot path never takes it.
+_send_lock = threading.Lock()
 _local = threading.local()
 _buf: list[bytes] = []
 _buf_bytes = 0
@@ -106,9 +110,10 @@ def configure(path: str | None = None) -> None:
 def _after_fork() -> None:
     # A forked worker must not share the parent's socket object or its counters, nor inherit the
     # counter lock in a held state (another thread may have held it at fork time).
-    global _sent, _dropped, _local, _lock, _buf, _buf_bytes, _flusher
+    global _sent, _dropped, _local, _lock, _send_lock, _buf, _buf_bytes, _flusher
     _sent = _dropped = 0
     _lock = threading.Lock()
+    _send_lock = threading.Lock()
     _local = threading.local()
     _buf, _buf_bytes, _flusher = [], 0, None  # the parent's spans are the parent's to send
     _connect(_path if _path else os.environ.get(ENV_VAR))
@@ -119,8 +124,10 @@ def enabled() -> bool:
 
 
 def stats() -> dict[str, int]:
-    """Spans sent and dropped by this process since the socket was configured."""
-    return {"sent": _sent, "dropped": _dropped}
+    """Spans sent and dropped by this process since the socket was configured. A flush in progress
+    is waited for, so a span the receiver already got is counted as sent."""
+    with _send_lock:
+        return {"sent": _sent, "dropped": _dropped}
 
 
 def encode(
@@ -247,11 +254,17 @@ def _flush_loop() -> None:
 
 def flush() -> None:
     """Send what is buffered now (non-blocking; what cannot be sent is counted as dropped)."""
-    global _buf, _buf_bytes, _sent, _dropped
-    with _lock:
-        records, _buf, _buf_bytes = _buf, [], 0
-    if not records:
-        return
+    global _buf, _buf_bytes
+    with _send_lock:
+        with _lock:
+            records, _buf, _buf_bytes = _buf, [], 0
+        if records:
+            _send(records)
+
+
+def _send(records: list[bytes]) -> None:
+    """Send ``records`` packed into datagrams; count each datagram's spans as sent or dropped."""
+    global _sent, _dropped
     s = _sock
     i = 0
     while i < len(records):
