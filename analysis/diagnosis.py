@@ -14,13 +14,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from autoglm_trace import schema
+from autoglm_trace.analysis import anomalies
 from autoglm_trace.analysis import causes as causes_mod
 from autoglm_trace.analysis import culprits as culprits_mod
+from autoglm_trace.analysis import engine as engine_mod
 from autoglm_trace.analysis.oom import iso, oom_postmortem
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.spikes import (
     Incident,
-    latency_incidents,
     rank_and_cap,
     resource_incidents,
     score_spans,
@@ -115,7 +116,8 @@ def culprit_sentence(kind: str, c: dict[str, Any]) -> str:
     return f"{who} ({share})"
 
 
-def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np.ndarray) -> dict[str, Any]:
+def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np.ndarray,
+                   eng: engine_mod.Engine | None = None) -> dict[str, Any]:
     slack = tl.width_ns
     causes = causes_mod.score_incident(tl, inc, base)
     for c in causes:
@@ -134,9 +136,18 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
         "latency_ms": _r(inc.latency_ms), "max_latency_ms": _r(inc.max_ms), "baseline_ms": _r(inc.baseline_ms),
         "extra_ms": _r(inc.extra_ms), "latency_extra_fraction": _r(inc.latency_frac, 4),
         "span_names": inc.names, "trigger": inc.trigger or None, "causes": causes,
+        "shape": inc.shape, "shape_info": inc.shape_info or None, "latency_source": inc.source,
     }
+    if eng is not None and inc.kind == "latency":
+        split = anomalies.engine_split(eng, tl, inc, base)
+        if split:
+            d["engine"] = split
     d["headline"] = headline(d)
     return d
+
+
+def _f0(v: float | None) -> str:
+    return "?" if v is None else f"{v:.0f}"
 
 
 def _r(v: float | None, nd: int = 3) -> float | None:
@@ -145,7 +156,21 @@ def _r(v: float | None, nd: int = 3) -> float | None:
 
 def headline(inc: dict[str, Any]) -> str:
     top = inc["causes"][0] if inc["causes"] else None
-    if inc["kind"] == "latency":
+    shape = inc.get("shape") or "spike"
+    info = inc.get("shape_info") or {}
+    if inc["kind"] == "latency" and shape == "shift":
+        until = "the end" if info.get("to_end") else f"+{info.get('until_s', 0):.1f} s"
+        what = (f"sustained shift from +{info.get('from_s', 0):.1f} s to {until}: p50 "
+                f"{_f0(info.get('p50_before_ms'))} -> {_f0(info.get('p50_after_ms'))} ms, p99 "
+                f"{_f0(info.get('p99_before_ms'))} -> {_f0(info.get('p99_after_ms'))} ms")
+    elif inc["kind"] == "latency" and shape == "periodic":
+        stall = f", {info['stall_ms']:.0f} ms" if info.get("stall_ms") is not None else ""
+        what = (f"periodic stalls every {info.get('period_s', 0):.1f} s +- {info.get('jitter_s', 0):.2f} s{stall} "
+                f"({info.get('events')} seen from +{info.get('first_s', 0):.1f} s to +{info.get('last_s', 0):.1f} s)")
+    elif inc["kind"] == "latency" and inc.get("latency_source") == "engine_metrics":
+        what = (f"engine latency spike: p50 {_f0(info.get('p50_before_ms'))} -> {_f0(info.get('p50_after_ms'))} ms, "
+                f"p99 {_f0(info.get('p99_after_ms'))} ms over {inc['requests']} requests")
+    elif inc["kind"] == "latency":
         what = (f"{inc['requests']} slow request{'s' if inc['requests'] != 1 else ''}, p99 "
                 f"{inc['latency_ms']:.0f} ms vs {inc['baseline_ms']:.0f} ms expected")
     else:
@@ -154,6 +179,8 @@ def headline(inc: dict[str, Any]) -> str:
         if trig.get("requests_slower"):
             what += (f"; {inc['requests']} requests during it {trig['requests_slower']:.2f}x slower than the "
                      f"rest (p99 {inc['latency_ms']:.0f} ms)")
+    if inc.get("engine", {}).get("summary"):
+        what += f"; {inc['engine']['summary']}"
     if top is None:
         return what
     cause = f"{top['kind']} (score {top['score']:.2f}): {top['summary']}"
@@ -265,23 +292,34 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
         arrivals = np.bincount(tl.index(sc.start), minlength=tl.n)[: tl.n].astype(np.float64)
         tl.add(Signal("request_arrivals", arrivals, "count/window", "spans", "load", "request arrivals", floor=1))
     not_checked = list(tl.not_checked)
+    eng = engine_mod.load_engine(rec, min_width_ns=tl.width_ns // 2)
+    if eng is not None:
+        engine_mod.add_signals(tl, eng)
     resource_only: list[Incident] = []
     if sc is not None:
-        found = latency_incidents(sc)
+        found = anomalies.span_incidents(sc, tl)
         if not found:
             found, resource_only = _promote_resource_spikes(sc, resource_incidents(tl))
             resource_only = resource_only[:5]
+    elif eng is not None and eng.latency is not None:
+        found = anomalies.engine_incidents(eng, tl)
     else:
-        not_checked.append({"signal": "request_latency", "reason": "no spans and no --latency log: incidents "
-                            "are found from resource signals alone"})
+        not_checked.append({"signal": "request_latency", "reason": "no spans, no --latency log and no scraped "
+                            "latency histogram: incidents are found from resource signals alone"})
         found = resource_incidents(tl)
     found, dropped = rank_and_cap(found)
     if sc is not None and found:
         w = in_flight(tl, sc.start[sc.slow], sc.end[sc.slow])
         for inc in found:
-            inc.weights = w
-    base = causes_mod.baseline_mask(tl, found)
-    incidents = [_incident_dict(rec, tl, i, inc, base) for i, inc in enumerate(found)]
+            if inc.weights is None and inc.shape == "spike":
+                inc.weights = w
+    bases = anomalies.baselines(tl, found)
+    incidents = []
+    for i, inc in enumerate(found):
+        tli, basei = tl, bases[i]
+        if inc.shape == "periodic":  # judged on a grid that separates the stalls from the gaps
+            tli, inc.weights, basei = anomalies.periodic_grid(rec, tl, inc, [o for o in found if o is not inc], eng)
+        incidents.append(_incident_dict(rec, tli, i, inc, basei, eng))
     oom = oom_postmortem(rec)
     for nc in oom["not_checked"]:
         if nc not in not_checked:
@@ -295,6 +333,17 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
                     "p50_ms": _r(float(np.percentile(lat_ms, 50))), "p90_ms": _r(float(np.percentile(lat_ms, 90))),
                     "p99_ms": _r(float(np.percentile(lat_ms, 99))), "slow": int(sc.slow.sum()),
                     "model": sc.model}
+    engine = None
+    if eng is not None:
+        engine = eng.describe()
+        lat = eng.latency
+        if lat is not None:
+            allw = lat.over(lat.count > 0)
+            engine["latency"] = {"metric": lat.metric, "requests": int(allw["count"]),
+                                 **{k.replace("_s", "_ms"): _r(1e3 * v) if v is not None else None
+                                    for k, v in allw.items() if k != "count"}}
+            if sc is None:
+                engine["used_for_incidents"] = True
     return {
         "schema": SCHEMA_ID,
         "recording": str(rec.path),
@@ -303,6 +352,7 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
                    "end_ns": tl.end_ns, "duration_s": round((tl.end_ns - tl.start_ns) / 1e9, 3),
                    "analysis_window_s": tl.width_ns / 1e9},
         "requests": requests,
+        "engine": engine,
         "incidents": incidents,
         "oom": oom["kills"],
         "findings": _findings(rec, tl, sc, incidents, oom, dropped, resource_only),

@@ -72,6 +72,9 @@ class Incident:
     # Per-window weight of the incident (slow requests in flight): causes are judged where the slow
     # requests were, not uniformly over the incident's edges. None: uniform.
     weights: np.ndarray | None = None
+    shape: str = "spike"  # spike | shift | periodic (analysis.anomalies)
+    shape_info: dict[str, Any] = field(default_factory=dict)
+    source: str = "spans"  # spans | engine_metrics | resource
 
 
 def _fit_linear(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -271,6 +274,7 @@ def resource_incidents(tl: Timeline, gap_windows: int = 2) -> list[Incident]:
         top = w[np.argmax(best_ratio[w])]
         out.append(Incident(
             start_ns=tl.window_start(int(w[0])), end_ns=tl.window_start(int(w[-1]) + 1), kind="resource",
+            source="resource",
             trigger={"signal": str(best_sig[top]), "ratio": float(best_ratio[top]),
                      "describe": tl.signals[str(best_sig[top])].describe},
         ))

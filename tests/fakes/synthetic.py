@@ -122,7 +122,13 @@ def _rate(sc: Scenario, t: np.ndarray) -> np.ndarray:
 
 
 def _in_inc(sc: Scenario, t: np.ndarray) -> np.ndarray:
-    return (t >= sc.inc_start) & (t < sc.inc_end) if sc.has_incident else np.zeros(len(t), bool)
+    if not sc.has_incident:
+        return np.zeros(len(t), bool)
+    inside = (t >= sc.inc_start) & (t < sc.inc_end)
+    period = sc.extra.get("period_s")
+    if period:  # periodic stalls: the trouble only during the first stall_s of each period
+        inside &= ((t - sc.inc_start) % period) < sc.extra.get("stall_s", 0.2)
+    return inside
 
 
 def _rss_model(sc: Scenario, t: np.ndarray) -> np.ndarray:
@@ -242,7 +248,13 @@ def _spans(sc: Scenario, rng: np.random.Generator, emit: _Emitter, t0: float, t1
         t = t[t < sc.kill_s - 0.5]
     tok = rng.integers(16, 257, len(t))
     lat = (0.030 + 0.006 * tok) * rng.lognormal(0, sc.latency_sigma, len(t))
-    if sc.has_incident:
+    if sc.has_incident and sc.extra.get("period_s"):
+        # Each stall holds every request in flight for the rest of the stall.
+        stall = sc.extra.get("stall_s", 0.2)
+        for tau in np.arange(sc.inc_start, sc.inc_end, sc.extra["period_s"]):
+            hit = (t <= tau + stall) & (t + lat >= tau)
+            lat = np.where(hit, lat + np.minimum(stall, tau + stall - t), lat)
+    elif sc.has_incident:
         hit = (t + lat >= sc.inc_start) & (t < sc.inc_end)
         lat = np.where(hit, lat * sc.slowdown, lat)
     ok = np.ones(len(t), bool)
