@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from autoglm_trace.analysis import tracks as T
 from autoglm_trace.analysis.outfile import atomic_file
+from autoglm_trace.signals import human_bytes, human_seconds, log2_quantile, log2_sum
 
 UNIT_SCALE: dict[str, tuple[float, str]] = {
     "bytes": (1 / 2**30, "GiB"),
@@ -99,14 +100,7 @@ def fmt_wall(ts_ns: int | None, offset_ns: int) -> str:
 
 
 def fmt_bytes(n: Any) -> str:
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
-        return "–"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return human_bytes(n, missing="–")
 
 
 def fmt_num(x: Any) -> str:
@@ -293,10 +287,27 @@ def _header(rec) -> str:
         ("Status", esc("complete" if rec.complete else "INCOMPLETE (the recorder did not finish cleanly)")
          + (f" · stop: {esc(m.get('stop_reason'))}" if m.get("stop_reason") else "")),
     ]
+    runq = runq_wait(rec)
+    if runq is not None:
+        items.append(("Run-queue wait", esc(
+            f"p50 {human_seconds(runq['p50_s'])} · p99 {human_seconds(runq['p99_s'])} · "
+            f"max {human_seconds(runq['max_s'])} ({runq['waits']:,.0f} waits of the target's threads)")))
     if m.get("tool"):
         items.append(("Recorded by", esc(f"{m['tool'].get('name', '')} {m['tool'].get('version', '')}")))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
     return f'<h1>autoglm-trace report</h1><dl class="meta">{dl}</dl>'
+
+
+def runq_wait(rec) -> dict[str, float | None] | None:
+    """Run-queue wait of the target's threads over the whole recording (``sched``), by the same
+    histogram and quantile rule as ``top``, ``/metrics`` and the flight triggers. None if not recorded."""
+    if not rec.has("sched"):
+        return None
+    t = rec.table("sched")
+    h = log2_sum(t.column("runq_hist"))
+    mx = pc.max(t.column("runq_max_ns")).as_py() if t.num_rows else None
+    return {"p50_s": log2_quantile(h, 0.5), "p99_s": log2_quantile(h, 0.99),
+            "max_s": None if mx is None else mx / 1e9, "waits": float(h.sum())}
 
 
 def _losses(rec) -> str:

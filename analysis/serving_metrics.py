@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
+from autoglm_trace.signals import bucket_quantile  # the one quantile rule (histogram_quantile)
+
 # Names engines use for the same thing (first present wins); field-notes.md lists where they come from.
 # vLLM: vllm/v1/metrics/loggers.py (renamed gpu_cache_usage_perc -> kv_cache_usage_perc and
 # time_per_output_token_seconds -> inter_token_latency_seconds: both names are read). SGLang:
@@ -111,24 +113,6 @@ def _rows(table: pa.Table, sample: str, url: str | None) -> list[tuple[int, dict
 
 def _le(v: str) -> float:
     return math.inf if v in ("+Inf", "Inf", "inf") else float(v)
-
-
-def bucket_quantile(q: float, bounds: list[float], counts: list[float]) -> float | None:
-    """``histogram_quantile``: ``bounds`` ascending upper bounds (last +Inf), ``counts`` cumulative."""
-    if not counts or counts[-1] <= 0:
-        return None
-    rank = q * counts[-1]
-    i = bisect.bisect_left(counts, rank)
-    i = min(i, len(counts) - 1)
-    if math.isinf(bounds[i]):
-        # The rank is in the +Inf bucket: the best estimate is the highest finite bound.
-        return bounds[i - 1] if i > 0 else None
-    lower = bounds[i - 1] if i > 0 else 0.0
-    below = counts[i - 1] if i > 0 else 0.0
-    in_bucket = counts[i] - below
-    if in_bucket <= 0:
-        return bounds[i]
-    return lower + (bounds[i] - lower) * (rank - below) / in_bucket
 
 
 class HistogramStates:

@@ -201,7 +201,7 @@ def render_summary(s: dict[str, Any], file: IO[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from autoglm_trace.analysis.units import human_bytes
+    from autoglm_trace.signals import human_bytes
 
     con = Console(file=file, highlight=False)
     t = s["target"]

@@ -22,13 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.signals import THROTTLE_MASK, column, counter_increases
 
 DEFAULT_WINDOW_NS = 1_000_000_000
 
-# NVML clocks-event reasons that mean the GPU slowed itself (nvml.h
-# nvmlClocksEventReason*): SwPowerCap 0x4, HwSlowdown 0x8, SwThermal 0x20, HwThermal 0x40,
-# HwPowerBrake 0x80. Idle (0x1) and application-clock settings (0x2) are not throttling.
-THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 
 
 @dataclass
@@ -85,31 +82,16 @@ class Timeline:
 # vectorised helpers
 # ------------------------------------------------------------------------------------------------
 def col(t: pa.Table, name: str, dtype: Any = np.float64, fill: float = 0) -> np.ndarray:
-    """A column as numpy with nulls filled (bool columns: nulls -> False)."""
-    c = t.column(name)
-    if pa.types.is_boolean(c.type):
-        return pc.fill_null(c, False).to_numpy(zero_copy_only=False).astype(bool)
-    if c.null_count:
-        if isinstance(fill, float) and not float(fill).is_integer() or fill != fill:
-            # NaN (or a fraction) cannot fill an integer column: widen to float64 first.
-            c = c.cast(pa.float64())
-        c = pc.fill_null(c, fill)
-    return c.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    """A column as numpy by the null rule of autoglm_trace/signals.py, with nulls as ``fill`` (default
+    0: per-window sums treat a missing count as nothing; pass NaN for a gauge)."""
+    return column(t, name, dtype, fill)
 
 
 def counter_deltas(ts: np.ndarray, key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-key differences of a cumulative counter: (ts of the later sample, delta >= 0).
-
-    A drop (counter reset, pid reuse) and a NaN give 0 rather than a negative rate.
-    """
-    if len(ts) < 2:
-        return np.empty(0, np.int64), np.empty(0)
-    order = np.lexsort((ts, key))
-    ts, key, values = ts[order], key[order], values[order]
-    d = np.diff(values)
-    same = key[1:] == key[:-1]
-    d = np.where(same & np.isfinite(d) & (d > 0), d, 0.0)
-    return ts[1:][same], d[same]
+    """Per-key increases of a cumulative counter: (ts of the later sample, increase), by the one reset
+    and null rule (autoglm_trace/signals.py: a drop is a reset, the increase is the new value)."""
+    dts, _, inc, _ = counter_increases(ts, values, key)
+    return dts, inc
 
 
 def _sum(tl: Timeline, ts: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:

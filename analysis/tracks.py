@@ -5,7 +5,8 @@ The recording stores raw data: cumulative counters (``proc_samples``, ``host_sam
 (``gpu_devices``). This module turns them into ``Track``s -- one named series each, on the
 recording's monotonic clock -- with numpy/pyarrow only (no Python loop per row):
 
-* counters become rates by differencing per key (pid, core) with resets and gaps dropped;
+* counters become rates by differencing per key (pid, core), with the reset and null rules of
+  autoglm_trace/signals.py (the one rate primitive every view uses);
 * bucketed tables are summed per bucket over the target's threads;
 * samples of several processes are put on one grid (the sampling interval) before summing, so a
   sampler that stamps each process a few microseconds apart still adds up correctly;
@@ -25,6 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from autoglm_trace.signals import THROTTLE_EVENTS, counter_rate
+from autoglm_trace.signals import column as col
+
 DEFAULT_MAX_POINTS = 2000
 NS = 1_000_000_000
 
@@ -37,16 +41,6 @@ PANELS: dict[str, str] = {
     "memory": "Memory",
     "gpu": "GPU",
 }
-
-# NVML clocks-event (throttle) reason bits worth naming (nvml.h nvmlClocksEventReason*).
-THROTTLE_BITS: dict[int, str] = {
-    0x4: "SW power cap",
-    0x8: "HW slowdown",
-    0x20: "SW thermal",
-    0x40: "HW thermal",
-    0x80: "HW power brake",
-}
-
 
 @dataclass
 class Track:
@@ -77,16 +71,6 @@ class Track:
 # ----------------------------------------------------------------------------------------------
 # Column access and vectorised helpers
 # ----------------------------------------------------------------------------------------------
-def col(table: pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
-    """A column as a numpy array; nulls become NaN (float) or 0 (int dtypes)."""
-    c = table.column(name)
-    if np.issubdtype(np.dtype(dtype), np.floating):
-        return c.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    if c.null_count:
-        c = pc.fill_null(c, 0)
-    return c.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-
-
 def estimate_interval_ns(ts: np.ndarray, key: np.ndarray | None = None, default: int = NS // 10) -> int:
     """The sampling interval: the median gap between successive samples of the same key."""
     if ts.size < 2:
@@ -100,24 +84,6 @@ def estimate_interval_ns(ts: np.ndarray, key: np.ndarray | None = None, default:
         d = np.diff(t)[k[1:] == k[:-1]]
     d = d[d > 0]
     return int(np.median(d)) if d.size else default
-
-
-def counter_rate(
-    ts: np.ndarray, value: np.ndarray, key: np.ndarray | None = None, scale: float = 1.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-second rates of a cumulative counter, per key (e.g. pid). Returns (ts, rate, key) at
-    the later sample of each pair; pairs across a key change, a counter reset (negative delta,
-    e.g. pid reuse), a null or a non-increasing timestamp are dropped. ``scale`` multiplies the
-    rate (e.g. 1e-6 to turn psi microseconds per second into a fraction)."""
-    if key is None:
-        key = np.zeros(ts.shape, dtype=np.int64)
-    order = np.lexsort((ts, key))
-    t, v, k = ts[order], value[order].astype(np.float64), key[order]
-    dt = np.diff(t)
-    dv = np.diff(v)
-    ok = (k[1:] == k[:-1]) & (dt > 0) & np.isfinite(dv) & (dv >= 0)
-    rate = np.divide(dv * (NS * scale), dt, out=np.zeros_like(dv), where=dt > 0)
-    return t[1:][ok], rate[ok], k[1:][ok]
 
 
 def sum_on_grid(
@@ -415,7 +381,8 @@ def gpu_tracks(rec, max_points: int = DEFAULT_MAX_POINTS) -> list[Track]:
             out.append(_track(f"gpu.{g}.power", f"GPU{g} power", "W", "gpu", gts, power[m], "gpu_devices",
                               max_points, "mean", meta={"gpu": g, "hidden": True}))
         r = reasons[m]
-        for bit, label in THROTTLE_BITS.items():
+        for e in THROTTLE_EVENTS:
+            bit, label = e.bit, e.label
             on = (r & np.uint64(bit)) != 0
             if on.any():
                 out.append(_track(f"gpu.{g}.throttle.{bit:#x}", f"GPU{g} throttle: {label}", "flag", "gpu", gts,

@@ -39,6 +39,7 @@ from typing import Any
 
 from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.probes.growth import GrowthEstimator
+from autoglm_trace.signals import CLOCK_EVENTS
 
 ENV_BACKEND = "AUTOGLM_TRACE_NVML"
 ENV_SCENARIO = "AUTOGLM_TRACE_NVML_SCENARIO"
@@ -60,18 +61,8 @@ _ERROR_CODES = {
     "UNINITIALIZED": 1,
 }
 
-# Clocks-event (throttle) reason bits, nvml.h nvmlClocksEventReason*.
-CLOCKS_EVENT_REASONS: dict[int, str] = {
-    0x1: "GpuIdle",
-    0x2: "ApplicationsClocksSetting",
-    0x4: "SwPowerCap",
-    0x8: "HwSlowdown",
-    0x10: "SyncBoost",
-    0x20: "SwThermalSlowdown",
-    0x40: "HwThermalSlowdown",
-    0x80: "HwPowerBrakeSlowdown",
-    0x100: "DisplayClockSetting",
-}
+# Clocks-event (throttle) reason bits, nvml.h nvmlClocksEventReason* (declared once, in the signals module).
+CLOCKS_EVENT_REASONS: dict[int, str] = {e.bit: e.nvml for e in CLOCK_EVENTS}
 
 # nvmlEventType* bits we register for, and the name each gets in gpu_events.event.
 _EVENT_XID = 0x8

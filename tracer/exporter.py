@@ -47,7 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from autoglm_trace.errors import UsageError
-from autoglm_trace.schema import LOG2_BUCKETS
+from autoglm_trace.signals import CLOCK_EVENTS, LOG2_LE_S, counter_step, fold_log2, log2_rows, values
 
 PREFIX = "autoglm_trace_"
 OTHER = "other"
@@ -56,25 +56,9 @@ DEFAULT_PORT = 9464
 LABEL_TTL_S = 60.0  # a labelled process that has exited keeps its series this long
 COMPACT_EVERY = 64  # proc_samples batches between compactions (also at every scrape)
 
-# Log2 buckets exposed as their own ``le``; longer waits land in +Inf only (2**25 us = 33.5 s).
-LOG2_EXPOSED = 26
-LOG2_LE_S = [(2.0**i) * 1e-6 for i in range(LOG2_EXPOSED)]
 # Request latency bounds (seconds): LLM requests run from milliseconds to minutes.
 SPAN_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
                   120.0, 300.0)
-
-# NVML clocks-event (throttle) reason bits (nvml.h nvmlClocksEventReason*).
-THROTTLE_REASONS: dict[str, int] = {
-    "gpu_idle": 0x1,
-    "applications_clocks": 0x2,
-    "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8,
-    "sync_boost": 0x10,
-    "sw_thermal": 0x20,
-    "hw_thermal": 0x40,
-    "hw_power_brake": 0x80,
-    "display_clocks": 0x100,
-}
 
 # Every family the exporter can serve: name (without _total) -> (type, help, labels).
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -182,36 +166,14 @@ class _Folder:
 
 
 def _np(col: pa.ChunkedArray | pa.Array, dtype: Any = np.int64, fill: Any = 0) -> np.ndarray:
-    if np.issubdtype(np.dtype(dtype), np.floating) and not pa.types.is_floating(col.type):
-        col = col.cast(pa.float64())
-    if col.null_count:
-        col = pc.fill_null(col, fill)
-    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    """A batch column by the null rule of autoglm_trace/signals.py; a missing reading adds 0 unless told."""
+    return values(col, dtype, fill)
 
 
 def _strs(col: pa.ChunkedArray | pa.Array, fill: str = "") -> list[str]:
     if col.null_count:
         col = pc.fill_null(col, fill)
     return col.to_pylist()
-
-
-def _hist_matrix(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
-    """A list<uint32> column of log2 histograms as an (n, LOG2_BUCKETS) array (short lists padded,
-    null lists as zeros)."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    out = np.zeros((n, LOG2_BUCKETS), dtype=np.float64)
-    if n == 0:
-        return out
-    lens = _np(pc.list_value_length(col), np.int64)
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
-    if lens.size and (lens == LOG2_BUCKETS).all():
-        return flat.reshape(n, LOG2_BUCKETS)
-    rows = np.repeat(np.arange(n), lens)
-    pos = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
-    keep = pos < LOG2_BUCKETS
-    np.add.at(out, (rows[keep], pos[keep]), flat[keep])
-    return out
 
 
 def _groups(*keys: np.ndarray | list) -> tuple[list[tuple], np.ndarray]:
@@ -236,15 +198,6 @@ def _group_sum(inv: np.ndarray, ngroups: int, values: np.ndarray) -> np.ndarray:
         return np.bincount(inv, weights=values, minlength=ngroups)
     out = np.zeros((ngroups, values.shape[1]))
     np.add.at(out, inv, values)
-    return out
-
-
-def _fold_log2(hist: np.ndarray) -> np.ndarray:
-    """(groups, LOG2_BUCKETS) -> (groups, LOG2_EXPOSED + 1): buckets past the exposed ones go to the
-    last (+Inf) slot."""
-    out = np.empty((hist.shape[0], LOG2_EXPOSED + 1))
-    out[:, :LOG2_EXPOSED] = hist[:, :LOG2_EXPOSED]
-    out[:, LOG2_EXPOSED] = hist[:, LOG2_EXPOSED:].sum(axis=1)
     return out
 
 
@@ -275,12 +228,12 @@ class PrometheusExporter:
         self._ph: dict[str, dict[int, _Hist]] = defaultdict(dict)
         self._pc_other: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
         self._ph_other: dict[str, _Hist] = {}
-        # proc_samples: pid -> row of the arrays below (last cumulative values; base carried over a
-        # pid reuse); rows of folded pids are reused.
+        # proc_samples: pid -> row of the arrays below (last reading; total increase so far, which is
+        # what a counter series exposes); rows of folded pids are reused.
         self._proc_slot: dict[int, int] = {}
         self._proc_free: list[int] = []
         self._proc_last = np.full((64, len(self._PROC_COLS)), np.nan)
-        self._proc_base = np.zeros((64, len(self._PROC_COLS)))
+        self._proc_total = np.zeros((64, len(self._PROC_COLS)))
         self._proc_other = np.zeros(len(self._PROC_COLS))
         self._proc_seen: dict[int, int] = {}
         self._proc_ts = -1
@@ -410,7 +363,7 @@ class PrometheusExporter:
                 o.sum += h.sum
         i = self._proc_slot.get(pid)
         if i is not None:
-            self._proc_other += np.nan_to_num(self._proc_last[i]) + self._proc_base[i]
+            self._proc_other += self._proc_total[i]
 
     def _forget(self, pid: int) -> None:
         for d in self._pc.values():
@@ -421,7 +374,7 @@ class PrometheusExporter:
         i = self._proc_slot.pop(pid, None)
         if i is not None:
             self._proc_last[i] = np.nan
-            self._proc_base[i] = 0.0
+            self._proc_total[i] = 0.0
             self._proc_free.append(i)
         self._proc_seen.pop(pid, None)
         self._pid.labels.pop(pid, None)
@@ -448,13 +401,14 @@ class PrometheusExporter:
         if need > self._proc_last.shape[0]:
             grow = max(need, 2 * self._proc_last.shape[0]) - self._proc_last.shape[0]
             self._proc_last = np.vstack([self._proc_last, np.full((grow, new.shape[1]), np.nan)])
-            self._proc_base = np.vstack([self._proc_base, np.zeros((grow, new.shape[1]))])
+            self._proc_total = np.vstack([self._proc_total, np.zeros((grow, new.shape[1]))])
         prev = self._proc_last[rows]
         v = np.where(np.isnan(new), prev, new)  # a missing reading keeps the last one
-        # A counter that went backwards is a new process under a reused pid: keep the old total.
-        reused = np.nan_to_num(v < prev, nan=False).any(axis=1) if prev.size else np.zeros(0, bool)
-        if reused.any():
-            self._proc_base[rows[reused]] += np.nan_to_num(prev[reused])
+        # The one reset rule (autoglm_trace/signals.py): a counter that went backwards restarted (a new
+        # process under a reused pid) and its new value is the increase; a pid's first reading is its
+        # increase from zero. The exposed total therefore never goes backwards.
+        step = np.where(np.isnan(prev), v, counter_step(prev, v))
+        self._proc_total[rows] += np.nan_to_num(step)
         self._proc_last[rows] = v
         tlast = ts[rev[idx]]
         for p, t in zip(upid.tolist(), tlast.tolist()):
@@ -470,18 +424,17 @@ class PrometheusExporter:
             self._compact()
 
     def _on_sched(self, b: pa.RecordBatch) -> None:
-        n = b.num_rows
         pid = _np(b.column("pid"))
         self._learn_comms(pid, _strs(b.column("comm")))
         keys, inv = _groups(pid)
         g = len(keys)
-        hist = _group_sum(inv, g, _hist_matrix(b.column("runq_hist"), n))
+        hist = _group_sum(inv, g, log2_rows(b.column("runq_hist")))
         wait = _group_sum(inv, g, _np(b.column("runq_wait_ns"), np.float64))
         on = _group_sum(inv, g, _np(b.column("oncpu_ns"), np.float64))
         off = {s: _group_sum(inv, g, _np(b.column(f"offcpu_{s}_ns"), np.float64))
                for s in ("sleep", "dstate", "preempted")}
         c = self._pc
-        folded = _fold_log2(hist)
+        folded = fold_log2(hist)
         runq = self._ph["runq_latency_seconds"]
         for j, (p,) in enumerate(keys):
             h = runq.get(p)
@@ -509,16 +462,15 @@ class PrometheusExporter:
         return comm if lab != OTHER else OTHER
 
     def _on_block_io(self, b: pa.RecordBatch) -> None:
-        n = b.num_rows
         dev = _strs(b.column("dev"), "?")
         op = _strs(b.column("op"), "O")
         intgt = ["true" if x else "false" for x in _strs(b.column("in_target"), False)]
         keys, inv = _groups(dev, op, intgt)
         g = len(keys)
-        hist = _group_sum(inv, g, _hist_matrix(b.column("lat_hist"), n))
+        hist = _group_sum(inv, g, log2_rows(b.column("lat_hist")))
         lat = _group_sum(inv, g, _np(b.column("lat_sum_ns"), np.float64))
         byt = _group_sum(inv, g, _np(b.column("bytes"), np.float64))
-        folded = _fold_log2(hist)
+        folded = fold_log2(hist)
         for j, lab in enumerate(keys):
             self._add_hist("block_io_latency_seconds", lab, folded[j], lat[j] / 1e9)
             self.counters["block_io_bytes"][lab] += byt[j]
@@ -591,11 +543,11 @@ class PrometheusExporter:
                     d[lab] = v
             mask = cols["clocks_event_reasons"][i].as_py()
             d = self.gauges.setdefault("gpu_throttle_active", {})
-            for reason, bit in THROTTLE_REASONS.items():
+            for ev in CLOCK_EVENTS:
                 if mask is None:
-                    d.pop((str(g), reason), None)
+                    d.pop((str(g), ev.key), None)
                 else:
-                    d[(str(g), reason)] = 1.0 if mask & bit else 0.0
+                    d[(str(g), ev.key)] = 1.0 if mask & ev.bit else 0.0
 
     def _on_gpu_processes(self, b: pa.RecordBatch) -> None:
         ts = _np(b.column("ts_ns"))
@@ -726,7 +678,7 @@ class PrometheusExporter:
         per_label: dict[tuple[str, str], np.ndarray] = {}
         if self._proc_other.any():
             per_label[(OTHER, OTHER)] = self._proc_other.copy()
-        totals = np.nan_to_num(self._proc_last) + self._proc_base
+        totals = self._proc_total
         for p, i in self._proc_slot.items():
             total = totals[i]
             lab = self._pid_labels(p)

@@ -49,6 +49,16 @@ import pyarrow.compute as pc
 from autoglm_trace import clock, schema
 from autoglm_trace.analysis.spikes import score_spans
 from autoglm_trace.errors import UsageError, WriteError
+from autoglm_trace.signals import (
+    SIZE_UNITS,
+    column,
+    counter_step,
+    human_bytes,
+    log2_quantile,
+    log2_rows,
+    parse_duration,
+    parse_size,
+)
 from autoglm_trace.tracer.manifest import wall_iso
 from autoglm_trace.tracer.ring import RingSink
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
@@ -78,37 +88,6 @@ RING_WATCH_NS = 1_000_000_000
 # A status line in the log every so often (ring size, process RSS, snapshots): the journal then shows
 # the service's memory over days. AUTOGLM_TRACE_FLIGHT_STATUS_S overrides it (benchmarks use 60).
 STATUS_EVERY_S = 600.0
-
-
-# Parsing ----------------------------------------------------------------------------------------
-_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
-               "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4,
-               "tib": 1 << 40}
-
-
-def parse_duration(text: str) -> float:
-    """'5m', '30s', '1.5h', '500ms', '90' (seconds) -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _DURATION_UNITS:
-        raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 1h)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
-
-
-def parse_size(text: str) -> int:
-    """'256M', '1G', '512MiB', '10GB', '4096' (bytes) -> bytes (K/M/G are binary, KB/MB/GB decimal)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"not a size: {text!r} (examples: 256M, 2G, 500MB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # Threshold metrics ------------------------------------------------------------------------------
@@ -167,9 +146,9 @@ def parse_expr(text: str) -> Threshold:
     elif u in ("ms", "s") and is_ms:
         value *= 1000.0 if u == "s" else 1.0
     elif u:
-        if u not in _SIZE_UNITS or not metric.endswith("_bytes"):
+        if u not in SIZE_UNITS or not metric.endswith("_bytes"):
             raise ValueError(f"unit {unit!r} does not fit metric {metric!r} in {text!r}")
-        value *= _SIZE_UNITS[u]
+        value *= SIZE_UNITS[u]
     return Threshold(metric, op, value, text.strip())
 
 
@@ -212,14 +191,13 @@ class MetricState:
             self.host = rows[-1]
         s = new.get("sched")
         if s is not None and s.num_rows:
-            ts = s.column("ts_ns").to_numpy()
-            for t in np.unique(ts):
-                part = s.filter(pc.equal(s.column("ts_ns"), int(t)))
-                hists = [h for h in part.column("runq_hist").to_pylist() if h]
-                hist = (np.sum(np.array([h + [0] * (schema.LOG2_BUCKETS - len(h)) for h in hists], dtype=np.int64),
-                               axis=0) if hists else np.zeros(schema.LOG2_BUCKETS, np.int64))
-                mx = pc.max(part.column("runq_max_ns")).as_py() or 0
-                self.sched.append((int(t), hist, int(mx)))
+            ts = column(s, "ts_ns", np.int64)
+            uts, inv = np.unique(ts, return_inverse=True)
+            hists = np.zeros((uts.size, schema.LOG2_BUCKETS))
+            np.add.at(hists, inv.reshape(-1), log2_rows(s.column("runq_hist")))
+            mx = np.zeros(uts.size)
+            np.maximum.at(mx, inv.reshape(-1), column(s, "runq_max_ns", fill=0))
+            self.sched.extend((int(t), h, int(m)) for t, h, m in zip(uts.tolist(), hists, mx.tolist()))
             newest = max(t for t, _, _ in self.sched)
             self.sched = [x for x in self.sched if x[0] > newest - 1_000_000_000]
 
@@ -256,18 +234,15 @@ class MetricState:
             if h is None or hp is None or h.get(col) is None or hp.get(col) is None:
                 return None
             dt_us = (h["ts_ns"] - hp["ts_ns"]) / 1000
-            return 100.0 * (h[col] - hp[col]) / dt_us if dt_us > 0 else None
+            return 100.0 * float(counter_step(hp[col], h[col])) / dt_us if dt_us > 0 else None
         if metric == "runq_wait_ms_max":
             return max(x[2] for x in self.sched) / 1e6 if self.sched else None
         if metric == "runq_wait_ms_p99":
             if not self.sched:
                 return None
             hist = np.sum([x[1] for x in self.sched], axis=0)
-            total = int(hist.sum())
-            if total == 0:
-                return 0.0
-            i = int(np.searchsorted(np.cumsum(hist), 0.99 * total))
-            return (2.0**i) / 1000.0  # bucket i holds waits below 2**i us (autoglm_trace/schema.py LOG2_BUCKETS)
+            p99 = log2_quantile(hist, 0.99)  # the same p99 as top, /metrics and the report
+            return 0.0 if p99 is None else p99 * 1000.0
         raise KeyError(metric)
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from autoglm_trace.analysis.units import human_bytes
+from autoglm_trace.signals import human_bytes
 
 
 def human_count(n: float) -> str:

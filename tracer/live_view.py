@@ -32,72 +32,22 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from autoglm_trace.analysis.units import human_bytes
-from autoglm_trace.schema import LOG2_BUCKETS
+from autoglm_trace.signals import column as _col
+from autoglm_trace.signals import (
+    human_bytes,
+    human_seconds,
+    log2_quantile,
+    log2_sum,
+    throttle_labels,
+    window_rate,
+)
 
 NS = 1_000_000_000
 DEFAULT_WINDOW_S = 10.0
 
-# NVML clocks-event (throttle) reasons worth naming (nvml.h nvmlClocksEventReason*); idle and
-# application-clock settings are not throttling.
-THROTTLE_NAMES: dict[int, str] = {
-    0x4: "SW power cap",
-    0x8: "HW slowdown",
-    0x20: "SW thermal",
-    0x40: "HW thermal",
-    0x80: "HW power brake",
-}
-
-
 # ----------------------------------------------------------------------------------------------
 # Arithmetic
 # ----------------------------------------------------------------------------------------------
-def log2_quantile(hist: np.ndarray, q: float) -> float | None:
-    """Quantile (seconds) of a log2 microsecond histogram (bucket i = [2**(i-1), 2**i) us, bucket 0 =
-    0), interpolating linearly inside the bucket as Prometheus' histogram_quantile does."""
-    h = np.asarray(hist, dtype=np.float64)
-    total = h.sum()
-    if total <= 0:
-        return None
-    cum = np.cumsum(h)
-    rank = q * total
-    i = int(np.searchsorted(cum, rank, side="left"))
-    i = min(i, h.size - 1)
-    lo = 0.0 if i == 0 else 2.0 ** (i - 1)
-    hi = 1.0 if i == 0 else 2.0**i
-    before = cum[i - 1] if i > 0 else 0.0
-    frac = (rank - before) / h[i] if h[i] > 0 else 1.0
-    return (lo + (hi - lo) * min(max(frac, 0.0), 1.0)) * 1e-6
-
-
-def _col(t: pa.Table, name: str, dtype: Any = np.float64, fill: Any = 0) -> np.ndarray:
-    c = t.column(name)
-    if np.issubdtype(np.dtype(dtype), np.floating):
-        return c.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    if c.null_count:
-        c = pc.fill_null(c, fill)
-    return c.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-
-
-def _hist_sum(t: pa.Table, name: str) -> np.ndarray:
-    """Sum of a list<uint32> log2 histogram column over all rows."""
-    out = np.zeros(LOG2_BUCKETS)
-    if t.num_rows == 0:
-        return out
-    for c in t.column(name).chunks:
-        if len(c) == 0:
-            continue
-        lens = pc.fill_null(pc.list_value_length(c), 0).to_numpy(zero_copy_only=False)
-        flat = pc.list_flatten(c).to_numpy(zero_copy_only=False)
-        if (lens == LOG2_BUCKETS).all():  # the usual case: one reshape, one column sum
-            out += flat.reshape(-1, LOG2_BUCKETS).sum(axis=0, dtype=np.float64)
-            continue
-        pos = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
-        keep = pos < LOG2_BUCKETS
-        np.add.at(out, pos[keep], flat[keep].astype(np.float64))
-    return out
-
-
 def _window(t: pa.Table, since_ns: int, col: str = "ts_ns") -> pa.Table:
     """Rows with ``col >= since_ns``. The ring appends in time order, so a binary search and a
     zero-copy slice usually do (filtering would copy every list histogram in the window)."""
@@ -116,7 +66,7 @@ def _in_target(t: pa.Table, col: str = "in_target") -> pa.Table:
 
 
 def _per_key_delta(ts: np.ndarray, key: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per key: (last - first value, last - first time) over the rows given (counters)."""
+    """Per key: (last - first value, last - first time) over the rows given (gauges such as RSS)."""
     if ts.size == 0:
         return np.empty(0), np.empty(0)
     order = np.lexsort((ts, key))
@@ -130,11 +80,7 @@ def _counter_rate(t: pa.Table, column: str) -> float | None:
     """Sum over pids of each pid's counter rate (per second) across the window."""
     if t.num_rows < 2:
         return None
-    dv, dt = _per_key_delta(_col(t, "ts_ns", np.int64), _col(t, "pid", np.int64), _col(t, column))
-    ok = (dt > 0) & np.isfinite(dv) & (dv >= 0)
-    if not ok.any():
-        return None
-    return float((dv[ok] / dt[ok]).sum() * NS)
+    return window_rate(_col(t, "ts_ns", np.int64), _col(t, column), _col(t, "pid", np.int64))
 
 
 @dataclass
@@ -242,7 +188,7 @@ def _spans(f: Frame, t: pa.Table) -> None:
 def _sched(f: Frame, source: Any, since: int, names: dict[int, str]) -> None:
     sched = _window(source.table("sched"), since)
     if source.has("sched"):
-        h = _hist_sum(sched, "runq_hist")
+        h = log2_sum(sched.column("runq_hist"))
         f.runq_p50_s = log2_quantile(h, 0.5)
         f.runq_p99_s = log2_quantile(h, 0.99)
         if sched.num_rows:
@@ -327,7 +273,7 @@ def _block_io(f: Frame, t: pa.Table) -> None:
         return
     out: dict[str, Any] = {}
     for label, part in (("target", _in_target(t)), ("all", t)):
-        h = _hist_sum(part, "lat_hist")
+        h = log2_sum(part.column("lat_hist"))
         out[label] = {
             "iops": float(np.nansum(_col(part, "count"))) / f.span_s if part.num_rows else 0.0,
             "bytes_per_s": float(np.nansum(_col(part, "bytes"))) / f.span_s if part.num_rows else 0.0,
@@ -354,7 +300,7 @@ def _gpu(f: Frame, source: Any) -> None:
             "power_w": None if r["power_mw"] is None else r["power_mw"] / 1000,
             "limit_w": None if r["power_limit_mw"] is None else r["power_limit_mw"] / 1000,
             "temp": r["temp_c"],
-            "throttle": [n for bit, n in THROTTLE_NAMES.items() if mask & bit],
+            "throttle": throttle_labels(mask),
         })
 
 
@@ -398,15 +344,7 @@ def _lost(f: Frame, source: Any, since: int) -> None:
 # ----------------------------------------------------------------------------------------------
 # Layout
 # ----------------------------------------------------------------------------------------------
-def fmt_s(v: float | None) -> str:
-    """Seconds as a short human duration: 850 us, 12.3 ms, 1.25 s."""
-    if v is None or not np.isfinite(v):
-        return "-"
-    if v < 1e-3:
-        return f"{v * 1e6:.0f} us"
-    if v < 1:
-        return f"{v * 1e3:.1f} ms"
-    return f"{v:.2f} s"
+fmt_s = human_seconds
 
 
 def fmt_rate(v: float | None) -> str:

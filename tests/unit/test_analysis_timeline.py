@@ -16,7 +16,9 @@ def test_counter_deltas_per_key_and_resets():
     val = np.array([15.0, 10, 12, 100, 5, 7])  # key 2 resets (pid reuse) at ts 2
     dts, d = counter_deltas(ts, key, val)
     got = sorted(zip(dts.tolist(), d.tolist(), strict=True))
-    assert got == [(2, 0.0), (2, 2.0), (3, 2.0), (3, 3.0)]
+    # The one reset rule (autoglm_trace/signals.py, Prometheus' increase()): after a drop the increase is
+    # the new value (the new process counted from zero), never negative.
+    assert got == [(2, 2.0), (2, 5.0), (3, 2.0), (3, 3.0)]
 
 
 def test_in_flight_matches_brute_force():

@@ -108,14 +108,16 @@ def test_proc_tracks_rates_and_rss(full):
     assert _at(tr["proc.ctx_involuntary"], 10.0) == pytest.approx(40.0)
 
 
-def test_counter_rate_drops_resets_and_key_changes():
+def test_counter_rate_counts_resets_from_zero_and_never_crosses_keys():
     ts = np.array([0, 1, 2, 3, 0, 1], dtype=np.int64) * 1_000_000_000
     v = np.array([10, 20, 5, 15, 100, 130], dtype=np.float64)  # reset between 20 and 5
     key = np.array([1, 1, 1, 1, 2, 2])
     rts, rate, rkey = T.counter_rate(ts, v, key)
     got = sorted(zip(rkey.tolist(), (rts // 10**9).tolist(), rate.tolist()))
-    assert [g[:2] for g in got] == [(1, 1), (1, 3), (2, 1)]
-    assert [g[2] for g in got] == pytest.approx([10.0, 10.0, 30.0])
+    # The one reset rule (autoglm_trace/signals.py, Prometheus' rate()): the interval across the reset
+    # counts the new value (5 since the restart), never a negative rate; no pair spans two keys.
+    assert [g[:2] for g in got] == [(1, 1), (1, 2), (1, 3), (2, 1)]
+    assert [g[2] for g in got] == pytest.approx([10.0, 5.0, 10.0, 30.0])
 
 
 def test_sum_on_grid_handles_jittered_samplers():
