@@ -1,4 +1,4 @@
-"""``autoglm-trace demo``: a realistic inference server, load, and one injected incident.
+"""The body of ``autoglm-trace demo``: a realistic inference server, load, and one injected incident.
 
     autoglm-trace demo [run] [--duration S] [--incident KIND] [--incident-at S] [--record DIR]
     autoglm-trace demo serve [--port P] [--incident leak|oom --incident-at S] ...
@@ -28,12 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from autoglm_trace.errors import TargetError, TraceError, UsageError
+from autoglm_trace.errors import TargetError, UsageError
 from autoglm_trace.tracer.commands._parser import CommandParser
-
-NAME = "demo"
-SUMMARY = "run the bundled demo inference server under load, with an injected incident"
-ORDER = 80
 
 INCIDENTS = ("none", "cpu-hog", "memory-pressure", "io-hog", "leak", "oom")
 MEMCG_ROOT = Path("/sys/fs/cgroup/memory")
@@ -175,7 +171,7 @@ def main(argv: list[str]) -> int:
     rest = argv[1:] if argv and argv[0] == sub else argv
     if sub == "serve":
         a = _serve_parser().parse_args(rest)
-        from autoglm_trace.tracer.demo_server import run_server
+        from autoglm_trace.demo.server import run_server
 
         try:
             return run_server(port=a.port, workers=a.workers, journal=a.journal, memcg=a.memcg, cpus=a.cpus,
@@ -186,7 +182,7 @@ def main(argv: list[str]) -> int:
             raise TargetError(f"demo server: {e.strerror or e}") from None
     if sub == "load":
         a = _load_parser().parse_args(rest)
-        from autoglm_trace.tracer.demo_load import main_load
+        from autoglm_trace.demo.load import main_load
 
         return main_load(a)
     if sub == "hog":
@@ -195,17 +191,17 @@ def main(argv: list[str]) -> int:
 
 
 def _hog(a: argparse.Namespace) -> int:
-    from autoglm_trace.tracer import demo_hog
+    from autoglm_trace.demo import hog
 
     if a.cpu:
-        return demo_hog.cpu_hog(a.cpus or sorted(os.sched_getaffinity(0)), a.duration)
+        return hog.cpu_hog(a.cpus or sorted(os.sched_getaffinity(0)), a.duration)
     if a.io:
         Path(a.dir).mkdir(parents=True, exist_ok=True)
-        return demo_hog.io_hog(a.dir, a.duration)
+        return hog.io_hog(a.dir, a.duration)
     if not a.memcg:
         raise UsageError("--memory needs --memcg DIR (a v1 memory cgroup)")
     try:
-        return demo_hog.memory_balloon(a.memcg, a.duration, keep_mb=a.keep_mb)
+        return hog.memory_balloon(a.memcg, a.duration, keep_mb=a.keep_mb)
     except OSError as e:
         raise TargetError(f"cannot join {a.memcg}: {e.strerror} (root needed)") from None
 
@@ -309,7 +305,7 @@ class Demo:
 
     def _tighten_memcg(self) -> None:
         """Limit = the server's anonymous memory now + headroom: the leak fills it within seconds."""
-        from autoglm_trace.tracer.demo_hog import memcg_stat
+        from autoglm_trace.demo.hog import memcg_stat
 
         assert self.memcg is not None
         st = memcg_stat(str(self.memcg))
@@ -413,8 +409,8 @@ def _run(a: argparse.Namespace) -> int:
         raise UsageError("--incident-at must fall inside --duration")
     if a.cpus is None and (os.cpu_count() or 1) > 1:
         a.cpus = [0]  # leave the other CPU(s) to the tracer; the cpu hog targets this one
-    from autoglm_trace.tracer.demo_load import run_load
-    from autoglm_trace.tracer.demo_server import ensure_weights
+    from autoglm_trace.demo.load import run_load
+    from autoglm_trace.demo.server import ensure_weights
 
     ensure_weights()  # created here (by root, under sudo), read by a server that may not be root
     demo = Demo(a)
@@ -456,14 +452,6 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _analyze(rec: str) -> None:
-    from autoglm_trace.tracer import cli
-
-    cmds = cli._commands()
-    name = "analyze" if "analyze" in cmds else "summary" if "summary" in cmds else None
-    if name is None:
-        return
-    print(f"demo: autoglm-trace {name} {rec}", flush=True)
-    try:
-        cmds[name].main([rec])
-    except TraceError as e:
-        print(f"autoglm-trace: error: {e}", file=sys.stderr)
+    # Through the CLI, as a user would: the demo is a client of the tool, not part of it.
+    print(f"demo: autoglm-trace analyze {rec}", flush=True)
+    subprocess.run(_cli() + ["analyze", rec], check=False)

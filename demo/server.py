@@ -447,7 +447,7 @@ def run_server(port: int = 0, workers: int = 2, journal: str | None = None, memc
                duration: float | None = None, ready_file: str | None = None, kv_budget_mb: int = 4,
                drop_cache: bool = False) -> int:
     """Run until SIGTERM / SIGINT / ``duration``. Prints one line with the URL when ready."""
-    from autoglm_trace.tracer.demo_hog import set_comm
+    from autoglm_trace.demo.hog import set_comm
 
     set_comm("demo-server")  # what the kernel's comm (and the recording) calls this process
     if memcg:
