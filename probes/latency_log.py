@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from autoglm_trace import clock
 from autoglm_trace.collector import Collector, SessionContext
+from autoglm_trace.safefile import open_regular, read_regular
 
 START_KEYS = ("start", "start_time", "start_s")
 END_KEYS = ("end", "end_time", "end_s")
@@ -40,6 +41,10 @@ LATENCY_KEYS = ("latency", "latency_s", "duration", "duration_s")
 KNOWN = set(START_KEYS + END_KEYS + TIME_KEYS + LATENCY_KEYS) | {
     "latency_ms", "name", "ok", "status", "prompt_tokens", "output_tokens", "ttft", "ttft_s", "ttft_ms",
 }
+MAX_LOG_BYTES = 512 << 20  # analyze --latency reads a whole file at most this large
+MAX_READ_PER_POLL = 16 << 20
+# Messages say which line and what is wrong, never the line's text: the log may be one only the
+# recorder (root) can read, and the errors land in a manifest the user owns.
 # Wall-clock seconds after 2001-09-09 and before 2286: anything else is not UNIX seconds.
 MIN_WALL_S, MAX_WALL_S = 1e9, 1e10
 
@@ -55,9 +60,9 @@ def _num(rec: dict[str, Any], key: str) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise LineError(f"{key!r} is not a number ({str(v)[:40]!r})") from None
+        raise LineError(f"{key!r} is not a number") from None
     if not math.isfinite(f):
-        raise LineError(f"{key!r} is not finite ({v})")
+        raise LineError(f"{key!r} is not finite")
     return f
 
 
@@ -77,9 +82,9 @@ def _ns(v: float, scale: int = 1_000_000_000) -> int:
 def _wall_ns(rec: dict[str, Any], key: str) -> int:
     v = _num(rec, key)
     if v > MAX_WALL_S * 100:
-        raise LineError(f"{key!r} = {v:.0f} looks like milliseconds or nanoseconds; wall-clock seconds expected")
+        raise LineError(f"{key!r} looks like milliseconds or nanoseconds; wall-clock seconds expected")
     if not (MIN_WALL_S <= v <= MAX_WALL_S):
-        raise LineError(f"{key!r} = {v} is not a UNIX time in seconds")
+        raise LineError(f"{key!r} is not a UNIX time in seconds")
     return _ns(v)
 
 
@@ -91,7 +96,7 @@ def _bool(v: Any) -> bool:
         return True
     if s in ("0", "false", "no", "fail", "failed", "error", "f", "n"):
         return False
-    raise LineError(f"'ok' is not a boolean ({str(v)[:20]!r})")
+    raise LineError("'ok' is not a boolean")
 
 
 def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +111,7 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
         lat = _num(rec, "latency_ms")
         latency = _ns(lat, 1_000_000)
     if latency is not None and latency < 0:
-        raise LineError(f"negative latency ({lat})")
+        raise LineError("negative latency")
     if ks is not None and ke is not None:
         start, end = _wall_ns(rec, ks), _wall_ns(rec, ke)
     elif ks is not None and latency is not None:
@@ -118,7 +123,7 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
     else:
         raise LineError("needs start and end, or a time and a latency")
     if end < start:
-        raise LineError(f"end is before start by {(start - end) / 1e9:.6f} s")
+        raise LineError("end is before start")
     row: dict[str, Any] = {
         "start_wall_ns": start,
         "end_wall_ns": end,
@@ -136,7 +141,7 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
         if rec.get(k) not in (None, ""):
             v = _num(rec, k)
             if v < 0 or v != int(v):
-                raise LineError(f"{k!r} is not a count ({rec[k]})")
+                raise LineError(f"{k!r} is not a count")
             row[k] = int(v)
     kttft = _first(rec, ("ttft", "ttft_s"))
     if kttft is not None:
@@ -168,8 +173,7 @@ def parse_lines(lines: list[str], first_lineno: int = 1, header: list[str] | Non
             if fmt == "csv":
                 header = [h.strip() for h in next(csv.reader([line]))]
                 if not any(h in KNOWN for h in header):
-                    errors.append(f"line {n}: not a CSV header naming start/end or time/latency columns "
-                                  f"(got {', '.join(header)[:80]})")
+                    errors.append(f"line {n}: not a CSV header naming start/end or time/latency columns")
                     header, fmt = None, None
                 continue
         try:
@@ -195,7 +199,7 @@ def parse_lines(lines: list[str], first_lineno: int = 1, header: list[str] | Non
 def parse_latency_file(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Read a JSONL or CSV latency log. Returns (rows with wall-clock ns, errors as 'line N: ...').
     Raises OSError when the file cannot be read at all."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    text = read_regular(path, MAX_LOG_BYTES, follow=True).decode("utf-8", errors="replace")
     rows, errors, _h, fmt = parse_lines(text.splitlines())
     if fmt is None and not rows and not errors:
         errors.append("line 1: the file holds no requests")
@@ -280,7 +284,7 @@ class LatencyLogTail(Collector):
 
     def _open(self, initial: bool = False) -> None:
         try:
-            f = open(self.path, "rb")  # noqa: SIM115 - kept open while tailing
+            f = os.fdopen(open_regular(self.path, follow=True), "rb")  # kept open while tailing
         except OSError:
             return
         st = os.fstat(f.fileno())
@@ -315,7 +319,7 @@ class LatencyLogTail(Collector):
             self._open()
             if self._f is None:
                 return
-        data = self._f.read()
+        data = self._f.read(MAX_READ_PER_POLL)  # bounded: a log that grew by gigabytes is read in steps
         if data:
             self._buf += data
             self._consume(final=False)
