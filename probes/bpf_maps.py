@@ -1,4 +1,4 @@
-"""Reading BPF maps in bulk: a hash map drained into numpy structured arrays per interval."""
+"""Reading BPF maps in bulk: a hash map drained into numpy structured arrays per interval, by fd."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import errno
 from typing import Any
 
 import numpy as np
+
+from autoglm_trace.probes import libbpf
+from autoglm_trace.probes.libbpf import Map
 
 
 def ctypes_dtype(cls: type) -> np.dtype:
@@ -32,50 +35,43 @@ def ctypes_dtype(cls: type) -> np.dtype:
 
 
 class MapDrainer:
-    """Reads a BPF hash map with BPF_MAP_LOOKUP_BATCH into preallocated arrays, viewed as numpy
-    structured arrays, and deletes the selected keys with BPF_MAP_DELETE_BATCH."""
+    """Reads a BPF hash map with BPF_MAP_LOOKUP_BATCH into preallocated numpy structured arrays and
+    deletes the selected keys with BPF_MAP_DELETE_BATCH; element-wise when the kernel refuses batches."""
 
-    def __init__(self, table: Any, lib: Any) -> None:
-        self.table = table
-        self.lib = lib
-        self.n = table.max_entries
-        self.keys = (table.Key * self.n)()
-        self.vals = (table.Leaf * self.n)()
-        self.key_dtype = ctypes_dtype(table.Key)
-        self.val_dtype = ctypes_dtype(table.Leaf)
+    def __init__(self, m: Map) -> None:
+        self.map = m
+        self.n = m.max_entries
+        self.keys = np.zeros(self.n, dtype=m.key_dtype)
+        self.vals = np.zeros(self.n, dtype=m.value_dtype)
         self.batch_ok = True
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         total = self._read_batch() if self.batch_ok else None
         if total is None:
             self.batch_ok = False
-            items = list(self.table.items())
-            total = len(items)
-            for i, (k, v) in enumerate(items[: self.n]):
-                self.keys[i] = k
-                self.vals[i] = v
-        k = np.frombuffer(ct.string_at(self.keys, total * self.key_dtype.itemsize), self.key_dtype)
-        v = np.frombuffer(ct.string_at(self.vals, total * self.val_dtype.itemsize), self.val_dtype)
-        return k, v
+            total = 0
+            for k in self.map.all_keys():
+                v = self.map.lookup(k)
+                if v is None or total >= self.n:
+                    continue
+                self.keys[total], self.vals[total] = k, v
+                total += 1
+        return self.keys[:total].copy(), self.vals[:total].copy()
 
     def _read_batch(self) -> int | None:
-        ksz, vsz = ct.sizeof(self.table.Key), ct.sizeof(self.table.Leaf)
+        ksz, vsz = self.map.key_dtype.itemsize, self.map.value_dtype.itemsize
+        kp, vp = self.keys.ctypes.data, self.vals.ctypes.data
         in_b, out_b, cnt = ct.c_uint32(0), ct.c_uint32(0), ct.c_uint32(0)
         total, first = 0, True
         while total < self.n:
             cnt.value = self.n - total
-            res = self.lib.bpf_lookup_batch(
-                self.table.map_fd,
-                None if first else ct.byref(in_b),
-                ct.byref(out_b),
-                ct.byref(self.keys, ksz * total),
-                ct.byref(self.vals, vsz * total),
-                ct.byref(cnt),
+            res = libbpf.lib().bpf_map_lookup_batch(
+                self.map.fd, None if first else ct.byref(in_b), ct.byref(out_b),
+                kp + ksz * total, vp + vsz * total, ct.byref(cnt), None,
             )
-            err = ct.get_errno()
             total += cnt.value
             if res != 0:
-                if err == errno.ENOENT:
+                if res == -errno.ENOENT:
                     break
                 return None if first else total
             in_b.value = out_b.value
@@ -87,17 +83,10 @@ class MapDrainer:
     def delete(self, keys: np.ndarray) -> None:
         if not len(keys):
             return
-        keys = np.ascontiguousarray(keys)
+        keys = np.ascontiguousarray(keys, dtype=self.map.key_dtype)
         if self.batch_ok:
             cnt = ct.c_uint32(len(keys))
-            if self.lib.bpf_delete_batch(self.table.map_fd, keys.ctypes.data, ct.byref(cnt)) == 0:
+            if libbpf.lib().bpf_map_delete_batch(self.map.fd, keys.ctypes.data, ct.byref(cnt), None) == 0:
                 return
-        raw = keys.tobytes()
-        size = ct.sizeof(self.table.Key)
-        for i in range(len(keys)):
-            k = self.table.Key.from_buffer_copy(raw[i * size : (i + 1) * size])
-            try:
-                del self.table[k]
-            except KeyError:
-                pass
-
+        for k in keys:
+            self.map.delete(k)

@@ -15,6 +15,7 @@ bits hold a bitfield size).
 from __future__ import annotations
 
 import struct
+from array import array
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,7 +37,10 @@ class BTFError(Exception):
 
 
 class BTF:
-    """Just enough of a BTF reader to resolve ``struct.member[.member]`` byte offsets."""
+    """Just enough of a BTF reader to resolve ``struct.member[.member]`` byte offsets.
+
+    Kept small: one 4-byte position per type (vmlinux has ~130k types), names looked up on demand
+    by their string-section offset -- the recorder's peak RSS includes whatever this builds."""
 
     def __init__(self, data: bytes) -> None:
         if len(data) < 24:
@@ -47,40 +51,67 @@ class BTF:
         if magic != 0xEB9F:
             raise BTFError(f"bad BTF magic {magic:#x}")
         self._data = data
-        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-        self._types: list[tuple[int, int, int, int, int]] = [(0, 0, 0, 0, 0)]  # id 0 = void
-        self._by_name: dict[tuple[int, str], list[int]] = {}
+        self._str_base, self._str_len = hdr_len + str_off, str_len
+        self._pos = array("I", [0])  # id 0 = void
+        self._named: dict[tuple[int, str], list[int]] = {}
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        unpack = struct.Struct("<III").unpack_from
         while pos < end:
-            name_off, info, size_type = struct.unpack_from("<III", data, pos)
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            tid = len(self._types)
-            # (kind, vlen, size_or_type, offset of the trailing data, kind_flag)
-            self._types.append((kind, vlen, size_type, pos + 12, info >> 31))
-            if kind in (_STRUCT, _UNION, _ENUM, _ENUM64) and name_off:
-                self._by_name.setdefault((kind, self._str(name_off)), []).append(tid)
-            fixed, per = _EXTRA.get(kind, (0, 0))
-            pos += 12 + fixed + per * vlen
+            _name_off, info, _size_type = unpack(data, pos)
+            self._pos.append(pos)
+            fixed, per = _EXTRA.get((info >> 24) & 0x1F, (0, 0))
+            pos += 12 + fixed + per * (info & 0xFFFF)
+
+    def _type(self, tid: int) -> tuple[int, int, int, int, int, int]:
+        """(kind, vlen, size_or_type, offset of the trailing data, kind_flag, name_off)."""
+        if tid == 0:
+            return (0, 0, 0, 0, 0, 0)
+        pos = self._pos[tid]
+        name_off, info, size_type = struct.unpack_from("<III", self._data, pos)
+        return (info >> 24) & 0x1F, info & 0xFFFF, size_type, pos + 12, info >> 31, name_off
 
     def _str(self, off: int) -> str:
-        end = self._strings.index(b"\0", off)
-        return self._strings[off:end].decode()
+        start = self._str_base + off
+        end = self._data.index(b"\0", start)
+        return self._data[start:end].decode()
+
+    def _name_offsets(self, name: str) -> set[int]:
+        """String-section offsets at which ``name`` is stored as a whole string."""
+        strings = memoryview(self._data)[self._str_base : self._str_base + self._str_len].tobytes()
+        needle, out, at = name.encode() + b"\0", set(), 0
+        while (at := strings.find(needle, at)) >= 0:
+            if at == 0 or strings[at - 1] == 0:
+                out.add(at)
+            at += 1
+        return out
+
+    def _ids_named(self, kinds: tuple[int, ...], name: str) -> list[int]:
+        key = (kinds[0], name)
+        if key not in self._named:
+            offs = self._name_offsets(name)
+            ids = []
+            unpack = struct.Struct("<II").unpack_from
+            for tid in range(1, len(self._pos)):
+                name_off, info = unpack(self._data, self._pos[tid])
+                if name_off in offs and (info >> 24) & 0x1F in kinds:
+                    ids.append(tid)
+            self._named[key] = ids
+        return self._named[key]
 
     def _strip(self, tid: int) -> int:
-        while self._types[tid][0] in _MODIFIERS:
-            tid = self._types[tid][2]
+        while self._type(tid)[0] in _MODIFIERS:
+            tid = self._type(tid)[2]
         return tid
 
     def struct_id(self, name: str) -> int:
-        for kind in (_STRUCT, _UNION):
-            ids = self._by_name.get((kind, name))
-            if ids:
-                # A name can appear as a forward declaration too; take the one with members.
-                return max(ids, key=lambda i: self._types[i][1])
+        ids = self._ids_named((_STRUCT, _UNION), name)
+        if ids:
+            # A name can appear as a forward declaration too; take the one with members.
+            return max(ids, key=lambda i: self._type(i)[1])
         raise BTFError(f"struct {name} not in BTF")
 
     def _members(self, tid: int) -> list[tuple[str, int, int]]:
-        kind, vlen, _size, extra, kflag = self._types[tid]
+        kind, vlen, _size, extra, kflag, _n = self._type(tid)
         out = []
         for i in range(vlen):
             name_off, mtype, moff = struct.unpack_from("<III", self._data, extra + 12 * i)
@@ -95,7 +126,7 @@ class BTF:
                 return bits, mtype
             if not name:
                 inner = self._strip(mtype)
-                if self._types[inner][0] in (_STRUCT, _UNION):
+                if self._type(inner)[0] in (_STRUCT, _UNION):
                     hit = self._find(inner, member)
                     if hit is not None:
                         return bits + hit[0], hit[1]
@@ -117,21 +148,19 @@ class BTF:
         return total
 
     def sizeof(self, struct_name: str) -> int:
-        return self._types[self.struct_id(struct_name)][2]
+        return self._type(self.struct_id(struct_name))[2]
 
     def enum_value(self, enum_name: str, member: str) -> int:
-        for kind in (_ENUM, _ENUM64):
-            for tid in self._by_name.get((kind, enum_name), []):
-                _k, vlen, _s, extra, _f = self._types[tid]
-                step = 8 if kind == _ENUM else 12
-                for i in range(vlen):
-                    name_off, val = struct.unpack_from("<Ii", self._data, extra + step * i)
-                    if self._str(name_off) == member:
-                        return val
+        for tid in self._ids_named((_ENUM, _ENUM64), enum_name):
+            kind, vlen, _s, extra, _f, _n = self._type(tid)
+            step = 8 if kind == _ENUM else 12
+            for i in range(vlen):
+                name_off, val = struct.unpack_from("<Ii", self._data, extra + step * i)
+                if self._str(name_off) == member:
+                    return val
         raise BTFError(f"enum {enum_name} has no {member}")
 
 
-@lru_cache(maxsize=1)
 def kernel_btf() -> BTF:
     try:
         return BTF(VMLINUX.read_bytes())
@@ -155,5 +184,12 @@ TASK_FIELDS = (
 
 def task_offsets(btf: BTF | None = None) -> dict[str, int]:
     """``{macro: byte offset}`` for every task_struct member the BPF programs read."""
-    btf = btf or kernel_btf()
+    if btf is None:
+        return dict(_kernel_task_offsets())
     return {macro: btf.offsetof("task_struct", path) for macro, path in TASK_FIELDS}
+
+
+@lru_cache(maxsize=1)
+def _kernel_task_offsets() -> dict[str, int]:
+    # The parsed blob is dropped once the offsets are known; only the dict is kept.
+    return task_offsets(kernel_btf())

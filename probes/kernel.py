@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from autoglm_trace import procfs, schema
 from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
-from autoglm_trace.probes import headers as headers_mod
+from autoglm_trace.probes import bpf_loader, libbpf
 from autoglm_trace.probes.bpf_maps import MapDrainer
 from autoglm_trace.probes.bpf_program import (
     DEFAULT_BUCKET_MS,
@@ -62,6 +62,9 @@ CGROUP_CACHE_REFRESH_NS = 1_000_000_000
 
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_PAGE_FAULTS_MAJ = 6
+# The maps the recorder reads or seeds (the loader hands over those the program has).
+MAPS = ("target_tgids", "target_cgroups", "stats", "sched_agg", "preempt_agg", "waker_agg", "fault_agg",
+        "io_agg", "proc_events", "oom_events", "reclaim_events")
 
 
 class KernelProbes(Collector):
@@ -82,7 +85,8 @@ class KernelProbes(Collector):
         self.requested = select_families(self.options.get("families"))
         self.enabled: list[str] = []
         self.skipped: dict[str, str] = {}
-        self.bpf: Any = None
+        self.bpf: bpf_loader.Loaded | None = None
+        self._buffers: list[libbpf.PerfBuffer] = []
         self.filter_mode = "tree"
         self.major_faults = False
         self._drainers: dict[str, MapDrainer] = {}
@@ -105,8 +109,6 @@ class KernelProbes(Collector):
         base = base_problem()
         if base:
             raise CollectorUnavailable(base)
-        import bcc  # noqa: PLC0415 - the loader process will own this (issue 16)
-
         self.filter_mode = getattr(ctx.target, "mode", "tree") or "tree"
         if self.filter_mode not in FILTER_MODES:
             self.filter_mode = "tree"
@@ -141,63 +143,57 @@ class KernelProbes(Collector):
             "defines": defines,
         })
         self.program_text = text
+        perf_events = []
+        if "faults" in self.enabled:
+            perf_events.append({"fn": "on_major_fault", "type": PERF_TYPE_SOFTWARE,
+                                "config": PERF_COUNT_SW_PAGE_FAULTS_MAJ, "sample_period": 1})
         try:
             # -w: the (nearest-version) kernel headers bcc includes produce warnings that say
             # nothing about this program.
-            headers_mod.apply()
-            self.bpf = bcc.BPF(text=text.encode(), cflags=["-w"])
-        except Exception as e:  # bcc raises bare Exception on compile / load failures
+            self.bpf = bpf_loader.load(text, list(MAPS), perf_events, cflags=["-w"])
+        except (bpf_loader.LoadError, OSError, ValueError) as e:
             raise CollectorUnavailable(
-                f"the BPF program did not compile or load ({str(e).strip().splitlines()[-1]}); "
+                f"the BPF program did not compile or load ({e}); "
                 "print it with 'record --print-bpf' and check the kernel headers ('sudo make setup')"
             ) from None
-        _release_compiler_heap()
+        for note in self.bpf.notes:
+            ctx.note(f"kernel probes: {note}")
+        self.major_faults = "faults" in self.enabled and any(
+            kind == "perf_event" for kind, _n, _fd in self.bpf.links)
+        if "faults" in self.enabled and not self.major_faults:
+            ctx.note("kernel probes: major faults not counted (perf software event refused)")
         try:
-            self._attach_extra(ctx)
             self._seed_filter(ctx)
             self._open_buffers()
             self._drainers = {
-                m: MapDrainer(self.bpf[m.encode()], bcc.libbcc.lib)
+                m: MapDrainer(self.bpf.maps[m])
                 for m, fam in (("sched_agg", "sched"), ("preempt_agg", "sched"), ("waker_agg", "wakeups"),
                                ("fault_agg", "faults"), ("io_agg", "io"))
                 if fam in self.enabled
             }
             self._stats_prev = self._read_stats()
         except Exception:
-            self.bpf.cleanup()
-            self.bpf = None
+            self._release()
             raise
-
-    def _attach_extra(self, ctx: SessionContext) -> None:
-        if "faults" not in self.enabled:
-            return
-        try:
-            self.bpf.attach_perf_event(
-                ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_PAGE_FAULTS_MAJ,
-                fn_name=b"on_major_fault", sample_period=1,
-            )
-            self.major_faults = True
-        except Exception as e:
-            ctx.note(f"kernel probes: major faults not counted (perf software event: {e})")
 
     def _seed_filter(self, ctx: SessionContext) -> None:
         if self.filter_mode == "host":
             return
         if self.filter_mode == "cgroup" and ctx.target.cgroup_path:
-            table = self.bpf[b"target_cgroups"]
+            table = self.bpf.maps["target_cgroups"]
             for cg in cgroup2_ids(ctx.target.cgroup_path)[: 1024]:
-                table[ct.c_uint64(cg)] = ct.c_uint8(1)
+                table.update(cg, 1)
         self._push_pids(ctx.target.pids())
 
     def _push_pids(self, pids: Iterable[int]) -> None:
         new = [p for p in pids if p not in self._pushed]
         if not new:
             return
-        table = self.bpf[b"target_tgids"]
+        table = self.bpf.maps["target_tgids"]
         for pid in new:
             try:
-                table[ct.c_uint32(pid)] = ct.c_uint8(1)
-            except Exception:
+                table.update(pid, 1)
+            except OSError:
                 self._user_drops["proc"] += 1  # filter map full: counted as loss
                 continue
             self._pushed.add(pid)
@@ -213,7 +209,7 @@ class KernelProbes(Collector):
             def lost(n: int, fam: str = fam) -> None:
                 self._perf_lost[fam] += n
 
-            self.bpf[buf.encode()].open_perf_buffer(fn, page_cnt=self.perf_pages, lost_cb=lost)
+            self._buffers.append(libbpf.PerfBuffer(self.bpf.maps[buf].fd, self.perf_pages, fn, lost))
 
     # Perf-buffer callbacks (rare events only) -------------------------------------------------
     def _on_proc(self, _cpu: int, data: Any, _size: int) -> None:
@@ -299,8 +295,8 @@ class KernelProbes(Collector):
         self._drain_all(cutoff, now_ns)
 
     def _poll(self) -> None:
-        if self.bpf.perf_buffers:
-            self.bpf.perf_buffer_poll(timeout=0)
+        for pb in self._buffers:
+            pb.consume()
         self._flush_events()
 
     def _flush_events(self) -> None:
@@ -451,9 +447,10 @@ class KernelProbes(Collector):
 
     def _read_stats(self) -> np.ndarray:
         out = np.zeros(NR_FAMILIES * NR_STATS, dtype=np.int64)
-        table = self.bpf[b"stats"]
+        table = self.bpf.maps["stats"]
         for i in range(NR_FAMILIES * NR_STATS):
-            out[i] = sum(table[ct.c_int(i)])
+            per_cpu = table.lookup(i)
+            out[i] = int(per_cpu.sum()) if per_cpu is not None else 0
         return out
 
     def _emit_stats(self, now_ns: int) -> None:
@@ -488,10 +485,16 @@ class KernelProbes(Collector):
             self._poll()
             self._drain_all(None, time.monotonic_ns())
         finally:
-            try:
-                self.bpf.cleanup()
-            finally:
-                self.bpf = None
+            self._release()
+
+    def _release(self) -> None:
+        """Free the perf buffers and close every descriptor: programs detach, maps are freed."""
+        buffers, self._buffers = self._buffers, []
+        for pb in buffers:
+            pb.close()
+        if self.bpf is not None:
+            self.bpf.close()
+            self.bpf = None
 
     def status(self) -> dict[str, Any]:
         return {"events": self._events_total, "lost": self._lost_total}
@@ -508,13 +511,3 @@ class KernelProbes(Collector):
             "perf_records_lost": dict(self._perf_lost),
         }
 
-
-def _release_compiler_heap() -> None:
-    """Give the heap clang/LLVM used for the compile back to the kernel (glibc keeps freed arenas
-    mapped): it is most of the recorder's RSS otherwise, and it is never needed again."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ctypes as ct
+import json
 import re
 import struct
 
+import numpy as np
 import pytest
 
 from autoglm_trace.probes import bpf_maps, bpf_program, btf, kernel_events
@@ -172,3 +174,17 @@ def test_btf_of_this_kernel_when_readable():
     assert offs["OFF_TASK_TGID"] == offs["OFF_TASK_PID"] + 4
     assert offs["OFF_TASK_NIVCSW"] == offs["OFF_TASK_NVCSW"] + 8
     assert len(set(offs.values())) == len(offs)
+
+
+def test_map_layouts_survive_the_trip_from_the_loader():
+    from autoglm_trace.probes import libbpf
+
+    class Key(ct.Structure):
+        _fields_ = [("bucket", ct.c_uint64), ("tid", ct.c_uint32), ("tgid", ct.c_uint32)]
+
+    class Leaf(ct.Structure):
+        _fields_ = [("n", ct.c_uint64), ("hist", ct.c_uint32 * 32), ("comm", ct.c_char * 16), ("x", ct.c_uint8)]
+
+    for dt in (bpf_maps.ctypes_dtype(Key), bpf_maps.ctypes_dtype(Leaf), np.dtype(np.uint32)):
+        back = libbpf.dtype_from_json(json.loads(json.dumps(libbpf.dtype_to_json(dt))))
+        assert back == dt and back.itemsize == dt.itemsize
