@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from autoglm_trace.errors import UsageError, WriteError
+from autoglm_trace.errors import WriteError
 from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "export"
@@ -25,11 +23,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--perfetto", metavar="FILE", required=True,
                    help="write Chrome trace-event JSON (.json, or .json.gz to compress)")
     args = p.parse_args(argv)
-    out = Path(args.perfetto)
-    if out.is_dir():
-        raise UsageError(f"export: {out} is a directory; give a file name")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise UsageError(f"export: directory {out.parent} does not exist")
+    from autoglm_trace.analysis.outfile import check_output
+
+    out = check_output("export", args.perfetto, reading=[args.recording])
 
     from autoglm_trace.analysis.perfetto import export_perfetto
     from autoglm_trace.analysis.reader import Recording

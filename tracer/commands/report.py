@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from autoglm_trace.errors import UsageError, WriteError
+from autoglm_trace.errors import WriteError
 from autoglm_trace.tracer.commands._parser import CommandParser, int_in
 
 NAME = "report"
@@ -29,11 +28,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-points", type=int_in(10, 1_000_000), default=2000, metavar="N",
                    help="points per plotted track; spikes are kept when downsampling (default: 2000)")
     args = p.parse_args(argv)
-    out = Path(args.output)
-    if out.is_dir():
-        raise UsageError(f"report: {out} is a directory; give a file name (e.g. {out / 'report.html'})")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise UsageError(f"report: directory {out.parent} does not exist")
+    from autoglm_trace.analysis.outfile import check_output
+
+    out = check_output("report", args.output, reading=[args.recording])
 
     from autoglm_trace.analysis import tracks
     from autoglm_trace.analysis.reader import Recording
