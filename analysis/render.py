@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+
+from autoglm_trace.printable import escape_markup as escape
+from autoglm_trace.printable import printable_lines
 
 
 def _mib(v: float | None) -> str:
@@ -163,4 +165,6 @@ def render_diff(d: dict[str, Any], top: int = 10) -> str:
 
 
 def print_markup(text: str) -> None:
-    Console(highlight=False, soft_wrap=True).print(text)
+    # Values are escaped where they are placed; this catches any control character that slipped in
+    # (our markup has none), keeping the line breaks we composed.
+    Console(highlight=False, soft_wrap=True).print(printable_lines(text))

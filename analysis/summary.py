@@ -201,11 +201,12 @@ def render_summary(s: dict[str, Any], file: IO[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from autoglm_trace.printable import escape_markup as esc
     from autoglm_trace.signals import human_bytes
 
     con = Console(file=file, highlight=False)
     t = s["target"]
-    who = t.get("comm") or t.get("cgroup") or t.get("mode")
+    who = esc(t.get("comm") or t.get("cgroup") or t.get("mode"))
     ended = ""
     if t.get("signal") is not None:
         import signal as _signal
@@ -217,9 +218,9 @@ def render_summary(s: dict[str, Any], file: IO[str] | None = None) -> None:
     elif t.get("exit_code") is not None:
         ended = f", exit status {t['exit_code']}"
     state = "[green]complete[/]" if s["complete"] else "[bold yellow]INCOMPLETE[/] (recorder did not finish cleanly)"
-    con.print(f"[bold]{s['path']}[/]: {who} (pid {t.get('pid')}){ended} -- {s['duration_s']:.1f} s, {state}")
+    con.print(f"[bold]{esc(s['path'])}[/]: {who} (pid {t.get('pid')}){ended} -- {s['duration_s']:.1f} s, {state}")
     if s["truncated_tables"]:
-        con.print(f"[yellow]truncated tail in: {', '.join(sorted(s['truncated_tables']))} (read up to the last whole batch)[/]")
+        con.print(f"[yellow]truncated tail in: {esc(', '.join(sorted(s['truncated_tables'])))} (read up to the last whole batch)[/]")
     tot = Table(title="target tree totals", title_justify="left", box=None, pad_edge=False)
     tot.add_column("counter")
     tot.add_column("value", justify="right")
@@ -228,20 +229,20 @@ def render_summary(s: dict[str, Any], file: IO[str] | None = None) -> None:
         val = v["value"]
         txt = "-" if val is None else (human_bytes(val) if name.endswith("bytes") else
                                         f"{val:.2f}" if isinstance(val, float) else f"{val:,}")
-        tot.add_row(name, txt, v["source"] or "not recorded")
+        tot.add_row(esc(name), txt, esc(v["source"] or "not recorded"))
     con.print(tot)
     tab = Table(title="tables", title_justify="left", box=None, pad_edge=False)
     tab.add_column("table")
     tab.add_column("rows", justify="right")
     for name, n in s["tables"].items():
-        tab.add_row(name, f"{n:,}")
+        tab.add_row(esc(name), f"{n:,}")
     con.print(tab)
     for name, c in s["collectors"].items():
         if c["status"] != "ok":
-            con.print(f"[yellow]{name}: {c['status']}[/] -- {c['reason']}")
+            con.print(f"[yellow]{esc(name)}: {esc(c['status'])}[/] -- {esc(c['reason'])}")
     lost = s["lost_events"]
     con.print(f"lost events: {'[green]0[/]' if not lost else f'[bold red]{lost:,}[/]'}")
     for n in s["notes"][:10]:
-        con.print(f"[yellow]note:[/] {n}")
+        con.print(f"[yellow]note:[/] {esc(n)}")
     if s.get("error"):
-        con.print(f"[bold red]error:[/] {s['error']}")
+        con.print(f"[bold red]error:[/] {esc(s['error'])}")

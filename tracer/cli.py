@@ -14,6 +14,7 @@ from types import ModuleType
 
 from autoglm_trace import __version__
 from autoglm_trace.errors import TraceError
+from autoglm_trace.printable import printable
 from autoglm_trace.tracer import commands
 
 PROG = "autoglm-trace"
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(mod.main(rest) or 0)
     except TraceError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 from autoglm_trace import clock, schema
 from autoglm_trace.analysis.spikes import score_spans
 from autoglm_trace.errors import UsageError, WriteError
+from autoglm_trace.printable import printable
 from autoglm_trace.signals import (
     SIZE_UNITS,
     column,
@@ -263,6 +264,7 @@ def slow_spans(spans: pa.Table) -> np.ndarray:
 # The flight recorder ----------------------------------------------------------------------------
 def log(msg: str) -> None:
     """One line on stderr. Under systemd (JOURNAL_STREAM set) the journal stamps the time."""
+    msg = printable(msg)  # trigger details carry comms and span names from the target
     if os.environ.get("JOURNAL_STREAM"):
         line = f"autoglm-trace flight: {msg}"
     else:

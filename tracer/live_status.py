@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from autoglm_trace.printable import printable
 from autoglm_trace.signals import human_bytes
 
 
@@ -35,15 +36,15 @@ def status_text(rec: Any, cpu_pct: float | None) -> Text:
     if cpu_pct is not None:
         t.append(f"cpu {cpu_pct:.0f}%  ")
     busy = sorted(rows.items(), key=lambda kv: -kv[1])[:5]
-    t.append(" ".join(f"{k} {human_count(v)}" for k, v in busy), style="dim")
+    t.append(" ".join(f"{printable(k)} {human_count(v)}" for k, v in busy), style="dim")
     t.append("  lost ", style="dim")
     t.append(str(lost), style="bold red" if lost else "green")
     alerts = [v["alert"] for v in st.values() if isinstance(v, dict) and v.get("alert")]
     notes = rec.ctx.notes if rec.ctx else []
     if alerts:
-        t.append(f"  ⚠ {alerts[-1][:100]}", style="bold yellow")
+        t.append(f"  ⚠ {printable(alerts[-1], 100)}", style="bold yellow")
     elif notes:
-        t.append(f"  ⚠ {notes[-1][:80]}", style="yellow")
+        t.append(f"  ⚠ {printable(notes[-1], 80)}", style="yellow")
     return t
 
 

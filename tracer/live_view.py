@@ -32,6 +32,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from autoglm_trace.printable import printable
 from autoglm_trace.signals import column as _col
 from autoglm_trace.signals import (
     human_bytes,
@@ -374,7 +375,7 @@ def _kv(rows: list[tuple[str, str]]) -> Table:
     t.add_column(style="dim")
     t.add_column()
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(Text(printable(k)), Text(printable(v)))  # values carry comms: never markup
     return t
 
 
@@ -386,7 +387,7 @@ def _requests_panel(f: Frame) -> Panel:
         for c in ("name", "n", "rate", "p50", "p99", "max", "err"):
             t.add_column(c, justify="left" if c == "name" else "right", no_wrap=True)
         for s in f.spans:
-            t.add_row(s["name"], str(s["count"]), fmt_rate(s["rate"]), fmt_s(s["p50"]), fmt_s(s["p99"]),
+            t.add_row(Text(printable(s["name"])), str(s["count"]), fmt_rate(s["rate"]), fmt_s(s["p50"]), fmt_s(s["p99"]),
                       fmt_s(s["max"]), Text(str(s["errors"]), style="red" if s["errors"] else ""))
         body = t
     return Panel(body, title="Request latency", border_style="cyan")
@@ -409,7 +410,7 @@ def _cpu_panel(f: Frame) -> Panel:
         for c in ("comm", "pid", "count", "wait"):
             t.add_column(c, justify="left" if c == "comm" else "right", no_wrap=True)
         for p in f.preemptors:
-            t.add_row(p["comm"] + (" *" if p["in_target"] else ""), str(p["pid"]), str(p["count"]),
+            t.add_row(Text(printable(p["comm"]) + (" *" if p["in_target"] else "")), str(p["pid"]), str(p["count"]),
                       fmt_s(p["wait_s"]))
         parts.append(t)
     return Panel(Group(*parts), title="CPU / scheduler", border_style="green")
@@ -434,7 +435,7 @@ def _memory_panel(f: Frame) -> Panel:
         for c in ("pid", "comm", "rss", "growth"):
             t.add_column(c, justify="left" if c == "comm" else "right", no_wrap=True)
         for p in f.processes:
-            t.add_row(str(p["pid"]), p["comm"], human_bytes(p["rss"]), human_bytes(p["growth"]) + "/s")
+            t.add_row(str(p["pid"]), Text(printable(p["comm"])), human_bytes(p["rss"]), human_bytes(p["growth"]) + "/s")
         parts.append(t)
     return Panel(Group(*parts), title="Memory", border_style="magenta")
 
@@ -501,10 +502,10 @@ def render(source: Any, now_ns: int | None = None, window_s: float = DEFAULT_WIN
 def render_frame(f: Frame, header: str | None = None) -> RenderableType:
     title = Text()
     title.append("autoglm-trace top ", style="bold")
-    title.append(f"{f.target}  ", style="bold cyan")
+    title.append(f"{printable(f.target)}  ", style="bold cyan")
     title.append(f"window {f.window_s:.0f} s  ", style="dim")
     if header:
-        title.append(header, style="dim")
+        title.append(printable(header), style="dim")
     return _Layout(title, [_cpu_panel(f), _memory_panel(f), _io_panel(f), _lost_panel(f)],
                    _requests_panel(f), _gpu_panel(f))
 
