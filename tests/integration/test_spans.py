@@ -32,6 +32,7 @@ from autoglm_trace.probes.scrape import Scraper
 from autoglm_trace.probes.span_receiver import SpanReceiver
 from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer.writer import RecordingWriter
+from tests.foreign_user import SYSTEM_PYTHON, package_copy, world_dir
 
 MS = 1_000_000
 
@@ -155,21 +156,13 @@ def test_socket_is_given_to_the_target_user(tmp_path):
     try:
         path = rx.target_env()[span_client.ENV_VAR]
         assert os.stat(path).st_uid == 65534 and os.stat(os.path.dirname(path)).st_uid == 65534
-        # the repository may sit under a directory nobody cannot enter: run the client from a copy
-        d = tmp_path / "pkg"
-        d.mkdir()
-        (d / "autoglm_trace").mkdir()
-        src = Path(span_client.__file__).read_text()
-        (d / "autoglm_trace" / "span_client.py").write_text(src)
-        (d / "autoglm_trace" / "__init__.py").write_text(
-            "from autoglm_trace.span_client import mark_first_token, span, traced\n")
-        os.chmod(tmp_path, 0o755)
-        for p in [d, *d.rglob("*")]:
-            os.chmod(p, 0o755)
-        script = f"import sys; sys.path.insert(0, {str(d)!r})\n" + CHILD
-        env = {"PATH": "/usr/bin:/bin", span_client.ENV_VAR: path}
-        p = subprocess.run([sys.executable, "-I", "-c", script], env=env, capture_output=True, text=True,
-                           timeout=30, user=65534, group=65534, cwd="/")
+        # the repository (and its venv) may sit under a directory nobody cannot enter: run the client
+        # from a world-readable copy of the sources with the system interpreter
+        with world_dir() as d:
+            script = f"import sys; sys.path.insert(0, {str(package_copy(d))!r})\n" + CHILD
+            env = {"PATH": "/usr/bin:/bin", span_client.ENV_VAR: path}
+            p = subprocess.run([SYSTEM_PYTHON, "-I", "-c", script], env=env, capture_output=True, text=True,
+                               timeout=30, user=65534, group=65534, cwd="/")
         assert p.returncode == 0, p.stderr
         out = json.loads(p.stdout)
         assert out["stats"]["dropped"] == 0

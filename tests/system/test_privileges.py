@@ -26,11 +26,14 @@ import pytest
 
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.errors import WriteError
+from tests.foreign_user import SYSTEM_PYTHON, can_execute
 
 pytestmark = pytest.mark.root
 
 USER = "autoglm-test"
-PY = sys.executable
+# What the test user runs must not come from the checkout or its venv (they may sit in a directory
+# that user cannot enter): targets are stdlib scripts run by the system interpreter.
+PY = SYSTEM_PYTHON
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,11 @@ def test_non_root_records_with_proc_sampler_only(user: tuple[int, int], shared_d
     uid, gid = user
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
+    # The recorder itself needs the venv (pyarrow, numpy): when the checkout is in a directory the
+    # user cannot enter, there is nothing to run as that user.
+    if not can_execute(uid, gid, sys.executable):
+        pytest.skip(f"the venv ({sys.executable}) is inside a directory {USER} cannot enter: "
+                    "the recorder cannot run as that user from this checkout")
     probe = subprocess.run([*_as_user(uid, gid), *cli, "--version"], capture_output=True, text=True,
                            env=_env(HOME=str(shared_dir)))
     if probe.returncode != 0:
@@ -117,7 +125,7 @@ def test_sudo_child_runs_as_invoking_user_without_shell(user: tuple[int, int], s
     tricky = ["$(id -u)", "; touch /tmp/autoglm-pwned", "*", "a b", "`whoami`", "x|y"]
     env = _env(SUDO_UID=str(uid), SUDO_GID=str(gid), SUDO_USER=USER, OUT_FILE=str(drop / "who.json"))
     r = subprocess.run([*cli, "record", "-q", "--json", "--no-gpu", "-o", str(out), "--", PY, "-c", CHILD, *tricky],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       capture_output=True, text=True, env=env, timeout=120, cwd=shared_dir)
     assert r.returncode == 0, r.stderr
     who = json.loads((drop / "who.json").read_text())
     assert who["uid"] == uid and who["euid"] == uid and who["gid"] == gid

@@ -14,6 +14,7 @@ from kernel_harness import KernelRun
 
 from autoglm_trace.probes import bpf_program, kernel_features
 from autoglm_trace.target import TargetTree
+from tests.foreign_user import SYSTEM_PYTHON, can_execute, package_copy, world_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -104,15 +105,26 @@ def test_missing_tracepoint_degrades_with_a_reason():
 
 
 def test_without_root_start_refuses_with_a_fix(tmp_path):
-    # A real unprivileged process (uid nobody), not a patched geteuid.
-    code = (
-        "from autoglm_trace.probes.kernel import KernelProbes\n"
-        "from autoglm_trace.collector import CollectorUnavailable, SessionContext\n"
-        "from autoglm_trace.target import TargetTree\n"
-        "ctx = SessionContext(print, print, print, TargetTree.for_host())\n"
-        "try:\n    KernelProbes().start(ctx)\nexcept CollectorUnavailable as e:\n    print('UNAVAILABLE', e)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       user=65534, group=65534, cwd="/")
+    # A real unprivileged process (uid nobody), not a patched geteuid. With a venv nobody can use,
+    # the full collector runs; when the checkout sits in a directory nobody cannot enter, the same
+    # first check start() makes (kernel_features.base_problem: standard library only) runs from a
+    # world-readable copy of the sources under the system interpreter.
+    if can_execute(65534, 65534, sys.executable):
+        code = (
+            "from autoglm_trace.probes.kernel import KernelProbes\n"
+            "from autoglm_trace.collector import CollectorUnavailable, SessionContext\n"
+            "from autoglm_trace.target import TargetTree\n"
+            "ctx = SessionContext(print, print, print, TargetTree.for_host())\n"
+            "try:\n    KernelProbes().start(ctx)\nexcept CollectorUnavailable as e:\n    print('UNAVAILABLE', e)\n"
+        )
+        argv = [sys.executable, "-c", code]
+    else:
+        argv = None
+    with world_dir() as d:
+        if argv is None:
+            argv = [SYSTEM_PYTHON, "-I", "-c", f"import sys; sys.path.insert(0, {str(package_copy(d))!r})\n"
+                    "from autoglm_trace.probes.kernel_features import base_problem\n"
+                    "print('UNAVAILABLE', base_problem())\n"]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("UNAVAILABLE kernel probes need root"), r.stdout
