@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,16 +27,35 @@ WORSE = 1.5
 ADDITIVE_UNITS = ("ns/window", "count/window", "bytes/window")
 
 
+def ci_ranks(n: int, q: float, z: float = 1.96) -> tuple[int, int]:
+    """0-based ranks of the order statistics bounding the q-quantile of n samples (distribution-free)."""
+    half = z * np.sqrt(n * q * (1 - q))
+    return int(np.clip(np.floor(n * q - half), 0, n - 1)), int(np.clip(np.ceil(n * q + half), 0, n - 1))
+
+
 def quantile_ci(x: np.ndarray, q: float, z: float = 1.96) -> tuple[float, float, float] | None:
     """(estimate, low, high) of the q-quantile (0..1) with an order-statistic confidence interval."""
     n = len(x)
     if n == 0:
         return None
     s = np.sort(x)
-    half = z * np.sqrt(n * q * (1 - q))
-    lo = int(np.clip(np.floor(n * q - half), 0, n - 1))
-    hi = int(np.clip(np.ceil(n * q + half), 0, n - 1))
+    lo, hi = ci_ranks(n, q, z)
     return float(np.quantile(s, q)), float(s[lo]), float(s[hi])
+
+
+def histogram_quantile_ci(values: np.ndarray, counts: np.ndarray, q: float, z: float = 1.96
+                          ) -> tuple[float, float, float] | None:
+    """``quantile_ci`` on aggregated samples: ``counts[i]`` samples of value ``values[i]`` (a bucket's
+    representative value, ascending). Same ranks, read off the cumulative counts."""
+    n = int(counts.sum())
+    if n == 0:
+        return None
+    cum = np.cumsum(counts)
+    lo, hi = ci_ranks(n, q, z)
+    at = int(np.clip(np.ceil(n * q) - 1, 0, n - 1))
+    pick = np.searchsorted(cum, np.array([at, lo, hi]), side="right")
+    v = values[np.clip(pick, 0, len(values) - 1)]
+    return float(v[0]), float(v[1]), float(v[2])
 
 
 def _latencies(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
@@ -50,9 +70,26 @@ def _latencies(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
 def _dist(b: np.ndarray, n: np.ndarray, unit: str) -> dict[str, Any] | None:
     if not len(b) or not len(n):
         return None
-    out: dict[str, Any] = {"unit": unit, "base_count": len(b), "new_count": len(n)}
+    return _compare(lambda q: quantile_ci(b, q), lambda q: quantile_ci(n, q), len(b), len(n), unit)
+
+
+def histogram_dist(base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray], unit: str
+                   ) -> dict[str, Any] | None:
+    """The latency comparison of ``diff`` on aggregates: each side a (bucket values, counts) histogram."""
+    nb, nn = int(base[1].sum()), int(new[1].sum())
+    if not nb or not nn:
+        return None
+    return _compare(lambda q: histogram_quantile_ci(*base, q), lambda q: histogram_quantile_ci(*new, q),
+                    nb, nn, unit)
+
+
+Quantile = Callable[[float], "tuple[float, float, float] | None"]
+
+
+def _compare(qb: Quantile, qn: Quantile, nb: int, nn: int, unit: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"unit": unit, "base_count": nb, "new_count": nn}
     for q in QUANTILES:
-        eb, en = quantile_ci(b, q / 100), quantile_ci(n, q / 100)
+        eb, en = qb(q / 100), qn(q / 100)
         assert eb is not None and en is not None
         out[f"p{q}"] = {
             "base": round(eb[0], 4), "base_ci": [round(eb[1], 4), round(eb[2], 4)],

@@ -54,11 +54,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV from $SYS_PY (with system site-packages, for bcc)"
   "$SYS_PY" -m venv --system-site-packages "$VENV"
 fi
-stamp="$VENV/.installed-$(cat pyproject.toml | md5sum | cut -c1-12)"
+# The spark extra (pyspark, for the fleet-SQL portability test) only where a Java runtime exists:
+# pyspark is large and useless without one. Installing Java is left to the machine (Debian: openjdk-17-jre-headless).
+extras=test
+if command -v java >/dev/null 2>&1; then extras=test,spark; else say "no java: skipping the spark extra (the Spark SQL test will skip)"; fi
+stamp="$VENV/.installed-$( (cat pyproject.toml; echo "$extras") | md5sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
-  say "installing autoglm-trace into $VENV"
+  say "installing autoglm-trace[$extras] into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q -e '.[test]' >&2
+  "$VENV/bin/python" -m pip install -q -e ".[$extras]" >&2
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
 "$VENV/bin/python" - <<'PY' >&2 || true

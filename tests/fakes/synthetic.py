@@ -65,6 +65,11 @@ class Scenario:
     neighbour_wait_ms: float = 0.0  # a busy neighbour (pid 3100 "python") charged all the time
     drop_tables: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # Who and when, for recordings that look like several hosts' (fleet tests)
+    hostname: str = "synthetic"
+    boot_id: str = ""
+    wall_offset_ns: int = WALL_OFFSET_NS
+    labels: dict[str, str] | None = None
 
     @property
     def inc_start(self) -> float:
@@ -175,9 +180,11 @@ def write_recording(path: str | Path, sc: Scenario) -> dict[str, Any]:
             "capacity of 79.19 GiB of which 120.00 MiB is free."])
     manifest = {"format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION, "target": target,
                 "start_ns": START_NS, "end_ns": int(_ns(end_s)), "interval_ns": sc.interval_ms * 1_000_000,
-                "clock": {"monotonic_to_wall_ns": WALL_OFFSET_NS}, "collectors": collectors,
-                "host": {"hostname": "synthetic", "cpus": 2}, "complete": True,
+                "clock": {"monotonic_to_wall_ns": sc.wall_offset_ns}, "collectors": collectors,
+                "host": {"hostname": sc.hostname, "cpus": 2, "boot_id": sc.boot_id}, "complete": True,
                 "synthetic": {"kind": sc.kind, "seed": sc.seed}}
+    if sc.labels:
+        manifest["labels"] = dict(sc.labels)
     w = RecordingWriter(Path(path), manifest)
     emit = _Emitter(w, drop)
     truth: dict[str, Any] = {"kind": sc.kind, "incident": None, "culprit_pid": None}
