@@ -36,7 +36,7 @@ import re
 
 import pyarrow as pa
 
-from autoglm_trace.tracer import schema
+from autoglm_trace import schema
 
 DATASET_VERSION = 1
 FORMAT_NAME = "autoglm-trace-dataset"

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from autoglm_trace.analysis import dataset
 from autoglm_trace.analysis.diff import QUANTILES, histogram_dist
-from autoglm_trace.tracer.errors import NewerSchemaError, RecordingError, UsageError
+from autoglm_trace.errors import NewerSchemaError, RecordingError, UsageError
 
 SCHEMA_ID = "autoglm-trace.fleet/1"
 SQL_PACKAGE = "autoglm_trace.analysis"

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from autoglm_trace.analysis import dataset
 from autoglm_trace.analysis.outfile import atomic_file
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.tracer.errors import RecordingError, UsageError
+from autoglm_trace.errors import RecordingError, UsageError
 
 DAY_NS = 86_400 * 1_000_000_000
 

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from autoglm_trace.errors import UsageError, WriteError
 from autoglm_trace.tracer.commands._parser import CommandParser
-from autoglm_trace.tracer.errors import UsageError, WriteError
 
 NAME = "fleet"
 SUMMARY = "query many hosts' Parquet exports (DuckDB): incidents by host, top culprits, regressions (--json, --html)"
