@@ -32,15 +32,17 @@ DAY_NS = 86_400 * 1_000_000_000
 
 def recording_id(manifest: dict[str, Any]) -> str:
     """16 hex digits: the manifest's own ``recording_id`` when it has one, else a hash of what makes
-    a recording unique (host, boot, monotonic start and end, trigger) -- stable across copies and
+    a recording unique (host, boot, clock anchor, monotonic start and end, trigger) -- stable across copies and
     re-exports of the same directory, different for two flight snapshots of one ring."""
     given = manifest.get("recording_id")
     if isinstance(given, str) and dataset.SAFE_VALUE.match(given):
         return given[:32]
-    host = manifest.get("host") or {}
-    trig = manifest.get("trigger") or {}
-    key = "\0".join(str(v) for v in (host.get("hostname"), host.get("boot_id"), manifest.get("start_ns"),
-                                     manifest.get("start_time"), manifest.get("end_ns"), trig.get("ts_ns"),
+    host = manifest.get("host") if isinstance(manifest.get("host"), dict) else {}
+    trig = manifest.get("trigger") if isinstance(manifest.get("trigger"), dict) else {}
+    clk = manifest.get("clock") if isinstance(manifest.get("clock"), dict) else {}
+    # The clock anchor tells two boots apart where boot_id is missing (same monotonic start).
+    key = "\0".join(str(v) for v in (host.get("hostname"), host.get("boot_id"), clk.get("monotonic_to_wall_ns"),
+                                     manifest.get("start_ns"), manifest.get("end_ns"), trig.get("ts_ns"),
                                      trig.get("kind")))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 

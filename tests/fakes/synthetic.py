@@ -70,6 +70,7 @@ class Scenario:
     boot_id: str = ""
     wall_offset_ns: int = WALL_OFFSET_NS
     labels: dict[str, str] | None = None
+    latency_scale: float = 1.0  # every request this much slower (a regressed build)
 
     @property
     def inc_start(self) -> float:
@@ -254,7 +255,7 @@ def _spans(sc: Scenario, rng: np.random.Generator, emit: _Emitter, t0: float, t1
     if sc.kind in ("leak_oom", "kv_oom", "cuda_oom"):
         t = t[t < sc.kill_s - 0.5]
     tok = rng.integers(16, 257, len(t))
-    lat = (0.030 + 0.006 * tok) * rng.lognormal(0, sc.latency_sigma, len(t))
+    lat = (0.030 + 0.006 * tok) * sc.latency_scale * rng.lognormal(0, sc.latency_sigma, len(t))
     if sc.has_incident and sc.extra.get("period_s"):
         # Each stall holds every request in flight for the rest of the stall.
         stall = sc.extra.get("stall_s", 0.2)
