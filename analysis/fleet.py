@@ -21,6 +21,7 @@ What comes back (``autoglm-trace fleet --json``, schema ``autoglm-trace.fleet/1`
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -187,18 +188,21 @@ class SparkEngine:
                                  "and a Java runtime") from None
             session = (SparkSession.builder.master("local[2]").appName("autoglm-trace-fleet")
                        .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
-                       .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+                       .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", "4").getOrCreate())
             session.sparkContext.setLogLevel("ERROR")
         self.spark = session
         self.spark.conf.set("spark.sql.session.timeZone", "UTC")
 
     def bind(self, table: str, files: list[Path], root: Path) -> None:
-        if files:
-            df = self.spark.read.option("mergeSchema", "true").parquet(str(root / table))
-        else:
-            from pyspark.sql.pandas.types import from_arrow_schema
+        from pyspark.sql.pandas.types import from_arrow_schema
 
-            df = self.spark.createDataFrame([], from_arrow_schema(dataset.schema_for(table)))
+        # The documented schema, not inference: no job to merge footers, and columns an older file
+        # lacks read as nulls.
+        sch = from_arrow_schema(dataset.schema_for(table))
+        if files:
+            df = self.spark.read.schema(sch).parquet(str(root / table))
+        else:
+            df = self.spark.createDataFrame([], sch)
         df.createOrReplaceTempView(table)
 
     def bind_params(self, row: dict[str, Any]) -> None:
@@ -263,9 +267,16 @@ class Dataset:
                 raise NewerSchemaError(f"{f} is fleet dataset v{v}; this autoglm-trace reads up to "
                                        f"v{dataset.DATASET_VERSION} -- upgrade autoglm-trace")
 
-    def bind(self, engine: Engine) -> None:
+    def bind(self, engine: Engine, tables: set[str] | None = None) -> None:
         for name, files in self.files.items():
-            engine.bind(name, files, self.root)
+            if tables is None or name in tables:
+                engine.bind(name, files, self.root)
+
+
+def tables_used(queries: tuple[str, ...]) -> set[str]:
+    """The dataset tables the queries read (only those are bound: binding costs a listing on Spark)."""
+    text = "\n".join(re.sub(r"--[^\n]*", "", sql_text(q)) for q in queries)
+    return {t for t in dataset.TABLES if re.search(rf"\b{t}\b", text)}
 
 
 # Running ---------------------------------------------------------------------------------------
@@ -371,7 +382,7 @@ def fleet_report(root: str | Path, params: Params | None = None, engine: Engine 
     eng = engine or make_engine("duckdb")
     timings: dict[str, float] = {}
     try:
-        ds.bind(eng)
+        ds.bind(eng, tables_used(QUERIES))
         eng.bind_params(p.row())
         p = default_params(eng, p)
         eng.bind_params(p.row())
