@@ -239,3 +239,10 @@ def test_subprocess_cli_entry_exists() -> None:
     p = subprocess.run([sys.executable, "-m", "autoglm_trace.tracer.cli", "fleet", "--sql"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "top_culprits" in p.stdout
+
+
+def test_parquet_format_doc_is_current() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "format-parquet.md").read_text()
+    block = doc.split("<!-- BEGIN GENERATED TABLES -->\n", 1)[1].split("<!-- END GENERATED TABLES -->", 1)[0]
+    assert block == dataset.tables_markdown() + "\n", "docs/format-parquet.md is stale: run 'make docs'"
+    assert f"dataset v{dataset.DATASET_VERSION}" in doc.splitlines()[0]
