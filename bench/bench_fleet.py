@@ -141,7 +141,7 @@ def main() -> int:
             lines.append(f"| {i} | {r['wall_s']:.2f} | {r['query_s']:.2f} | {r['load1']:.1f} |")
         lines += [
             "",
-            f"Per query (last run): " + ", ".join(f"{k} {v:.2f} s" for k, v in d["timing"]["queries"].items())
+            "Per query (last run): " + ", ".join(f"{k} {v:.2f} s" for k, v in d["timing"]["queries"].items())
             + f"; slowest: {slowest[0]}. Peak RSS of the fleet process: {peak:.0f} MiB.",
             "",
             f"Target: the default query over {args.hosts:,} hosts in under 10 s -- "
