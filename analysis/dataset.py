@@ -24,6 +24,8 @@ file in both days. Rules:
   ``culprits``, and ``oom_kills`` (the recorded ``oom_kills`` rows joined with the post-mortem's
   verdict, plus CUDA OOMs, which the kernel never sees). ``recordings`` holds one row per recording;
   it is written last, so a recording is in the dataset once its ``recordings`` row exists.
+  ``latency_hist`` is the request latency of ``spans`` pre-aggregated per minute (log histogram), what
+  the fleet's regression check reads.
 * Versioned like the recording: every file's metadata carries ``autoglm_trace.dataset_version``,
   ``autoglm_trace.schema_version`` (of the recording it came from) and ``autoglm_trace.table``. Bump
   ``DATASET_VERSION`` when a column changes meaning or is removed, or the layout changes; adding a
@@ -174,6 +176,21 @@ FINDINGS: dict[str, pa.Schema] = {
     ]),
 }
 
+FINDINGS["latency_hist"] = _findings(
+    "latency_hist", "Request latency per recording per UTC minute per span name as a log histogram: "
+    "bucket b counts requests (by start time) whose latency is in [2^(b/8), 2^((b+1)/8)) ms, about 9 % "
+    "wide (LATENCY_BUCKETS_PER_DOUBLING). The fleet's regression check reads this, not the raw spans: "
+    "its cost does not grow with the request rate.", [
+        _f("ts_ns", pa.int64(), "CLOCK_MONOTONIC ns of the minute's start", False),
+        _f("ts", WALL_TYPE, "the minute's start, UTC wall-clock", False),
+        _f("name", pa.string(), "span name ('' when unnamed)"),
+        _f("bucket", pa.int32(), "floor(log2(latency in ms) * 8); latencies under 1 us count as 1 us", False),
+        _f("requests", pa.int64(), "requests in the bucket", False),
+        _f("failed", pa.int64(), "of which failed (spans.ok = false)", False),
+    ])
+LATENCY_BUCKETS_PER_DOUBLING = 8
+LATENCY_MINUTE_NS = 60 * 1_000_000_000
+
 _OOM_EXTRA = [
     _f("kind", pa.string(), "host | memcg | cuda (the killer path)"),
     _f("rss_bytes", pa.int64(), "victim RSS at the kill"),
@@ -193,7 +210,7 @@ FINDINGS["oom_kills"] = pa.schema(
     metadata=_meta("oom_kills", "Every OOM kill (the recorded oom_kills rows) and CUDA OOM, with the "
                    "`oom` post-mortem's verdict."))
 
-FINDINGS_ORDER = ("incidents", "causes", "culprits", "oom_kills", "recordings")
+FINDINGS_ORDER = ("incidents", "causes", "culprits", "oom_kills", "latency_hist", "recordings")
 TABLES: dict[str, pa.Schema] = {name: _from_recording(name) for name in schema.TABLES if name != "oom_kills"}
 TABLES.update(FINDINGS)
 

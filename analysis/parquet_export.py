@@ -241,6 +241,31 @@ def oom_rows(rec: Recording, kills: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
+def latency_hist(ex: Exporter, spans: pa.Table) -> pa.Table | None:
+    """``spans`` as per-minute latency histograms (``dataset`` table ``latency_hist``)."""
+    if not spans.num_rows:
+        return None
+    start = spans.column("ts_ns").to_numpy(zero_copy_only=False).astype(np.int64)
+    end = spans.column("end_ns").to_numpy(zero_copy_only=False).astype(np.int64)
+    keep = end >= start
+    ms = np.maximum((end - start) / 1e6, 0.001)
+    bucket = np.floor(np.log2(ms) * dataset.LATENCY_BUCKETS_PER_DOUBLING).astype(np.int32)
+    minute = (start + ex.offset) // dataset.LATENCY_MINUTE_NS * dataset.LATENCY_MINUTE_NS
+    failed = pc.fill_null(pc.equal(spans.column("ok"), False), False).to_numpy(zero_copy_only=False)
+    names = pc.fill_null(spans.column("name"), "")
+    t = pa.table({"minute": minute, "name": names, "bucket": bucket, "failed": failed.astype(np.int64),
+                  "one": np.ones(len(start), np.int64)}).filter(pa.array(keep))
+    if not t.num_rows:
+        return None
+    g = t.group_by(["minute", "name", "bucket"], use_threads=False).aggregate([("one", "sum"), ("failed", "sum")])
+    g = g.sort_by([("minute", "ascending"), ("name", "ascending"), ("bucket", "ascending")])
+    wall = g.column("minute").to_numpy().astype(np.int64)
+    cols = {"ts_ns": wall - ex.offset, "ts": pa.array(wall // 1000, pa.int64()).cast(dataset.WALL_TYPE),
+            "name": g.column("name"), "bucket": g.column("bucket"), "requests": g.column("one_sum"),
+            "failed": g.column("failed_sum")}
+    return ex._keyed("latency_hist", cols, g.num_rows, wall)
+
+
 def recording_row(ex: Exporter, diagnosis: dict[str, Any]) -> dict[str, Any]:
     m = ex.rec.manifest
     target = m.get("target") if isinstance(m.get("target"), dict) else {}
@@ -279,6 +304,9 @@ def export_parquet(rec: Recording, out: str | Path, host: str | None = None, bui
     for name, rows in findings_rows(d).items():
         if rows:
             ex.write(name, ex.rows_table(name, rows))
+    lh = latency_hist(ex, rec.table("spans"))
+    if lh is not None:
+        ex.write("latency_hist", lh)
     kills = oom_rows(rec, d.get("oom") or [])
     if kills:
         ex.write("oom_kills", ex.rows_table("oom_kills", kills))

@@ -7,8 +7,8 @@
    clean, half with an injected incident (cpu, io, memory, gpu_memory) -- and exported for real with
    ``export_parquet`` (every table, analysis findings included).
 2. ``--hosts`` hosts are made from them: host i gets template i % templates. The tables the fleet
-   queries read (recordings, incidents, culprits, oom_kills, spans) are rewritten per host with its
-   own host, boot_id and recording_id; the other tables (sched, proc_samples, ...: the queries never
+   queries read (recordings, incidents, culprits, oom_kills, latency_hist) are rewritten per host with its
+   own host, boot_id and recording_id; the other tables (spans, sched, proc_samples, ...: the queries never
    open them) are hard links to the template's files, so the directory holds as many files as a real
    fleet's (the listing is part of the cost) without 19 MB of disk per host.
 3. ``autoglm-trace fleet DIR --json`` runs ``--repeat`` times as a fresh process (interpreter start and
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-READ_TABLES = ("recordings", "incidents", "culprits", "oom_kills", "spans")
+READ_TABLES = ("recordings", "incidents", "culprits", "oom_kills", "latency_hist")
 KINDS = ("clean", "cpu", "clean", "io", "clean", "memory", "clean", "gpu_memory")
 
 
@@ -87,6 +87,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=3600.0, help="seconds per recording")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--dir", help="build the dataset here (kept); default: a temp dir, removed")
+    p.add_argument("--reuse", action="store_true", help="with --dir: query the dataset already built there")
     p.add_argument("--doc", help="replace this benchmark's section of a markdown file")
     args = p.parse_args()
     from benchdoc import machine_facts
@@ -95,14 +96,20 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     ds = base / "ds"
     try:
-        t = time.perf_counter()
-        tpls = make_templates(base, args.templates, args.duration)
-        t_tpl = time.perf_counter() - t
-        t = time.perf_counter()
-        files = 0
-        for i in range(args.hosts):
-            files += clone_host(tpls[i % len(tpls)], ds, f"gpu-{i // 40:02d}-{i % 40:03d}", f"boot-{i}", f"{i:016x}")
-        t_clone = time.perf_counter() - t
+        t_tpl = t_clone = 0.0
+        if args.reuse and (ds / "recordings").is_dir():
+            files = sum(1 for _ in ds.rglob("*.parquet"))
+        else:
+            shutil.rmtree(ds, ignore_errors=True)
+            t = time.perf_counter()
+            tpls = make_templates(base, args.templates, args.duration)
+            t_tpl = time.perf_counter() - t
+            t = time.perf_counter()
+            files = 0
+            for i in range(args.hosts):
+                files += clone_host(tpls[i % len(tpls)], ds, f"gpu-{i // 40:02d}-{i % 40:03d}", f"boot-{i}",
+                                    f"{i:016x}")
+            t_clone = time.perf_counter() - t
         size = sum(f.stat().st_size for f in ds.rglob("*.parquet") if f.stat().st_nlink == 1)
         cmd = [str(Path(sys.executable).parent / "autoglm-trace"), "fleet", str(ds), "--json"]
         runs = []
@@ -132,7 +139,8 @@ def main() -> int:
             f"({rng['recordings']:,} recordings, {rng['requests']:,} requests, {rng['incidents']:,} incidents, "
             f"{rng['oom_kills']} OOM kills), {files:,} Parquet files; {size / 2**30:.2f} GiB written "
             f"(the {len(READ_TABLES)} tables the queries read, per host) plus hard links for the rest. "
-            f"Made in {t_tpl:.0f} s ({args.templates} templates written and exported) + {t_clone:.0f} s (hosts).",
+            + (f"Made in {t_tpl:.0f} s ({args.templates} templates written and exported) + {t_clone:.0f} s (hosts)."
+             if t_tpl else "(Dataset reused from an earlier run of this script.)"),
             "",
             "| run | wall s (process: start, imports, queries) | queries s | load average (1 min) at start |",
             "|---|---|---|---|",

@@ -22,7 +22,7 @@ HOSTS: dict[str, tuple[str, str, float, int]] = {
 }
 
 
-def make_fleet(base: Path, duration_s: float = 60.0) -> dict[str, Any]:
+def make_fleet(base: Path, duration_s: float = 180.0) -> dict[str, Any]:
     """Write one recording per host and export each into ``base/ds``; returns the truths."""
     truths: dict[str, Any] = {}
     for i, (host, (kind, build, scale, hours)) in enumerate(HOSTS.items()):

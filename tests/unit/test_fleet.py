@@ -105,11 +105,12 @@ def test_regression_between_builds_names_the_host(fleet_dir: Path) -> None:
 
 
 def test_regression_between_periods(fleet_dir: Path) -> None:
-    p = fleet.Params(before=fleet.parse_period("2025-11-24T16:00..2025-11-24T16:00:30", "b"),
-                     after=fleet.parse_period("2025-11-24T16:00:30..2025-11-24T16:01", "a"))
+    # latency_hist is per minute: periods are matched by the minute a request started in
+    p = fleet.Params(before=fleet.parse_period("2025-11-24T16:00..2025-11-24T16:01", "b"),
+                     after=fleet.parse_period("2025-11-24T16:01..2025-11-24T16:03", "a"))
     g = fleet.fleet_report(fleet_dir, p)["regression"]
     assert g["hosts_compared"] == 4
-    assert [h["host"] for h in g["hosts"] if h["regressed"]] == ["gpu-r1-02"]  # the incident is in the 2nd half
+    assert [h["host"] for h in g["hosts"] if h["regressed"]] == ["gpu-r1-02"]  # the incident is at 16:01:48
 
 
 def test_since_until_filter(fleet_dir: Path) -> None:
