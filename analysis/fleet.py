@@ -45,7 +45,10 @@ QUERIES = ("fleet_range", "incidents_by_host", "incidents_over_time", "top_culpr
            "oom_kills", "latency_histograms")
 FAR_PAST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAR_FUTURE = datetime(2200, 1, 1, tzinfo=timezone.utc)
-BUCKETS_PER_DOUBLING = 8  # latency_histograms.sql: bucket b = floor(log2(ms) * 8)
+# The findings tables: one to a few rows per recording, read by most queries. DuckDB copies them
+# into memory once instead of opening every host's file again for each query.
+MATERIALIZE = frozenset({"recordings", "incidents", "causes", "culprits", "oom_kills"})
+BUCKETS_PER_DOUBLING = dataset.LATENCY_BUCKETS_PER_DOUBLING  # latency_hist.bucket = floor(log2(ms) * 8)
 
 
 def sql_text(name: str) -> str:
@@ -161,11 +164,15 @@ class DuckDBEngine:
             self.con.execute(f"SET threads = {int(threads)}")
 
     def bind(self, table: str, files: list[Path], root: Path) -> None:
-        if files:
-            rel = self.con.read_parquet([str(f) for f in files], hive_partitioning=True, union_by_name=True)
-            rel.create_view(table, replace=True)
-        else:
+        if not files:
             self.con.register(table, dataset.schema_for(table).empty_table())
+            return
+        rel = self.con.read_parquet([str(f) for f in files], hive_partitioning=True, union_by_name=True)
+        if table in MATERIALIZE:
+            # Small and read by several queries: opened once, kept in memory.
+            rel.create(table)
+        else:
+            rel.create_view(table, replace=True)
 
     def bind_params(self, row: dict[str, Any]) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW fleet_params AS {params_select(row)}")
@@ -236,7 +243,9 @@ class Dataset:
     files: dict[str, list[Path]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, root: str | Path) -> Dataset:
+    def open(cls, root: str | Path, tables: set[str] | None = None) -> Dataset:
+        """The files of ``tables`` (default: every dataset table) under ``root``; ``recordings`` is
+        always listed (no recordings: not a dataset)."""
         root = Path(root)
         if not root.exists():
             raise RecordingError(f"{root}: no such directory")
@@ -244,14 +253,9 @@ class Dataset:
             raise RecordingError(f"{root} is not a directory")
         ds = cls(root)
         for name in dataset.TABLES:
-            d = root / name
-            found: list[Path] = []
-            if d.is_dir():
-                for dirpath, dirnames, filenames in os.walk(d):
-                    dirnames[:] = sorted(n for n in dirnames if not n.startswith((".", "_")))
-                    found += [Path(dirpath) / f for f in sorted(filenames)
-                              if f.endswith(dataset.SUFFIX) and not f.startswith((".", "_"))]
-            ds.files[name] = found
+            if tables is not None and name not in tables and name != "recordings":
+                continue
+            ds.files[name] = _parquet_files(root / name)
         if not ds.files["recordings"]:
             raise RecordingError(f"{root} holds no exported recording (no recordings/ files); write one with "
                                  "'autoglm-trace export REC --parquet DIR'")
@@ -259,11 +263,12 @@ class Dataset:
         return ds
 
     def _check_version(self) -> None:
-        """Refuse files of a newer dataset version (checked on the newest file of each table)."""
+        """Refuse files of a newer dataset version (checked on the last-named file of each table:
+        a full check would read every footer before the first query)."""
         for files in self.files.values():
             if not files:
                 continue
-            f = max(files, key=lambda p: p.stat().st_mtime)
+            f = files[-1]
             try:
                 sch = pq.read_schema(f)
             except (OSError, pa.ArrowException) as e:
@@ -277,6 +282,18 @@ class Dataset:
         for name, files in self.files.items():
             if tables is None or name in tables:
                 engine.bind(name, files, self.root)
+
+
+def _parquet_files(d: Path) -> list[Path]:
+    """Every ``*.parquet`` under ``d`` (hidden temp files and ``_``-names skipped, as Spark does)."""
+    found: list[Path] = []
+    if not d.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith((".", "_")))
+        found += [Path(dirpath) / f for f in sorted(filenames)
+                  if f.endswith(dataset.SUFFIX) and not f.startswith((".", "_"))]
+    return found
 
 
 def tables_used(queries: tuple[str, ...]) -> set[str]:
@@ -385,13 +402,18 @@ def fleet_report(root: str | Path, params: Params | None = None, engine: Engine 
     """Run the default queries over the dataset at ``root``; returns the ``fleet --json`` dict."""
     t0 = time.monotonic()
     p = params or Params(bucket_unit="auto")
-    ds = Dataset.open(root)
+    used = tables_used(QUERIES)
+    ds = Dataset.open(root, used)
     timings: dict[str, float] = {"list_files": round(time.monotonic() - t0, 3)}
     own = engine is None
     eng = engine or make_engine("duckdb")
     try:
         q0 = time.monotonic()
-        ds.bind(eng, tables_used(QUERIES))
+        try:
+            ds.bind(eng, used)
+        except Exception as e:  # noqa: BLE001 - engines raise their own error classes
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise RecordingError(f"fleet: cannot read the dataset at {root} ({eng.name}): {msg}") from None
         eng.bind_params(p.row())
         timings["bind"] = round(time.monotonic() - q0, 3)
         q0 = time.monotonic()

@@ -206,7 +206,7 @@ def test_corrupt_parquet_file_is_one_line(tmp_path: Path, run_cli) -> None:
     write_recording(tmp_path / "rec", Scenario(kind="clean", duration_s=5))
     ds = tmp_path / "ds"
     export_parquet(Recording(tmp_path / "rec"), ds)
-    victim = next((ds / "spans").rglob("*.parquet"))
+    victim = next((ds / "latency_hist").rglob("*.parquet"))
     victim.write_bytes(b"PAR1 garbage" * 10)
     os.utime(victim)
     p = run_cli("fleet", str(ds))
