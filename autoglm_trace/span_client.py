@@ -48,6 +48,9 @@ ENV_VAR = "AUTOGLM_TRACE_SPAN_SOCKET"
 MAGIC = b"AGS2"
 HEADER = struct.Struct("<4sqqqiiiiBIHH")
 MAX_NAME = 200
+# The receiver keeps a span that started at most this long before the recording (a request in flight
+# when it began); the reader applies the same bound to a spans table.
+MAX_EARLY_NS = 600 * 1_000_000_000
 MAX_ATTRS = 3000  # bytes of JSON; larger attrs are replaced by {"_truncated": true}
 FLAG_OK = 1
 MAX_DATAGRAM = 32768  # a flush packs records into datagrams up to this size
