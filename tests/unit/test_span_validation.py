@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
 from autoglm_trace import schema, span_client
 from autoglm_trace.analysis.reader import Recording
