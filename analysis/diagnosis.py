@@ -99,13 +99,20 @@ def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int) -> dict[
 
 
 def culprit_sentence(kind: str, c: dict[str, Any]) -> str:
-    who = f"pid {c['pid']}" + (f" `{c['comm']}`" if c.get("comm") else "")
-    if c.get("in_target"):
-        who += " (in the target)"
+    if c.get("label"):
+        who = c["label"]
+    else:
+        who = f"pid {c['pid']}" + (f" `{c['comm']}`" if c.get("comm") else "")
+        if c.get("in_target"):
+            who += " (in the target)"
     share = f"{100 * c['share']:.0f}%" if c.get("share") is not None else "?"
     if kind == "cpu_contention":
         where = f" on CPU {c['cpu']}" if c.get("cpu") is not None else ""
-        return f"{share} of the target's run-queue wait charged to {who}{where}"
+        return f"{share} of the target's extra run-queue wait charged to {who}{where}"
+    if kind in ("lock_contention", "gil_contention"):
+        what = "GIL" if kind == "gil_contention" else "lock"
+        return (f"{share} of the target's extra {what} wait ended by {who}, the holder "
+                f"({c.get('wait_ms', 0):.0f} ms waited on it)")
     if kind == "io_wait":
         return f"{share} of block I/O bytes on {', '.join(c.get('devices') or []) or 'its devices'} from {who}"
     if kind in ("memory_pressure", "oom"):
