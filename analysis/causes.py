@@ -38,7 +38,7 @@ PRESENT = 0.5
 LISTED = 0.35
 # Kinds whose stall signal is specific to them (run-queue wait; direct reclaim), so its share of the
 # extra latency can carry the confidence. D-state sleep is not: both I/O and major faults cause it.
-SHARE_CONFIDENT = ("cpu_contention", "memory_pressure")
+SHARE_CONFIDENT = ("cpu_contention", "memory_pressure", "lock_contention", "gil_contention")
 
 # kind -> (specific signals that show it, stall signals it can be charged with)
 CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -48,6 +48,9 @@ CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "memory_pressure": (("reclaim_target", "major_faults", "psi_memory", "psi_memory_full", "allocstalls",
                          "pgscan_direct", "mem_available", "reclaim_others", "host_major_faults"),
                         ("reclaim_target",)),
+    # Waits on other threads of the target (analysis/wakers.py): a lock / queue holder, the GIL holder.
+    "lock_contention": (("lock_wait",), ("lock_wait",)),
+    "gil_contention": (("gil_wait",), ("gil_wait",)),
     "io_wait": (("blkio_target_avg_latency", "blkio_others_bytes", "blkio_others_count", "psi_io",
                  "psi_io_full", "host_iowait"), ("dstate_time",)),
     "gpu_throttle": (("gpu_throttle", "gpu_sm_clock"), ()),

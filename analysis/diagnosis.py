@@ -18,6 +18,7 @@ from autoglm_trace.analysis import anomalies
 from autoglm_trace.analysis import causes as causes_mod
 from autoglm_trace.analysis import culprits as culprits_mod
 from autoglm_trace.analysis import engine as engine_mod
+from autoglm_trace.analysis import wakers as wakers_mod
 from autoglm_trace.analysis.oom import iso, oom_postmortem
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.spikes import (
@@ -89,6 +90,9 @@ def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int) -> dict[
     a, b = inc.start_ns, inc.end_ns
     if kind == "cpu_contention":
         return culprits_mod.cpu_culprits(rec, a, b, slack)
+    if kind in ("lock_contention", "gil_contention"):
+        return wakers_mod.holder_culprits(rec, a, b, slack, "gil" if kind == "gil_contention" else "lock",
+                                          culprits_mod.victims(rec), inc.n_requests or None)
     if kind == "io_wait":
         return culprits_mod.io_culprits(rec, a, b, slack)
     if kind in ("memory_pressure", "oom"):

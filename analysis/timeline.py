@@ -171,6 +171,7 @@ def build_timeline(rec: Recording, width_ns: int | None = None) -> Timeline:
     tl = Timeline(start, end, width, n)
     _sched(rec, tl)
     _preemptions(rec, tl)
+    _wakeups(rec, tl)
     _faults(rec, tl)
     _block_io(rec, tl)
     _reclaim(rec, tl)
@@ -184,7 +185,7 @@ def build_timeline(rec: Recording, width_ns: int | None = None) -> Timeline:
 
 
 # Kernel-collector families (manifest ``collectors.kernel.skipped``) and the tables they fill.
-_FAMILY = {"sched": "sched", "preemptions": "sched", "faults": "faults", "block_io": "io", "reclaim": "memory",
+_FAMILY = {"sched": "sched", "preemptions": "sched", "wakeups": "wakeups", "faults": "faults", "block_io": "io", "reclaim": "memory",
            "oom_kills": "oom", "proc_events": "proc"}
 
 
@@ -283,6 +284,22 @@ def _preemptions(rec: Recording, tl: Timeline) -> None:
     tl.add(Signal("wait_charged_to_others", _sum(tl, ts[outside], col(t, "wait_ns")[outside]), "ns/window",
                   "preemptions", "others", "run-queue wait charged to outside processes",
                   floor=1e6 * tl.width_ns / 1e9, stall=True))
+
+
+def _wakeups(rec: Recording, tl: Timeline) -> None:
+    """Sleep of the target's threads spent waiting on other threads of the target (analysis/wakers.py)."""
+    from autoglm_trace.analysis import wakers  # noqa: PLC0415 - wakers reads the tree, not the timeline
+
+    if _missing(rec, tl, "wakeups", ["lock_wait", "gil_wait"]):
+        return
+    got = wakers.wait_signals(rec, tl.index, tl.n)
+    if got is None:
+        return
+    floor = 1e6 * tl.width_ns / 1e9
+    tl.add(Signal("lock_wait", got["lock"], "ns/window", "wakeups", "target",
+                  "sleep waiting on other threads of the target (locks, queues)", floor=floor, stall=True))
+    tl.add(Signal("gil_wait", got["gil"], "ns/window", "wakeups", "target",
+                  "waiting for the GIL held by a sibling thread", floor=floor, stall=True))
 
 
 def _faults(rec: Recording, tl: Timeline) -> None:

@@ -1,0 +1,249 @@
+"""Who the target's threads waited on while asleep: lock and GIL waits from the ``wakeups`` table.
+
+Every row of ``wakeups`` is an (woken thread, waker) pair per bucket with the S/D sleep the wakeups
+ended. A sleep is classed as
+
+* ``gil``  -- a wait for CPython's GIL: the thread was woken by another thread of its own (Python)
+  process that had been on CPU all along (``waker_oncpu_ns`` >= half the sleep: it ran Python and
+  dropped the GIL when asked), or it timed out after about the switch interval (CPython's take_gil
+  waits ``sys.getswitchinterval()``, 5 ms, on a condition variable, then asks the holder to drop it:
+  the wakeup is an ``[hrtimer]``) while a sibling thread held the CPU;
+* ``lock`` -- any other wakeup by another thread of the target tree (a mutex / futex released, a
+  queue or event signalled, a pipe written): the waker is the holder the sleeper waited on;
+* everything else (timers, network, outside processes) is not a lock wait.
+
+Holders are charged with the waits they ended, beyond what they ended at the baseline. A waiter that
+itself spent the incident asleep waiting on the holder passes on what it "ended" (two waiters
+relaying a lock: the second is woken by the first one's release), in proportion to how much of the
+incident it was asleep, to whoever woke it. A thread is never its own culprit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from autoglm_trace.analysis import tree as tree_mod
+from autoglm_trace.analysis.reader import Recording
+
+SWITCH_INTERVAL_NS = 5_000_000  # CPython's default sys.getswitchinterval()
+GIL_TIMED_WAIT_MAX_NS = 4 * SWITCH_INTERVAL_NS  # mean sleep per wakeup of a GIL timed wait, at most
+HOLDER_ONCPU = 0.5  # waker on CPU for at least this part of the sleep it ended: it held the GIL
+SIBLING_ONCPU = 0.5  # a timed wait is a GIL wait when siblings ran at least this part of the bucket
+RELAY_STEPS = 3
+MIN_SHARE = 0.05
+TOP = 3
+
+
+def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | None:
+    """The S-state rows of ``wakeups`` with a ``class`` column (gil | lock | other) and, for timed GIL
+    waits, nothing more: their holders are found per bucket by ``holders``. None: not recorded."""
+    if not rec.has("wakeups"):
+        return None
+    t = rec.table("wakeups")
+    if not t.num_rows:
+        return t.append_column("class", pa.array([], pa.string()))
+    t = t.filter(pc.equal(t.column("state"), "S"))
+    tree = tree or tree_mod.load(rec)
+    n = t.num_rows
+    tid = _np(t, "tid")
+    pid = _np(t, "pid")
+    wtid = _np(t, "waker_tid")
+    wpid = _np(t, "waker_pid")
+    ctx = np.asarray(t.column("waker_context").to_pylist(), dtype=object)
+    sleep = _np(t, "sleep_ns").astype(np.float64)
+    cnt = np.maximum(_np(t, "count"), 1)
+    oncpu = _np(t, "waker_oncpu_ns").astype(np.float64)
+    inn = pc.fill_null(t.column("waker_in_target"), False).to_numpy(zero_copy_only=False)
+    py = np.array([int(p) in tree.python for p in pid.tolist()], dtype=bool)
+    task = (ctx == "task") & (wtid != 0) & (wtid != tid)
+    by_sibling = task & inn & (wpid == pid)
+    gil_task = by_sibling & py & (oncpu >= HOLDER_ONCPU * sleep)
+    sib = _sibling_oncpu(rec, t)
+    bucket = _np(t, "bucket_ns").astype(np.float64)
+    gil_timer = ((ctx == "hrtimer") & py & (sleep / cnt <= GIL_TIMED_WAIT_MAX_NS)
+                 & (sib >= SIBLING_ONCPU * bucket))
+    lock = task & inn & ~gil_task
+    cls = np.full(n, "other", dtype=object)
+    cls[lock] = "lock"
+    cls[gil_task | gil_timer] = "gil"
+    return t.append_column("class", pa.array(cls.tolist(), pa.string()))
+
+
+def _np(t: pa.Table, name: str) -> np.ndarray:
+    c = t.column(name)
+    if c.null_count:
+        c = pc.fill_null(c, 0)
+    return c.to_numpy(zero_copy_only=False)
+
+
+def _sched_oncpu(rec: Recording) -> dict[tuple[int, int], dict[int, float]]:
+    """(bucket ts, pid) -> {tid: on-CPU ns} from ``sched``."""
+    out: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
+    if not rec.has("sched") or not rec.table("sched").num_rows:
+        return out
+    s = rec.table("sched").select(["ts_ns", "pid", "tid", "oncpu_ns"])
+    for ts, p, th, on in zip(_np(s, "ts_ns").tolist(), _np(s, "pid").tolist(), _np(s, "tid").tolist(),
+                             _np(s, "oncpu_ns").tolist(), strict=True):
+        d = out[(ts, p)]
+        d[th] = d.get(th, 0.0) + on
+    return out
+
+
+def _sibling_oncpu(rec: Recording, t: pa.Table) -> np.ndarray:
+    """Per wakeups row: on-CPU time of the other threads of the wakee's process in that bucket."""
+    on = _sched_oncpu(rec)
+    out = np.zeros(t.num_rows)
+    for i, (ts, p, th) in enumerate(zip(_np(t, "ts_ns").tolist(), _np(t, "pid").tolist(), _np(t, "tid").tolist(),
+                                        strict=True)):
+        d = on.get((ts, p))
+        if d:
+            out[i] = sum(v for k, v in d.items() if k != th)
+    return out
+
+
+def _charges(rec: Recording, t: pa.Table, kind: str) -> dict[int, dict[tuple[int, int], float]]:
+    """wakee tid -> {(holder pid, holder tid): ns of its ``kind`` wait charged to the holder}."""
+    m: dict[int, dict[tuple[int, int], float]] = defaultdict(lambda: defaultdict(float))
+    if not t.num_rows:
+        return m
+    t = t.filter(pc.equal(t.column("class"), kind))
+    if not t.num_rows:
+        return m
+    on = _sched_oncpu(rec) if kind == "gil" else {}
+    ctx = t.column("waker_context").to_pylist()
+    for ts, p, th, wp, wt, c, sl in zip(_np(t, "ts_ns").tolist(), _np(t, "pid").tolist(), _np(t, "tid").tolist(),
+                                        _np(t, "waker_pid").tolist(), _np(t, "waker_tid").tolist(), ctx,
+                                        _np(t, "sleep_ns").tolist(), strict=True):
+        if c == "task":
+            m[th][(wp, wt)] += sl
+            continue
+        # A timed GIL wait: the holder is whichever sibling ran, in proportion to its CPU time.
+        sib = {k: v for k, v in (on.get((ts, p)) or {}).items() if k != th and v > 0}
+        tot = sum(sib.values())
+        for k, v in sib.items():
+            m[th][(p, k)] += sl * v / tot
+    return m
+
+
+def _relay(m: dict[int, dict[tuple[int, int], float]], duration_ns: float) -> None:
+    """Pass on the charge of holders that were themselves asleep waiting (see the module docstring)."""
+    asleep = {w: min(1.0, sum(d.values()) / duration_ns) for w, d in m.items()} if duration_ns > 0 else {}
+    for _ in range(RELAY_STEPS):
+        moved = False
+        for origin, d in m.items():
+            for (hp, ht), ns in list(d.items()):
+                rho = asleep.get(ht, 0.0)
+                up = {k: v for k, v in m.get(ht, {}).items() if k[1] not in (origin, ht)}
+                tot = sum(up.values())
+                if rho < 0.05 or tot <= 0 or ns <= 0:
+                    continue
+                give = ns * rho
+                d[(hp, ht)] -= give
+                for k, v in up.items():
+                    d[k] += give * v / tot
+                moved = True
+        if not moved:
+            break
+
+
+def _totals(m: dict[int, dict[tuple[int, int], float]], wakees: set[int] | None) -> dict[tuple[int, int], float]:
+    out: dict[tuple[int, int], float] = defaultdict(float)
+    for origin, d in m.items():
+        if wakees is not None and origin not in wakees:
+            continue
+        for k, v in d.items():
+            if k[1] != origin and v > 0:
+                out[k] += v
+    return out
+
+
+def holder_culprits(rec: Recording, start_ns: int, end_ns: int, slack_ns: int, kind: str,
+                    victim_pids: set[int], requests: int | None = None) -> dict[str, Any]:
+    """The threads the victims' ``kind`` ("lock" | "gil") waits were waiting on, beyond the baseline."""
+    tree = tree_mod.load(rec)
+    t = classify(rec, tree)
+    if t is None:
+        return {"culprits": [], "note": "wakeups not recorded"}
+    ts = _np(t, "ts_ns") if t.num_rows else np.zeros(0, np.int64)
+    a, b = start_ns - slack_ns, end_ns
+    inside = (ts >= a) & (ts <= b)
+    if not inside.any():
+        return {"culprits": [], "note": "no wakeups of the target in the incident"}
+    wakee_pid = _np(t, "pid")
+    victim_tids = {int(x) for x, p in zip(_np(t, "tid").tolist(), wakee_pid.tolist(), strict=True)
+                   if p in victim_pids} if victim_pids else None
+    dur = float(b - a)
+    m_in = _charges(rec, t.filter(pa.array(inside)), kind)
+    _relay(m_in, dur)
+    inc = _totals(m_in, victim_tids)
+    base_span = max(1.0, float(rec.end_ns - rec.start_ns) - dur)
+    m_out = _charges(rec, t.filter(pa.array(~inside)), kind)
+    _relay(m_out, base_span)
+    base = {k: v * dur / base_span for k, v in _totals(m_out, victim_tids).items()}
+    inc_total, base_total = sum(inc.values()), sum(base.values())
+    extra = inc_total - base_total
+    vs_base = extra > 0.1 * inc_total and base_total > 0
+    denom = max(extra, sum(max(0.0, v - base.get(k, 0.0)) for k, v in inc.items())) if vs_base else inc_total
+    shares = {k: (max(0.0, v - base.get(k, 0.0)) if vs_base else v) / (denom or 1.0) for k, v in inc.items()}
+    comm = _waker_comms(t)
+    sel = t.filter(pa.array(inside))
+    oncpu_frac = _holder_oncpu(rec, sel, a, b)
+    out = []
+    for k in sorted(shares, key=lambda k: -shares[k]):
+        if len(out) >= TOP or shares[k] < MIN_SHARE:
+            break
+        hp, ht = k
+        c: dict[str, Any] = {"pid": int(hp), "tid": int(ht), "comm": comm.get(ht) or tree.comm.get(hp),
+                             "share": round(shares[k], 4), "wait_ms": round(inc[k] / 1e6, 3),
+                             "holder_oncpu_fraction": oncpu_frac.get(ht)}
+        if requests:
+            c["wait_per_request_ms"] = round(inc[k] / 1e6 / requests, 3)
+        out.append(tree_mod.describe(tree, c))
+    rest = max(0.0, 1.0 - sum(c["share"] for c in out))
+    return {"culprits": out, "weighted_by": f"{kind}_wait_ns", "share_of": "extra_wait" if vs_base else "wait",
+            "total_wait_ms": round(inc_total / 1e6, 3), "extra_wait_ms": round(max(0.0, extra) / 1e6, 3),
+            "remainder": {"share": round(rest, 4),
+                          "summary": f"{100 * rest:.0f}% not attributed" + (
+                              ": many small holders / the usual waits" if rest >= 0.01 else "")},
+            "victims": sorted(victim_pids)[:20]}
+
+
+def _waker_comms(t: pa.Table) -> dict[int, str]:
+    return {int(k): v for k, v in zip(_np(t, "waker_tid").tolist(), t.column("waker_comm").to_pylist(), strict=True)
+            if k}
+
+
+def _holder_oncpu(rec: Recording, t: pa.Table, a: int, b: int) -> dict[int, float]:
+    """tid -> fraction of [a, b] it spent on CPU (from ``sched``), for the wakers in ``t``."""
+    if not rec.has("sched") or not rec.table("sched").num_rows:
+        return {}
+    s = rec.table("sched")
+    ts = _np(s, "ts_ns")
+    s = s.filter(pa.array((ts >= a) & (ts <= b)))
+    if not s.num_rows:
+        return {}
+    g = s.group_by("tid").aggregate([("oncpu_ns", "sum")])
+    on = dict(zip(g.column("tid").to_pylist(), g.column("oncpu_ns_sum").to_pylist(), strict=True))
+    return {int(k): round(min(1.0, float(on[k]) / max(1, b - a)), 3)
+            for k in set(_np(t, "waker_tid").tolist()) if k in on}
+
+
+def wait_signals(rec: Recording, window_index: Any, n: int) -> dict[str, np.ndarray] | None:
+    """Per window: the target threads' ``lock`` and ``gil`` waits (ns). None: not recorded."""
+    t = classify(rec)
+    if t is None:
+        return None
+    out = {}
+    cls = np.asarray(t.column("class").to_pylist(), dtype=object) if t.num_rows else np.zeros(0, object)
+    ts = _np(t, "ts_ns") if t.num_rows else np.zeros(0, np.int64)
+    sl = _np(t, "sleep_ns").astype(np.float64) if t.num_rows else np.zeros(0)
+    for kind in ("lock", "gil"):
+        m = cls == kind
+        out[kind] = (np.bincount(window_index(ts[m]), weights=sl[m], minlength=n)[:n].astype(np.float64)
+                     if m.any() else np.zeros(n))
+    return out
