@@ -43,6 +43,7 @@ SHARE_CONFIDENT = ("cpu_contention", "memory_pressure", "lock_contention", "gil_
 # kind -> (specific signals that show it, stall signals it can be charged with)
 CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cpu_contention": (("runq_wait", "preempted_time", "wait_charged_to_others", "preemptions_by_others",
+                        "tree_others_oncpu",
                         "involuntary_switches",
                         "psi_cpu", "host_steal", "runq_max"), ("runq_wait",)),
     "memory_pressure": (("reclaim_target", "major_faults", "psi_memory", "psi_memory_full", "allocstalls",

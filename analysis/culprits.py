@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from autoglm_trace.analysis import tree as tree_mod
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.analysis.timeline import col, recorded
+from autoglm_trace.analysis.timeline import col, counter_deltas, recorded
 
 TOP = 3
 # A culprit accounting for less than this of the extra wait is not named (no empty culprits).
@@ -92,19 +92,7 @@ def _baseline_expected(rec: Recording, full: pa.Table, key: str, value: str, sta
                                                            g.column(f"{value}_sum").to_pylist(), strict=False)}
 
 
-def victims(rec: Recording, tree: tree_mod.Tree | None = None) -> set[int]:
-    """The target processes whose waiting is the trouble: the target's root process and those that
-    emitted request spans; without spans the root alone (when it did any work), else every process
-    of the target. Other processes of the tree can then be culprits (a worker the server forked)."""
-    tree = tree or tree_mod.load(rec)
-    if rec.has("spans") and rec.table("spans").num_rows:
-        pids = {int(p) for p in rec.table("spans").column("pid").drop_null().to_pylist() if p}
-        if pids:
-            return pids | ({tree.root} if tree.root is not None else set())
-    if (tree.root is not None and rec.has("sched") and rec.table("sched").num_rows
-            and pc.any(pc.equal(rec.table("sched").column("pid"), tree.root)).as_py()):
-        return {tree.root}
-    return set(tree.in_target) or ({tree.root} if tree.root is not None else set())
+victims = tree_mod.victims
 
 
 def _excess_shares(inc_w: dict[Any, float], base_w: dict[Any, float], inc_total: float, base_total: float
@@ -192,6 +180,10 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     inc_total = float(w.sum())
     base_total = float(sum(base_w.values()))
     shares, denom, vs_base = _excess_shares(inc_w, base_w, inc_total, base_total)
+    weighted_by = "wait_ns" if use_wait else "count"
+    demand = _demand_shares(rec, tree, t, keys, inc_w, base_w, a, b) if vs_base else None
+    if demand is not None:
+        shares, weighted_by = demand, "extra_cpu"
     pids = col(t, "preemptor_pid", np.int64)
     tids = col(t, "preemptor_tid", np.int64, -1)
     cpus = col(t, "cpu", np.int64, -1)
@@ -225,13 +217,73 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     parts["small"] = sum(v for k, v in shares.items() if k != ("idle",) and k not in listed)
     if not vs_base:
         parts = {"idle_cpu": shares.get(("idle",), 0.0)}
-    return {"culprits": out, "weighted_by": "wait_ns" if use_wait else "count",
+    return {"culprits": out, "weighted_by": weighted_by,
             "share_of": "extra_wait" if vs_base else "wait",
             "remainder": _remainder([c["share"] for c in out], parts),
             "victims": sorted(vic)[:20],
             "total_wait_ms": round(float(pc.sum(t.column("wait_ns")).as_py() or 0) / 1e6, 3),
             "extra_wait_ms": round(max(0.0, inc_total - base_total) / 1e6, 3) if use_wait else None,
             "total_preemptions": int(cnt.sum())}
+
+
+def _window_sum(ts: np.ndarray, v: np.ndarray, a: int, b: int, span_out: float) -> tuple[float, float]:
+    """(sum of v in [a, b], the baseline's expectation for [a, b] at its rate outside)."""
+    m = (ts >= a) & (ts <= b)
+    return float(v[m].sum()), float(v[~m].sum()) * (b - a) / max(1.0, span_out)
+
+
+def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[Any],
+                   inc_w: dict[Any, float], base_w: dict[Any, float], a: int, b: int) -> dict[Any, float] | None:
+    """Shares of the victims' extra run-queue wait by the competitors' extra CPU demand.
+
+    The kernel charges a wait to the task that held the CPU when the waiter got it back. With
+    several of the victims' own threads runnable on one CPU, the CPU goes round among them, so most
+    waits end behind one of them even when a newcomer (a worker the server forked, a busy
+    background thread) is what made them longer. The extra wait is caused by the extra CPU taken on
+    the victims' CPUs: exact for the tree's threads (``sched`` on-CPU time, incident minus their
+    baseline rate), and for outside processes the rest of the rise in those CPUs' busy time
+    (``host_cpu``), split among them by their extra charged wait. A tree thread counts only where it
+    shared a CPU with the victims (it appears among the tasks they waited behind). None when the
+    data is not there (no ``host_cpu`` / ``sched``)."""
+    if not (rec.has("sched") and rec.table("sched").num_rows and rec.has("host_cpu")
+            and rec.table("host_cpu").num_rows):
+        return None
+    span_out = max(1.0, float((rec.end_ns - rec.start_ns) - (b - a)))
+    cpus = col(t, "cpu", np.int64, -1)
+    w = col(t, "wait_ns")
+    per_cpu = np.bincount(np.clip(cpus, 0, None), weights=w)
+    vcpus = [int(c) for c in np.flatnonzero(per_cpu > 0.02 * max(float(w.sum()), 1.0))]
+    if not vcpus:
+        return None
+    hc = rec.table("host_cpu")
+    hc = hc.filter(pc.is_in(hc.column("cpu"), value_set=pa.array(vcpus, pa.int16())))
+    busy = sum(col(hc, c, np.float64, 0.0) for c in ("user_s", "system_s", "irq_s", "steal_s"))
+    dts, d = counter_deltas(col(hc, "ts_ns", np.int64), col(hc, "cpu", np.int64), busy)
+    h_inc, h_base = _window_sum(dts, d * 1e9, a, b, span_out)
+    s = rec.table("sched")
+    sts, spid, stid, son = (col(s, "ts_ns", np.int64), col(s, "pid", np.int64), col(s, "tid", np.int64),
+                            col(s, "oncpu_ns"))
+    t_inc, t_base = _window_sum(sts, son, a, b, span_out)
+    extra: dict[Any, float] = {}
+    for k in inc_w:
+        if k[0] == "tid":
+            m = stid == k[2]
+        elif k[0] == "pid" and k[1] in tree.in_target:
+            m = spid == k[1]
+        else:
+            continue
+        i, bb = _window_sum(sts[m], son[m], a, b, span_out)
+        extra[k] = max(0.0, i - bb)
+    outside = [k for k in inc_w if k not in extra and k != ("idle",)]
+    pool = max(0.0, (h_inc - h_base) - (t_inc - t_base))
+    ex_out = {k: max(0.0, inc_w[k] - base_w.get(k, 0.0)) for k in outside}
+    tot_out = sum(ex_out.values())
+    for k in outside:
+        extra[k] = pool * ex_out[k] / tot_out if tot_out > 0 else 0.0
+    total = sum(extra.values()) + (pool if tot_out <= 0 else 0.0)
+    if total <= 0:
+        return None
+    return {k: v / total for k, v in extra.items()}
 
 
 def io_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:

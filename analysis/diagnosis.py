@@ -18,6 +18,7 @@ from autoglm_trace.analysis import anomalies
 from autoglm_trace.analysis import causes as causes_mod
 from autoglm_trace.analysis import culprits as culprits_mod
 from autoglm_trace.analysis import engine as engine_mod
+from autoglm_trace.analysis import timesplit as timesplit_mod
 from autoglm_trace.analysis import wakers as wakers_mod
 from autoglm_trace.analysis.oom import iso, oom_postmortem
 from autoglm_trace.analysis.reader import Recording
@@ -153,6 +154,7 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
         split = anomalies.engine_split(eng, tl, inc, base)
         if split:
             d["engine"] = split
+    d["time_split"] = timesplit_mod.time_split(rec, inc.start_ns, inc.end_ns, causes)
     d["headline"] = headline(d)
     return d
 

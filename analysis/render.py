@@ -54,11 +54,17 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
             out.append(f"  [{style}]{escape(c['kind'])}[/] ({score}{share}): {escape(c['summary'])}")
             for cu in c.get("culprits", [])[:3]:
                 cg = f" cgroup {cu['cgroup']}" if cu.get("cgroup") else ""
-                tgt = " [in target]" if cu.get("in_target") else ""
+                who = cu.get("label") or f"pid {cu['pid']} {cu.get('comm') or '?'}" + (
+                    " [in target]" if cu.get("in_target") else "")
                 if cu.get("is_recorder"):
-                    tgt += " [autoglm-trace recorder itself]"
-                out.append(escape(f"      pid {cu['pid']} {cu.get('comm') or '?'}{cg}{tgt}: "
-                                  f"{100 * (cu.get('share') or 0):.0f}%"))
+                    who += " [autoglm-trace recorder itself]"
+                out.append(escape(f"      {who}{cg}: {100 * (cu.get('share') or 0):.0f}%"))
+            rest = (c.get("attribution") or {}).get("remainder")
+            if c.get("culprits") and isinstance(rest, dict) and rest.get("share", 0) >= 0.01:
+                out.append(escape(f"      ({rest['summary']})"))
+        split = inc.get("time_split")
+        if isinstance(split, dict) and split.get("parts"):
+            out.append(escape("  where the time went: " + time_split_line(split)))
             if verbose:
                 for name, ev in c.get("evidence", {}).items():
                     if isinstance(ev, dict) and "ratio" in ev:
@@ -168,3 +174,14 @@ def print_markup(text: str) -> None:
     # Values are escaped where they are placed; this catches any control character that slipped in
     # (our markup has none), keeping the line breaks we composed.
     Console(highlight=False, soft_wrap=True).print(printable_lines(text))
+
+
+def time_split_line(split: dict[str, Any]) -> str:
+    """``on-CPU 12% | run-queue 51% (pid 4242 prep-worker 40%) | sleep 30% (...) | D-state 7%``."""
+    out = []
+    for p in split.get("parts", []):
+        if p["fraction"] < 0.005:
+            continue
+        by = ", ".join(f"{b['label']} {100 * b['fraction']:.0f}%" for b in p.get("by", [])[:2])
+        out.append(f"{p['describe']} {100 * p['fraction']:.0f}%" + (f" ({by})" if by else ""))
+    return " | ".join(out)

@@ -123,7 +123,7 @@ def label(tree: Tree, c: dict[str, Any]) -> str:
     """The words for a culprit dict (keys ``pid``, optional ``tid``, ``comm``, ``thread_name``,
     ``where``). Threads are named ``tid N "name" of the target P``; processes ``pid N comm (where)``."""
     place = c.get("where") or tree.locate(int(c["pid"]), c.get("tid"), c.get("in_target"))
-    if c.get("tid") is not None and c.get("tid") != c["pid"] or place == "target_thread":
+    if c.get("tid") is not None or place == "target_thread":
         name = c.get("thread_name") or c.get("comm") or "?"
         where = where_words(tree, place)
         if place in ("target", "target_thread"):
@@ -137,6 +137,8 @@ def describe(tree: Tree, c: dict[str, Any]) -> dict[str, Any]:
     """``c`` with ``where`` and ``label`` filled in (kernel threads marked ``kernel_thread``)."""
     pid = int(c["pid"])
     c["where"] = c.get("where") or tree.locate(pid, c.get("tid"), c.get("in_target"))
+    if c["where"] == "target" and c.get("tid") is not None:
+        c["where"] = "target_thread"  # the main thread (tid == pid) named as a thread
     c["in_target"] = c["where"] != "outside"
     if c.get("tid") is not None and "thread_name" not in c and int(c["tid"]) in tree.thread_name:
         c["thread_name"] = tree.thread_name[int(c["tid"])]
@@ -144,3 +146,16 @@ def describe(tree: Tree, c: dict[str, Any]) -> dict[str, Any]:
         c["kernel_thread"] = True
     c["label"] = label(tree, c)
     return c
+
+
+def victims(rec: Recording, tree: Tree | None = None) -> set[int]:
+    """The target processes whose waiting is the trouble: the target's root process and those that
+    emitted request spans, so that the tree's other processes (a worker the server forked) can be
+    culprits; without spans, every process of the target."""
+    tree = tree or load(rec)
+    root = {tree.root} if tree.root is not None else set()
+    if rec.has("spans") and rec.table("spans").num_rows:
+        pids = {int(p) for p in rec.table("spans").column("pid").drop_null().to_pylist() if p}
+        if pids:
+            return pids | root
+    return set(tree.in_target) | root

@@ -9,7 +9,11 @@ ended. A sleep is classed as
   waits ``sys.getswitchinterval()``, 5 ms, on a condition variable, then asks the holder to drop it:
   the wakeup is an ``[hrtimer]``) while a sibling thread held the CPU;
 * ``lock`` -- any other wakeup by another thread of the target tree (a mutex / futex released, a
-  queue or event signalled, a pipe written): the waker is the holder the sleeper waited on;
+  queue or event signalled, a pipe written): the waker is the holder the sleeper waited on. Only the
+  part of the sleep during which the waker was *not* working counts (``weight`` = 1 - the waker's
+  on-CPU + run-queue + own GIL / lock wait share of the bucket): a request thread waiting for the worker
+  that computes its answer is served, not contended -- the worker's own time says what slowed it --
+  while a holder asleep under a lock (or itself waiting on another) keeps its waiters waiting;
 * everything else (timers, network, outside processes) is not a lock wait.
 
 Holders are charged with the waits they ended, beyond what they ended at the baseline. A waiter that
@@ -46,7 +50,7 @@ def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | No
         return None
     t = rec.table("wakeups")
     if not t.num_rows:
-        return t.append_column("class", pa.array([], pa.string()))
+        return t.append_column("class", pa.array([], pa.string())).append_column("wait_ns", pa.array([], pa.float64()))
     t = t.filter(pc.equal(t.column("state"), "S"))
     tree = tree or tree_mod.load(rec)
     n = t.num_rows
@@ -71,7 +75,17 @@ def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | No
     cls = np.full(n, "other", dtype=object)
     cls[lock] = "lock"
     cls[gil_task | gil_timer] = "gil"
-    return t.append_column("class", pa.array(cls.tolist(), pa.string()))
+    weight = np.ones(n)
+    busy = _busy(rec)
+    ts = _np(t, "ts_ns").tolist()
+    # A waker that was itself waiting on others (the GIL, a lock) was working for its waiters too.
+    for i in np.flatnonzero(cls != "other").tolist():
+        key = (ts[i], int(tid[i]))
+        busy[key] = busy.get(key, 0.0) + float(sleep[i])
+    for i in np.flatnonzero(lock).tolist():
+        weight[i] = 1.0 - min(1.0, busy.get((ts[i], int(wtid[i])), 0.0) / max(1.0, bucket[i]))
+    t = t.append_column("class", pa.array(cls.tolist(), pa.string()))
+    return t.append_column("wait_ns", pa.array(sleep * np.where(cls == "other", 0.0, weight)))
 
 
 def _np(t: pa.Table, name: str) -> np.ndarray:
@@ -91,6 +105,18 @@ def _sched_oncpu(rec: Recording) -> dict[tuple[int, int], dict[int, float]]:
                              _np(s, "oncpu_ns").tolist(), strict=True):
         d = out[(ts, p)]
         d[th] = d.get(th, 0.0) + on
+    return out
+
+
+def _busy(rec: Recording) -> dict[tuple[int, int], float]:
+    """(bucket ts, tid) -> on-CPU + run-queue wait ns from ``sched``: how much the thread was working."""
+    out: dict[tuple[int, int], float] = {}
+    if not rec.has("sched") or not rec.table("sched").num_rows:
+        return out
+    s = rec.table("sched").select(["ts_ns", "tid", "oncpu_ns", "runq_wait_ns"])
+    for ts, th, on, rq in zip(_np(s, "ts_ns").tolist(), _np(s, "tid").tolist(), _np(s, "oncpu_ns").tolist(),
+                              _np(s, "runq_wait_ns").tolist(), strict=True):
+        out[(ts, th)] = out.get((ts, th), 0.0) + on + rq
     return out
 
 
@@ -118,7 +144,7 @@ def _charges(rec: Recording, t: pa.Table, kind: str) -> dict[int, dict[tuple[int
     ctx = t.column("waker_context").to_pylist()
     for ts, p, th, wp, wt, c, sl in zip(_np(t, "ts_ns").tolist(), _np(t, "pid").tolist(), _np(t, "tid").tolist(),
                                         _np(t, "waker_pid").tolist(), _np(t, "waker_tid").tolist(), ctx,
-                                        _np(t, "sleep_ns").tolist(), strict=True):
+                                        _np(t, "wait_ns").tolist(), strict=True):
         if c == "task":
             m[th][(wp, wt)] += sl
             continue
@@ -233,15 +259,18 @@ def _holder_oncpu(rec: Recording, t: pa.Table, a: int, b: int) -> dict[int, floa
             for k in set(_np(t, "waker_tid").tolist()) if k in on}
 
 
-def wait_signals(rec: Recording, window_index: Any, n: int) -> dict[str, np.ndarray] | None:
-    """Per window: the target threads' ``lock`` and ``gil`` waits (ns). None: not recorded."""
+def wait_signals(rec: Recording, window_index: Any, n: int, victim_pids: set[int] | None = None
+                 ) -> dict[str, np.ndarray] | None:
+    """Per window: the ``lock`` and ``gil`` waits (ns) of the victims' threads. None: not recorded."""
     t = classify(rec)
     if t is None:
         return None
+    if victim_pids and t.num_rows:
+        t = t.filter(pc.is_in(t.column("pid"), value_set=pa.array(sorted(victim_pids), pa.int32())))
     out = {}
     cls = np.asarray(t.column("class").to_pylist(), dtype=object) if t.num_rows else np.zeros(0, object)
     ts = _np(t, "ts_ns") if t.num_rows else np.zeros(0, np.int64)
-    sl = _np(t, "sleep_ns").astype(np.float64) if t.num_rows else np.zeros(0)
+    sl = _np(t, "wait_ns").astype(np.float64) if t.num_rows else np.zeros(0)
     for kind in ("lock", "gil"):
         m = cls == kind
         out[kind] = (np.bincount(window_index(ts[m]), weights=sl[m], minlength=n)[:n].astype(np.float64)

@@ -40,6 +40,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest  # noqa: E402
 
+from autoglm_trace.demo import trouble as demo_trouble  # noqa: E402
 from autoglm_trace.span_client import span  # noqa: E402
 
 MODEL_NAME = "autoglm-demo"
@@ -47,7 +48,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75
                    10.0, 20.0, 40.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
                  1.0, 2.5)
-INCIDENTS_IN_SERVER = ("leak", "oom")
+INCIDENTS_IN_SERVER = ("leak", "oom", *demo_trouble.KINDS)
 
 
 @dataclass
@@ -246,6 +247,12 @@ class DemoServer:
         self._kv_lock = threading.Lock()
         self._seq = 0
         self.leak = False
+        # Taken briefly by every decode step (the scheduler's bookkeeping): the lock-holder trouble
+        # holds it for long.
+        self.step_lock = threading.Lock()
+        self.steps = 0
+        self.troubles: list[threading.Event] = []  # one stop event per trouble started (demo_trouble)
+        self.children: list[Any] = []
         self.incidents: list[tuple[float, str]] = []
         self.workers = [threading.Thread(target=self._worker, name=f"decode-{i}", daemon=True) for i in range(workers)]
         self.http = ThreadingHTTPServer((host, port), self._handler())
@@ -259,6 +266,7 @@ class DemoServer:
         try:
             self.http.serve_forever(poll_interval=0.2)
         finally:
+            demo_trouble.stop_all(self)
             for _ in self.workers:
                 self.jobs.put(None)
             self.http.server_close()
@@ -268,11 +276,14 @@ class DemoServer:
     def shutdown(self) -> None:
         threading.Thread(target=self.http.shutdown, daemon=True).start()
 
-    def set_incident(self, kind: str) -> None:
+    def set_incident(self, kind: str, duration_s: float | None = None) -> None:
         if kind not in INCIDENTS_IN_SERVER:
             raise ValueError(f"the server itself injects {', '.join(INCIDENTS_IN_SERVER)}, not {kind!r}")
-        self.leak = True
         self.incidents.append((time.time(), kind))
+        if kind in demo_trouble.KINDS:
+            print(f"demo-server: incident {kind!r} on: {demo_trouble.start(kind, self, duration_s)}", flush=True)
+            return
+        self.leak = True
         print(f"demo-server: incident {kind!r} on: finished requests' KV caches are never evicted", flush=True)
 
     # Work --------------------------------------------------------------------------------------
@@ -325,6 +336,8 @@ class DemoServer:
             last = job.first_token_at
             for _ in range(job.max_tokens - 1):
                 tok = self.model.decode(tok, cache)
+                with self.step_lock:
+                    self.steps += 1
                 now = time.monotonic()
                 self.metrics.itl.observe(now - last)
                 last = now
@@ -425,7 +438,8 @@ class DemoServer:
                     self._send(500 if out["error"] else 200, json.dumps(out).encode())
                 elif self.path == "/admin/incident":
                     try:
-                        server.set_incident(str(data.get("kind")))
+                        dur = data.get("duration_s")
+                        server.set_incident(str(data.get("kind")), float(dur) if dur is not None else None)
                     except ValueError as e:
                         self._send(400, json.dumps({"error": str(e)}).encode())
                         return
