@@ -181,7 +181,7 @@ def baseline_mask(tl: Timeline, incidents: list[Incident], margin: int = 1) -> n
     load = tl.get("requests_in_flight")
     if load is not None:
         busy = m & (np.nan_to_num(load.values) >= 0.5)
-        if busy.sum() >= 3:
+        if busy.sum() >= 5:  # too few busy windows left: a thinner baseline is worse than idle ones
             m = busy
     return m
 

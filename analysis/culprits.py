@@ -132,7 +132,8 @@ REMAINDER_WORDS = {
 }
 
 
-def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:
+def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0,
+                 baseline: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Who the victims (``victims``) waited behind on the run queue, inside the target tree as well as
     outside: a thread of a victim process is named per thread, another process per process (outside
     processes of one program folded by comm). Ranked by the wait beyond the baseline's."""
@@ -181,7 +182,7 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     base_total = float(sum(base_w.values()))
     shares, denom, vs_base = _excess_shares(inc_w, base_w, inc_total, base_total)
     weighted_by = "wait_ns" if use_wait else "count"
-    demand = _demand_shares(rec, tree, t, keys, inc_w, base_w, a, b) if vs_base else None
+    demand = _demand_shares(rec, tree, t, keys, inc_w, base_w, a, b, baseline) if vs_base else None
     if demand is not None:
         shares, weighted_by = demand, "extra_cpu"
     pids = col(t, "preemptor_pid", np.int64)
@@ -226,14 +227,27 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
             "total_preemptions": int(cnt.sum())}
 
 
-def _window_sum(ts: np.ndarray, v: np.ndarray, a: int, b: int, span_out: float) -> tuple[float, float]:
-    """(sum of v in [a, b], the baseline's expectation for [a, b] at its rate outside)."""
+def _window_sum(ts: np.ndarray, v: np.ndarray, a: int, b: int, span_out: float,
+                base: np.ndarray | None = None) -> tuple[float, float]:
+    """(sum of v in [a, b], the baseline's expectation for [a, b] at its rate outside: in the
+    ``base`` mask's rows when given, whose total length is ``span_out``)."""
     m = (ts >= a) & (ts <= b)
-    return float(v[m].sum()), float(v[~m].sum()) * (b - a) / max(1.0, span_out)
+    out = ~m if base is None else base
+    return float(v[m].sum()), float(v[out].sum()) * (b - a) / max(1.0, span_out)
+
+
+def _in_windows(ts: np.ndarray, windows: list[tuple[int, int]] | None) -> np.ndarray | None:
+    if not windows:
+        return None
+    m = np.zeros(len(ts), dtype=bool)
+    for a, b in windows:
+        m |= (ts >= a) & (ts < b)
+    return m
 
 
 def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[Any],
-                   inc_w: dict[Any, float], base_w: dict[Any, float], a: int, b: int) -> dict[Any, float] | None:
+                   inc_w: dict[Any, float], base_w: dict[Any, float], a: int, b: int,
+                   baseline: list[tuple[int, int]] | None = None) -> dict[Any, float] | None:
     """Shares of the victims' extra run-queue wait by the competitors' extra CPU demand.
 
     The kernel charges a wait to the task that held the CPU when the waiter got it back. With
@@ -249,6 +263,8 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
             and rec.table("host_cpu").num_rows):
         return None
     span_out = max(1.0, float((rec.end_ns - rec.start_ns) - (b - a)))
+    if baseline:
+        span_out = float(sum(e - s for s, e in baseline))
     cpus = col(t, "cpu", np.int64, -1)
     w = col(t, "wait_ns")
     per_cpu = np.bincount(np.clip(cpus, 0, None), weights=w)
@@ -259,11 +275,12 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
     hc = hc.filter(pc.is_in(hc.column("cpu"), value_set=pa.array(vcpus, pa.int16())))
     busy = sum(col(hc, c, np.float64, 0.0) for c in ("user_s", "system_s", "irq_s", "steal_s"))
     dts, d = counter_deltas(col(hc, "ts_ns", np.int64), col(hc, "cpu", np.int64), busy)
-    h_inc, h_base = _window_sum(dts, d * 1e9, a, b, span_out)
+    h_inc, h_base = _window_sum(dts, d * 1e9, a, b, span_out, _in_windows(dts, baseline))
     s = rec.table("sched")
     sts, spid, stid, son = (col(s, "ts_ns", np.int64), col(s, "pid", np.int64), col(s, "tid", np.int64),
                             col(s, "oncpu_ns"))
-    t_inc, t_base = _window_sum(sts, son, a, b, span_out)
+    sbase = _in_windows(sts, baseline)
+    t_inc, t_base = _window_sum(sts, son, a, b, span_out, sbase)
     extra: dict[Any, float] = {}
     for k in inc_w:
         if k[0] == "tid":
@@ -272,7 +289,7 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
             m = spid == k[1]
         else:
             continue
-        i, bb = _window_sum(sts[m], son[m], a, b, span_out)
+        i, bb = _window_sum(sts[m], son[m], a, b, span_out, None if sbase is None else sbase[m])
         extra[k] = max(0.0, i - bb)
     outside = [k for k in inc_w if k not in extra and k != ("idle",)]
     pool = max(0.0, (h_inc - h_base) - (t_inc - t_base))
@@ -281,8 +298,8 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
     for k in outside:
         extra[k] = pool * ex_out[k] / tot_out if tot_out > 0 else 0.0
     total = sum(extra.values()) + (pool if tot_out <= 0 else 0.0)
-    if total <= 0:
-        return None
+    if total <= 0.02 * (b - a):
+        return None  # no competitor took measurably more CPU: nothing to split by
     return {k: v / total for k, v in extra.items()}
 
 

@@ -87,10 +87,11 @@ def dedupe_spans(t: pa.Table, tol_ns: int = 50_000_000) -> pa.Table:
     return t if keep.all() else t.filter(pa.array(keep))
 
 
-def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int) -> dict[str, Any]:
+def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int,
+                  baseline: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     a, b = inc.start_ns, inc.end_ns
     if kind == "cpu_contention":
-        return culprits_mod.cpu_culprits(rec, a, b, slack)
+        return culprits_mod.cpu_culprits(rec, a, b, slack, baseline)
     if kind in ("lock_contention", "gil_contention"):
         return wakers_mod.holder_culprits(rec, a, b, slack, "gil" if kind == "gil_contention" else "lock",
                                           culprits_mod.victims(rec), inc.n_requests or None)
@@ -132,10 +133,11 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
                    eng: engine_mod.Engine | None = None) -> dict[str, Any]:
     slack = tl.width_ns
     causes = causes_mod.score_incident(tl, inc, base)
+    windows = [(tl.window_start(int(w)), tl.window_start(int(w)) + tl.width_ns) for w in np.flatnonzero(base)]
     for c in causes:
         if c["kind"] == "unexplained":
             continue
-        found = _culprits_for(rec, c["kind"], inc, slack)
+        found = _culprits_for(rec, c["kind"], inc, slack, windows)
         c["culprits"] = found.pop("culprits", [])
         c["attribution"] = found
         if c["culprits"]:

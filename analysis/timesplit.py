@@ -7,7 +7,7 @@ and D-state time; ``wakeups`` splits the sleep by who ended it. A request thread
 worker of its own process computes its answer (woken by the worker) is not "asleep" for the request:
 that part of the sleep takes the worker's own split in the same bucket (on CPU, waiting for the CPU,
 for the GIL, for a lock), so the bar follows the work one hop down instead of saying "waited for the
-worker". Run-queue wait is split among the CPU culprits by their shares, the GIL / lock waits among
+worker". (Hand-offs: see analysis/wakers.py.) Run-queue wait is split among the CPU culprits by their shares, the GIL / lock waits among
 the holders by theirs.
 """
 
@@ -69,7 +69,7 @@ def time_split(rec: Recording, a: int, b: int, causes: list[dict[str, Any]] | No
             key = (r["ts_ns"], r["tid"])
             if r["class"] in ("gil", "lock"):
                 per[key][f"{r['class']}_wait"] += r["wait_ns"] or 0
-            # the served part of a lock-class sleep is handled below, the rest is plain sleep
+            # hand-offs are followed to the waker below; the rest is plain sleep
             if r["class"] == "other":
                 per[key]["sleep"] += r["sleep_ns"] or 0
     scope = _scope(rec, a, b)
@@ -82,11 +82,11 @@ def time_split(rec: Recording, a: int, b: int, causes: list[dict[str, Any]] | No
             continue
         for k in ("on_cpu", "runq_wait", "dstate", "gil_wait", "lock_wait", "sleep"):
             total[k] += d.get(k, 0.0)
-        # Served: the part of a lock-class sleep the waker spent working for it takes the waker's split.
-        for cls, _wp, wt, sl, wait in sleeps.get((bts, tid), []):
-            if cls != "lock":
+        # Served: a hand-off sleep (waiting for the worker that computes the answer) takes the waker's split.
+        for cls, _wp, wt, sl, _wait in sleeps.get((bts, tid), []):
+            if cls != "handoff":
                 continue
-            served = max(0.0, sl - wait)
+            served = sl
             wd = per.get((bts, wt))
             busy = sum(wd.get(k, 0.0) for k in ("on_cpu", "runq_wait", "gil_wait", "lock_wait", "dstate")) if wd else 0
             if served <= 0:

@@ -159,3 +159,11 @@ def victims(rec: Recording, tree: Tree | None = None) -> set[int]:
         if pids:
             return pids | root
     return set(tree.in_target) | root
+
+
+def request_threads(rec: Recording) -> set[int]:
+    """Threads that emitted request spans (the span API records the thread): the request threads."""
+    if not rec.has("spans") or not rec.table("spans").num_rows:
+        return set()
+    return {int(t) for t in rec.table("spans").column("tid").drop_null().to_pylist() if t}
+

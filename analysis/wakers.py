@@ -5,16 +5,18 @@ ended. A sleep is classed as
 
 * ``gil``  -- a wait for CPython's GIL: the thread was woken by another thread of its own (Python)
   process that had been on CPU all along (``waker_oncpu_ns`` >= half the sleep: it ran Python and
-  dropped the GIL when asked), or it timed out after about the switch interval (CPython's take_gil
-  waits ``sys.getswitchinterval()``, 5 ms, on a condition variable, then asks the holder to drop it:
-  the wakeup is an ``[hrtimer]``) while a sibling thread held the CPU;
-* ``lock`` -- any other wakeup by another thread of the target tree (a mutex / futex released, a
-  queue or event signalled, a pipe written): the waker is the holder the sleeper waited on. Only the
-  part of the sleep during which the waker was *not* working counts (``weight`` = 1 - the waker's
-  on-CPU + run-queue + own GIL / lock wait share of the bucket): a request thread waiting for the worker
-  that computes its answer is served, not contended -- the worker's own time says what slowed it --
-  while a holder asleep under a lock (or itself waiting on another) keeps its waiters waiting;
-* everything else (timers, network, outside processes) is not a lock wait.
+  dropped the GIL when asked), or it timed out after the switch interval (CPython's take_gil waits
+  ``sys.getswitchinterval()``, 5 ms, on a condition variable, then asks the holder to drop it: the
+  wakeups are ``[hrtimer]``s ending sleeps of 4.5-6.5 ms on average) while a sibling thread ran;
+* ``handoff`` -- a wakeup by another thread of the target with which the pair goes both ways (the
+  wakee wakes the waker too, at least a fifth as often), or where one side is a request thread (it
+  emitted request spans): a queue between a request thread and a worker, request and response.
+  Waiting for work, or for the answer the worker computes, is being served, not contended: the time
+  split follows it to the worker's own time;
+* ``lock`` -- any other wakeup by another thread of the target tree (a mutex / futex released by a
+  holder its waiters never wake, a condition signalled): the waker is the holder they waited on;
+* everything else (timers, network, outside processes, and threads parked for seconds on end -- idle
+  pool threads, a thread woken at shutdown) is not a wait on the target.
 
 Holders are charged with the waits they ended, beyond what they ended at the baseline. A waiter that
 itself spent the incident asleep waiting on the holder passes on what it "ended" (two waiters
@@ -35,17 +37,20 @@ from autoglm_trace.analysis import tree as tree_mod
 from autoglm_trace.analysis.reader import Recording
 
 SWITCH_INTERVAL_NS = 5_000_000  # CPython's default sys.getswitchinterval()
-GIL_TIMED_WAIT_MAX_NS = 4 * SWITCH_INTERVAL_NS  # mean sleep per wakeup of a GIL timed wait, at most
+# Mean sleep per wakeup of timed GIL waits: the switch interval plus timer slack, a little either way.
+GIL_TIMED_WAIT_NS = (0.9 * SWITCH_INTERVAL_NS, 1.3 * SWITCH_INTERVAL_NS)
 HOLDER_ONCPU = 0.5  # waker on CPU for at least this part of the sleep it ended: it held the GIL
-SIBLING_ONCPU = 0.5  # a timed wait is a GIL wait when siblings ran at least this part of the bucket
+SIBLING_ONCPU = 0.2  # a timed wait is a GIL wait when siblings ran at least this part of the bucket
+HANDOFF_RATIO = 0.2  # the reverse direction at least this often (per wakeup): a hand-off
+PARKED_NS = 2_000_000_000  # mean sleep per wakeup beyond this: parked, not waiting on a holder
 RELAY_STEPS = 3
 MIN_SHARE = 0.05
 TOP = 3
 
 
 def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | None:
-    """The S-state rows of ``wakeups`` with a ``class`` column (gil | lock | other) and, for timed GIL
-    waits, nothing more: their holders are found per bucket by ``holders``. None: not recorded."""
+    """The S-state rows of ``wakeups`` with a ``class`` column (gil | lock | handoff | other) and
+    ``wait_ns`` (the sleep, for gil and lock rows; else 0). None: not recorded."""
     if not rec.has("wakeups"):
         return None
     t = rec.table("wakeups")
@@ -69,23 +74,31 @@ def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | No
     gil_task = by_sibling & py & (oncpu >= HOLDER_ONCPU * sleep)
     sib = _sibling_oncpu(rec, t)
     bucket = _np(t, "bucket_ns").astype(np.float64)
-    gil_timer = ((ctx == "hrtimer") & py & (sleep / cnt <= GIL_TIMED_WAIT_MAX_NS)
+    mean = sleep / cnt
+    gil_timer = ((ctx == "hrtimer") & py & (mean >= GIL_TIMED_WAIT_NS[0]) & (mean <= GIL_TIMED_WAIT_NS[1])
                  & (sib >= SIBLING_ONCPU * bucket))
-    lock = task & inn & ~gil_task
-    cls = np.full(n, "other", dtype=object)
-    cls[lock] = "lock"
-    cls[gil_task | gil_timer] = "gil"
-    weight = np.ones(n)
-    busy = _busy(rec)
-    ts = _np(t, "ts_ns").tolist()
-    # A waker that was itself waiting on others (the GIL, a lock) was working for its waiters too.
-    for i in np.flatnonzero(cls != "other").tolist():
-        key = (ts[i], int(tid[i]))
-        busy[key] = busy.get(key, 0.0) + float(sleep[i])
+    # A thread parked for seconds (an idle pool thread, a thread woken at shutdown) waited for work.
+    lock = task & inn & ~gil_task & (sleep / cnt <= PARKED_NS)
+    # Both directions between a pair: a hand-off (see the module docstring), not a held lock.
+    pairs: dict[tuple[int, int], int] = defaultdict(int)
+    for i in np.flatnonzero(task).tolist():
+        pairs[(int(tid[i]), int(wtid[i]))] += int(cnt[i])
+    handoff = np.zeros(n, dtype=bool)
     for i in np.flatnonzero(lock).tolist():
-        weight[i] = 1.0 - min(1.0, busy.get((ts[i], int(wtid[i])), 0.0) / max(1.0, bucket[i]))
+        fwd, rev = pairs[(int(tid[i]), int(wtid[i]))], pairs.get((int(wtid[i]), int(tid[i])), 0)
+        handoff[i] = rev >= HANDOFF_RATIO * fwd
+    req = tree_mod.request_threads(rec)
+    if req:
+        # A request thread waking another hands it work; a request thread woken by a worker got its
+        # answer (the worker's own time says what slowed it).
+        handoff |= lock & (np.isin(wtid, list(req)) | np.isin(tid, list(req)))
+    cls = np.full(n, "other", dtype=object)
+    cls[lock & ~handoff] = "lock"
+    cls[lock & handoff] = "handoff"
+    cls[gil_task | gil_timer] = "gil"
     t = t.append_column("class", pa.array(cls.tolist(), pa.string()))
-    return t.append_column("wait_ns", pa.array(sleep * np.where(cls == "other", 0.0, weight)))
+    waits = (cls == "lock") | (cls == "gil")
+    return t.append_column("wait_ns", pa.array(np.where(waits, sleep, 0.0)))
 
 
 def _np(t: pa.Table, name: str) -> np.ndarray:
@@ -105,18 +118,6 @@ def _sched_oncpu(rec: Recording) -> dict[tuple[int, int], dict[int, float]]:
                              _np(s, "oncpu_ns").tolist(), strict=True):
         d = out[(ts, p)]
         d[th] = d.get(th, 0.0) + on
-    return out
-
-
-def _busy(rec: Recording) -> dict[tuple[int, int], float]:
-    """(bucket ts, tid) -> on-CPU + run-queue wait ns from ``sched``: how much the thread was working."""
-    out: dict[tuple[int, int], float] = {}
-    if not rec.has("sched") or not rec.table("sched").num_rows:
-        return out
-    s = rec.table("sched").select(["ts_ns", "tid", "oncpu_ns", "runq_wait_ns"])
-    for ts, th, on, rq in zip(_np(s, "ts_ns").tolist(), _np(s, "tid").tolist(), _np(s, "oncpu_ns").tolist(),
-                              _np(s, "runq_wait_ns").tolist(), strict=True):
-        out[(ts, th)] = out.get((ts, th), 0.0) + on + rq
     return out
 
 
@@ -271,8 +272,44 @@ def wait_signals(rec: Recording, window_index: Any, n: int, victim_pids: set[int
     cls = np.asarray(t.column("class").to_pylist(), dtype=object) if t.num_rows else np.zeros(0, object)
     ts = _np(t, "ts_ns") if t.num_rows else np.zeros(0, np.int64)
     sl = _np(t, "wait_ns").astype(np.float64) if t.num_rows else np.zeros(0)
+    cnt = np.maximum(_np(t, "count"), 1) if t.num_rows else np.zeros(0)
+    bucket = _np(t, "bucket_ns") if t.num_rows else np.zeros(0, np.int64)
     for kind in ("lock", "gil"):
         m = cls == kind
-        out[kind] = (np.bincount(window_index(ts[m]), weights=sl[m], minlength=n)[:n].astype(np.float64)
-                     if m.any() else np.zeros(n))
+        out[kind] = _spread(window_index, n, ts[m], sl[m], cnt[m], bucket[m])
     return out
+
+
+def _spread(window_index: Any, n: int, ts: np.ndarray, sleep: np.ndarray, cnt: np.ndarray,
+            bucket: np.ndarray) -> np.ndarray:
+    """Sleep per window, each row's sleep spread back over the time it lasted (its mean sleep per
+    wakeup before the bucket's end) rather than all charged to the bucket where it ended: one 30 s
+    wait ending at shutdown is not 30 s of waiting in one second."""
+    out = np.zeros(n)
+    if not len(ts):
+        return out
+    end = ts + bucket
+    length = np.maximum(sleep / cnt, 1.0)
+    first, last = window_index(end - length), window_index(end)
+    single = first == last
+    out += np.bincount(last[single], weights=sleep[single], minlength=n)[:n]
+    for i in np.flatnonzero(~single).tolist():
+        span = np.arange(first[i], last[i] + 1)
+        out[span] += sleep[i] / len(span)
+    return out
+
+
+def serving_threads(rec: Recording) -> set[int]:
+    """Request threads and their workers (threads that got work from request threads and woke them
+    with the answer): their CPU time is the requests' own work, never a culprit of their wait."""
+    req = tree_mod.request_threads(rec)
+    t = classify(rec) if req else None
+    if not req or t is None or not t.num_rows:
+        return req
+    h = t.filter(pc.equal(t.column("class"), "handoff"))
+    reqa = pa.array(sorted(req), pa.int32())
+    got_work = {int(x) for x in h.filter(pc.is_in(h.column("waker_tid"), value_set=reqa)).column("tid").to_pylist()}
+    answered = {int(x) for x in h.filter(pc.is_in(h.column("tid"), value_set=reqa)).column("waker_tid").to_pylist()}
+    # Both ways: it got work from request threads and woke them with the answer (a worker); a thread
+    # a request thread merely woke in passing (handing over the GIL, say) is not serving.
+    return req | (got_work & answered)
