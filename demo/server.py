@@ -26,9 +26,12 @@ import os
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import json  # noqa: E402
 import queue  # noqa: E402
 import signal  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections import OrderedDict  # noqa: E402
@@ -75,7 +78,7 @@ class TinyMoE:
     def __init__(self, path: Path, cfg: ModelConfig, drop_cache: bool = False) -> None:
         self.cfg = cfg
         n = cfg.n_floats()
-        if not path.exists() or path.stat().st_size != n * 4:
+        if not _weights_ready(path, n):
             self._create(path, n)
         if drop_cache:
             # Page cache is charged to the cgroup that first faults a page in: drop what an earlier
@@ -107,15 +110,34 @@ class TinyMoE:
 
     @staticmethod
     def _create(path: Path, n: int) -> None:
-        rng = np.random.default_rng(0)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            left = n
-            while left:
-                k = min(left, 1 << 22)
-                f.write((rng.standard_normal(k, dtype=np.float32) * 0.05).tobytes())
-                left -= k
-        os.replace(tmp, path)
+        """Write the weights once, however many servers start at the same time: creators take an
+        flock beside the file and look again under it; the data goes to a temp file of this process's
+        own in the same directory, renamed into place whole (0644: a server running as another user
+        only reads it)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                       0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _weights_ready(path, n):
+                return  # made by another process while we waited
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    rng = np.random.default_rng(0)
+                    left = n
+                    while left:
+                        k = min(left, 1 << 22)
+                        f.write((rng.standard_normal(k, dtype=np.float32) * 0.05).tobytes())
+                        left -= k
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        finally:
+            os.close(lock)
 
     def _layer(self, i: int, x: np.ndarray, cache: KVCache) -> np.ndarray:
         """x: (T, H) new positions; appends their K/V to the cache and attends causally."""
@@ -157,14 +179,19 @@ def default_weights_path(cfg: ModelConfig) -> Path:
     return workdir / f"weights-{cfg.n_floats()}.bin"
 
 
+def _weights_ready(path: Path, n: int) -> bool:
+    try:
+        return path.stat().st_size == n * 4
+    except FileNotFoundError:
+        return False
+
+
 def ensure_weights(cfg: ModelConfig | None = None) -> Path:
-    """Create the weights file if missing (0644: a server running as another user only reads it)."""
+    """Create the weights file if missing."""
     cfg = cfg or ModelConfig()
     path = default_weights_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.stat().st_size != cfg.n_floats() * 4:
+    if not _weights_ready(path, cfg.n_floats()):
         TinyMoE._create(path, cfg.n_floats())
-        os.chmod(path, 0o644)
     return path
 
 
