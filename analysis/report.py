@@ -286,7 +286,8 @@ def _header(rec) -> dict[str, Any]:
         "complete": rec.complete, "stop_reason": m.get("stop_reason"),
         "runq": None if runq is None else {
             "p50": human_seconds(runq["p50_s"]), "p99": human_seconds(runq["p99_s"]),
-            "max": human_seconds(runq["max_s"]), "waits": f"{runq['waits']:,.0f}"},
+            "max": human_seconds(runq["max_s"]), "waits": f"{runq['waits']:,.0f}",
+            "counted": runq["waits"] > 0},
         "tool": f"{tool.get('name', '')} {tool.get('version', '')}" if tool else None,
     }
 
