@@ -180,9 +180,8 @@ class Recorder:
         self.manifest = manifest
         if self.write_files:
             try:
-                self.writer = RecordingWriter(o.output, manifest)
-                if self.run_as:
-                    self.writer.chown(*self.run_as)
+                # Given to the sudo user through fds as each file is created (tracer/writer.py).
+                self.writer = RecordingWriter(o.output, manifest, owner=self.run_as)
             except TraceError:
                 if self.child:
                     self.child.abandon()
@@ -411,8 +410,7 @@ class Recorder:
                 w.write_manifest()
             except WriteError:
                 pass
-            if self.run_as:
-                w.chown(*self.run_as)
+            w.release()
         return m
 
 

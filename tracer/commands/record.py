@@ -34,6 +34,11 @@ EPILOG = """examples:
 
 The target runs as the user who invoked sudo (SUDO_UID/SUDO_GID), never through a shell; the
 recording is owned by that user too. Ctrl-C ends the recording cleanly (a second Ctrl-C aborts).
+If the recorder is killed, the target it started is killed too (it never runs on unwatched).
+
+exit status: 0 recorded (and a started target exited 0); 7 the recording is complete but the started
+target exited non-zero or was killed by a signal; 2 bad options; 5 the target cannot be traced or
+started; 6 the recording could not be written; 130 aborted by a second Ctrl-C.
 """
 
 
@@ -185,7 +190,30 @@ def _report(manifest: dict[str, Any], out: Path, as_json: bool) -> int:
         from autoglm_trace.errors import WriteError
 
         raise WriteError(manifest["error"])
+    failed = target_failure(manifest)
+    if failed:
+        from autoglm_trace.errors import TargetFailed
+
+        raise TargetFailed(f"the target {failed} (recording complete at {out})")
     return 0
+
+
+def target_failure(manifest: dict[str, Any]) -> str | None:
+    """How a started target failed -- non-zero exit, killed by a signal -- or None. A target ended by
+    the recorder's own stop (Ctrl-C, SIGTERM, SIGHUP to the recorder) has not failed."""
+    t = manifest.get("target") or {}
+    if t.get("mode") != "command" or manifest.get("stop_reason") != "target exited":
+        return None
+    if t.get("signal") is not None:
+        import signal
+
+        try:
+            return f"was killed by {signal.Signals(t['signal']).name}"
+        except ValueError:
+            return f"was killed by signal {t['signal']}"
+    if t.get("exit_code") not in (None, 0):
+        return f"exited with status {t['exit_code']}"
+    return None
 
 
 # The flight recorder (--ring): the Namespace ends here; tracer/flight/ takes FlightOptions.

@@ -186,7 +186,9 @@ def write_snapshot(path: Path, manifest: dict[str, Any], tables: dict[str, pa.Ta
             raise WriteError(w.failed)
         manifest["tables"] = w.rows()
         w.write_manifest()
+        w.release()
     except BaseException:
+        w.release()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.rename(tmp, path)
