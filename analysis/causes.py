@@ -62,7 +62,10 @@ CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # Signals shown as context with every incident (not causes themselves).
 CONTEXT = ("oncpu_time", "dstate_time", "target_cpu", "target_rss", "gpu_util", "requests_in_flight",
-           "host_cpu_busy", "minor_faults", "blkio_target_latency", "gpu_pcie", "kswapd_wakes")
+           "host_cpu_busy", "minor_faults", "blkio_target_latency", "gpu_pcie", "kswapd_wakes",
+           # the serving engine's own state (analysis.engine, from --scrape)
+           "engine_kv_cache", "engine_running", "engine_waiting", "engine_preemptions", "engine_queue",
+           "engine_ttft", "engine_itl")
 
 
 @dataclass

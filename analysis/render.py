@@ -39,10 +39,21 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
     if r:
         out.append(escape(f"requests: {r['count']} ({r['failed']} failed), p50 {r['p50_ms']:.0f} ms, "
                           f"p99 {r['p99_ms']:.0f} ms, {r['slow']} slow for their size"))
+    eng = d.get("engine")
+    if eng:
+        lat = eng.get("latency") or {}
+        line = f"engine: {eng.get('engine')} metrics"
+        if lat.get("requests"):
+            line += (f", {lat['requests']} requests in {lat['metric']}, p50 {lat.get('p50_ms') or 0:.0f} ms, "
+                     f"p99 {lat.get('p99_ms') or 0:.0f} ms")
+        line += f" -- {eng['resolution_note']}" if eng.get("used_for_incidents") else (
+            f" (scraped every {eng.get('scrape_interval_s')} s; context beside the spans)")
+        out.append(escape(line))
     incs = d["incidents"]
     if not incs:
         out.append("[green]No incident:[/] " + ("no request was slow for its size." if r else
-                                                "no resource signal spiked."))
+                                                "no engine latency spike." if (eng or {}).get("used_for_incidents")
+                                                else "no resource signal spiked."))
     for inc in incs:
         out.append("")
         when = f"Incident {inc['id']} at {_clock(inc['start'])} (+{inc['offset_s']:.1f} s, {inc['duration_s']:.1f} s)"
