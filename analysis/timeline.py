@@ -371,6 +371,11 @@ def _block_io(rec: Recording, tl: Timeline) -> None:
     tl.add(Signal("blkio_target_avg_latency", avg, "ns", "block_io", "target",
                   "mean block I/O latency of the target", floor=2e5))
     oth = ~inn & on_dev
+    me = (rec.manifest.get("recorder") or {}).get("pid") if isinstance(rec.manifest, dict) else None
+    if isinstance(me, int):
+        # The recorder's own writes (its Arrow files) are not a neighbour's I/O: left out, so that a
+        # recording never blames itself for the io_wait it would cause by being recorded.
+        oth &= col(t, "pid", np.int64, -1) != me
     tl.add(Signal("blkio_others_bytes", _sum(tl, ts[oth], byt[oth]), "bytes/window", "block_io", "others",
                   "bytes moved by other processes on the target's devices", floor=1 << 20))
     tl.add(Signal("blkio_others_count", _sum(tl, ts[oth], cnt[oth]), "count/window", "block_io", "others",

@@ -39,11 +39,13 @@ from autoglm_trace.sinks import Sink
 from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer import spawn
 from autoglm_trace.tracer.fanout import FanOut
+from autoglm_trace.tracer.keepoff import KeepOff
 from autoglm_trace.tracer.manifest import new_manifest, wall_iso
 from autoglm_trace.tracer.writer import RecordingWriter
 
 FLUSH_EVERY_NS = 900_000_000  # checked each tick: every flush lands within a second
 MANIFEST_EVERY_NS = 5_000_000_000
+KEEPOFF_EVERY_NS = 1_000_000_000  # a server may pin itself after it starts
 MAX_COLLECTOR_ERRORS = 20
 
 
@@ -252,12 +254,17 @@ class Recorder:
         o = self.opts
         interval = o.interval_ms / 1000.0
         deadline = time.monotonic() + o.duration_s if o.duration_s else None
-        last_flush = last_manifest = clock.now_ns()
+        last_flush = last_manifest = last_keepoff = clock.now_ns()
         next_tick = time.monotonic()
         target_gone_at: float | None = None
+        keepoff = KeepOff() if ctx.target.mode != "host" else None
         while True:
             now = clock.now_ns()
             self._sample_all(now)
+            if keepoff is not None and now - last_keepoff >= KEEPOFF_EVERY_NS:
+                cpus = keepoff.check(ctx.target.pids())
+                self.manifest.setdefault("recorder", {})["cpus"] = sorted(cpus) if cpus else None
+                last_keepoff = now
             if now - last_flush >= FLUSH_EVERY_NS:
                 self._flush()
                 last_flush = now

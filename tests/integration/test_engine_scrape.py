@@ -51,8 +51,8 @@ def test_scrape_only_recording_names_the_incident_and_its_cause(tmp_path, engine
     recorder = subprocess.Popen(
         [*autoglm_trace_cmd(), "record", "-o", str(rec), "--no-gpu", "-q", "--scrape", url,
          "--scrape-interval", "0.5", "--", sys.executable, str(SIM), "--engine", engine, "--port", str(port),
-         "--duration", str(duration), "--cpu", str(cpu), "--ready", str(ready), "--prefill-ms", "20",
-         "--token-ms", "8", "--tokens", "16"],
+         "--duration", str(duration), "--cpu", str(cpu), "--ready", str(ready), "--prefill-ms", "10", "--rate", "2",
+         "--token-ms", "4", "--tokens", "16"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     hogs: list[subprocess.Popen] = []
     try:
