@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from autoglm_trace.analysis import containers
 from autoglm_trace.analysis import tree as tree_mod
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.timeline import col, counter_deltas, recorded
@@ -40,14 +41,17 @@ def _in_range(t: pa.Table, start_ns: int, end_ns: int, slack_ns: int = 0) -> pa.
 def process_info(rec: Recording) -> dict[int, dict[str, Any]]:
     """pid -> {comm, cgroup} for the target's processes (from the ``processes`` table)."""
     if not rec.has("processes") or not rec.table("processes").num_rows:
-        return _mark_recorder(rec, {})
+        return _mark_recorder(rec, containers.merge(rec, {}))
     t = rec.table("processes")
     pids = col(t, "pid", np.int64)
     comm = t.column("comm").to_pylist()
     cg = t.column("cgroup").to_pylist()
     # Later rows (exec) win: they come later in the table.
     out = {int(p): {"comm": c, "cgroup": g} for p, c, g in zip(pids.tolist(), comm, cg, strict=False)}
-    return _mark_recorder(rec, out)
+    if "uid" in t.column_names:
+        for p, u in zip(pids.tolist(), t.column("uid").to_pylist(), strict=False):
+            out[int(p)]["uid"] = u
+    return _mark_recorder(rec, containers.merge(rec, out))
 
 
 def _mark_recorder(rec: Recording, info: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -72,6 +76,7 @@ def _culprit(pid: int, comm: Any, share: float, in_target: bool, info: dict[int,
            "cgroup": meta.get("cgroup"), "in_target": in_target, "share": round(float(share), 4)}
     if meta.get("is_recorder"):
         out["is_recorder"] = True  # autoglm-trace itself: say so rather than blame a stranger
+    out.update(containers.naming(meta))  # container / pod, systemd unit, user (analysis.containers)
     out.update(extra)
     return out
 

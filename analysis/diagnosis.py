@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from autoglm_trace import schema
-from autoglm_trace.analysis import anomalies
+from autoglm_trace.analysis import anomalies, containers
 from autoglm_trace.analysis import causes as causes_mod
 from autoglm_trace.analysis import culprits as culprits_mod
 from autoglm_trace.analysis import engine as engine_mod
@@ -108,7 +108,7 @@ def culprit_sentence(kind: str, c: dict[str, Any]) -> str:
     if c.get("label"):
         who = c["label"]
     else:
-        who = f"pid {c['pid']}" + (f" `{c['comm']}`" if c.get("comm") else "")
+        who = containers.who(c)
         if c.get("in_target"):
             who += " (in the target)"
     share = f"{100 * c['share']:.0f}%" if c.get("share") is not None else "?"

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from autoglm_trace.analysis import containers
 from autoglm_trace.printable import escape_markup as escape
 from autoglm_trace.printable import printable_lines
 
@@ -65,8 +66,10 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
             out.append(f"  [{style}]{escape(c['kind'])}[/] ({score}{share}): {escape(c['summary'])}")
             for cu in c.get("culprits", [])[:3]:
                 cg = f" cgroup {cu['cgroup']}" if cu.get("cgroup") else ""
-                who = cu.get("label") or f"pid {cu['pid']} {cu.get('comm') or '?'}" + (
-                    " [in target]" if cu.get("in_target") else "")
+                # attrib's in-tree location label, else the container / pod / unit and user
+                who = cu.get("label") or containers.who(cu) + (" [in target]" if cu.get("in_target") else "")
+                if cu.get("where"):
+                    cg = ""  # the container / unit says it better than the raw path
                 if cu.get("is_recorder"):
                     who += " [autoglm-trace recorder itself]"
                 out.append(escape(f"      {who}{cg}: {100 * (cu.get('share') or 0):.0f}%"))

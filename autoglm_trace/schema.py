@@ -79,6 +79,23 @@ _table(
 )
 
 _table(
+    "process_identities",
+    "Every process on the host, once when first seen (probes/identity.py, scanned each second): who "
+    "it is as operators name it -- its user, cgroup path (container / pod / systemd unit), and the "
+    "pod and container names the node has on disk -- so a culprit pid is named after it is gone.",
+    [
+        _ts,
+        _f("pid", pa.int32(), "process id (tgid)", False),
+        _f("comm", pa.string(), "kernel comm (15 chars)"),
+        _f("uid", pa.int32(), "real uid"),
+        _f("user", pa.string(), "user name of the uid on the recorded host (null when unknown)"),
+        _f("cgroup", pa.string(), "cgroup path (the v1 memory controller's, else the v2 path)"),
+        _f("pod_name", pa.string(), "Kubernetes pod name (the pod's /etc/hostname), null when unknown"),
+        _f("container_name", pa.string(), "container name from the runtime's config on disk (Docker), null when unknown"),
+    ],
+)
+
+_table(
     "proc_samples",
     "Raw per-process counters of every process in the target tree, sampled each interval.",
     [

@@ -29,6 +29,7 @@ from autoglm_trace import clock, procfs
 from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.errors import TargetError, TraceError, WriteError
 from autoglm_trace.probes.http_probe import HttpProbe
+from autoglm_trace.probes.identity import IdentitySampler
 from autoglm_trace.probes.kernel import KernelProbes
 from autoglm_trace.probes.latency_log import LatencyLogTail
 from autoglm_trace.probes.nvml import NvmlSampler
@@ -144,6 +145,7 @@ class Recorder:
             copts.setdefault("target_gid", self.run_as[1])
         wanted: list[tuple[str, Callable[[], Collector] | str]] = []
         wanted.append(("proc", lambda: ProcSampler(copts)))
+        wanted.append(("identity", lambda: IdentitySampler(copts)))
         if o.bpf:
             if not self.is_root:
                 wanted.append(("kernel", "not running as root: kernel probes need root (run with sudo); "
