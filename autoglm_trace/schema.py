@@ -413,6 +413,19 @@ _table(
 )
 
 _table(
+    "thread_names",
+    "Python thread names reported by the span API (threading.current_thread().name), when they "
+    "change: the kernel's comm of a Python thread is its process's name.",
+    [
+        _ts,
+        _f("pid", pa.int32(), "process", False),
+        _f("tid", pa.int32(), "thread id (native id)", False),
+        _f("name", pa.string(), "the Python thread name (64 characters at most)"),
+        _f("source", pa.string(), "api"),
+    ],
+)
+
+_table(
     "scrape_samples",
     "Raw samples of a Prometheus /metrics endpoint (serving engine), cumulative as served; "
     "histogram deltas and windowed quantiles are derived when reading.",

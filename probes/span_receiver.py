@@ -69,9 +69,31 @@ def check_span(d: dict[str, Any], earliest_ns: int, now_ns: int, max_dropped: in
     return None
 
 
+def thread_name_rows(d: dict[str, Any], now_ns: int) -> list[dict[str, Any]] | None:
+    """``thread_names`` rows from a thread-names record (span_client.FLAG_THREADS); None: refused."""
+    if not 0 < d["pid"] <= PID_MAX:
+        return None
+    try:
+        names = json.loads(d["attrs"] or "{}")
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(names, dict):
+        return None
+    rows = []
+    for k, v in names.items():
+        try:
+            tid = int(k)
+        except ValueError:
+            return None
+        if not (0 < tid <= PID_MAX and isinstance(v, str)):
+            return None
+        rows.append({"ts_ns": now_ns, "pid": d["pid"], "tid": tid, "name": v[:64], "source": "api"})
+    return rows
+
+
 class SpanReceiver(Collector):
     name = "spans"
-    tables = ("spans", "probe_stats")
+    tables = ("spans", "thread_names", "probe_stats")
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -83,6 +105,7 @@ class SpanReceiver(Collector):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
+        self._names: list[dict[str, Any]] = []
         self._malformed = 0
         self._received = 0
         self._client_dropped: dict[int, int] = {}  # pid -> highest cumulative drop count seen
@@ -187,7 +210,15 @@ class SpanReceiver(Collector):
         earliest = self._started_ns - span_client.MAX_EARLY_NS
         max_dropped = MAX_DROPS_BASE + MAX_DROPS_PER_S * max(0, now - self._started_ns) // 1_000_000_000
         rows, kept, refused = [], [], []
+        names = []
         for d in recs:
+            if d.get("threads"):
+                got = thread_name_rows(d, now)
+                if got is None:
+                    refused.append("bad_thread_names")
+                else:
+                    names.extend(got)
+                continue
             why = check_span(d, earliest, now, max_dropped)
             if why is not None:
                 refused.append(why)
@@ -207,6 +238,7 @@ class SpanReceiver(Collector):
                 "attrs": d["attrs"],
             })
         with self._lock:
+            self._names.extend(names)
             self._pending.extend(rows)
             self._received += len(rows)
             for why in refused:
@@ -219,6 +251,7 @@ class SpanReceiver(Collector):
     def _drain(self, now_ns: int | None) -> None:
         with self._lock:
             rows, self._pending = self._pending, []
+            names, self._names = self._names, []
             dropped = sum(self._client_dropped.values())
             malformed = self._malformed
             rejected = dict(self.rejected)
@@ -227,6 +260,8 @@ class SpanReceiver(Collector):
         if rows:
             self.spans_total += len(rows)
             self.ctx.emit("spans", rows)
+        if names:
+            self.ctx.emit("thread_names", names)
         ts = now_ns if now_ns is not None else span_client._monotonic_ns()
         stats = []
         if rows or dropped > self._reported_dropped:
