@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 AT := $(VENV)/bin/autoglm-trace
 PYTEST_ARGS ?=
 
-.PHONY: docs setup test unit lint demo bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
+.PHONY: docs setup test unit lint demo scenarios-accuracy bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,12 @@ demo: setup
 	@mkdir -p recordings
 	$(AT) demo --incident $(DEMO_INCIDENT) --record $(DEMO_REC)
 	@echo "report: $(AT) report $(DEMO_REC) -o $(DEMO_REC).html"
+
+## The scenario accuracy table in docs/analysis.md: every scenario (tests/scenarios/cases.py) run
+## SCENARIO_RUNS times under the real recorder, judged, the section rewritten (root: BPF). ~45 s a run.
+SCENARIO_RUNS ?= 3
+scenarios-accuracy: setup
+	$(PY) -m tests.scenarios.accuracy --runs $(SCENARIO_RUNS) --doc docs/analysis.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
