@@ -175,6 +175,12 @@ def render_diff(d: dict[str, Any], top: int = 10) -> str:
             out.append(escape(f"  {label} p{q}: {p['base']:.2f} -> {p['new']:.2f} {dist['unit']} "
                               f"(95% CI {p['base_ci'][0]:.2f}-{p['base_ci'][1]:.2f} -> "
                               f"{p['new_ci'][0]:.2f}-{p['new_ci'][1]:.2f}){mark}"))
+    for c in d.get("culprits") or []:
+        out.append(escape(f"  grew into it: {c['who']}: {c['base']:.4g} -> {c['new']:.4g} {c['unit']}"))
+    for side in ("base", "new"):
+        split = (d.get("time_split") or {}).get(side)
+        if isinstance(split, dict) and split.get("parts"):
+            out.append(escape(f"  {side} time: " + time_split_line(split)))
     out.append("[bold]Signals, largest change first:[/]")
     for s in d["signals"][:top]:
         flag = "[red]worse[/]" if s["worse"] else "     "

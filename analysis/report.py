@@ -379,10 +379,40 @@ def _culprits(cs: Any) -> list[Any]:
             more.append("the autoglm-trace recorder itself")
         if isinstance(c.get("processes"), int) and c["processes"] > 1:
             more.append(f"{c['processes']} processes")
-        out.append({"comm": c.get("comm"), "pid": c.get("pid"),
+        out.append({"comm": c.get("comm"), "pid": c.get("pid"), "label": c.get("label"),
                     "share": f" {share * 100:.0f}%" if isinstance(share, (int, float)) and math.isfinite(share) else "",
                     "more": ", ".join(more)})
     return out
+
+
+def _remainder(c: dict) -> str:
+    """The part of the extra wait no listed culprit accounts for ("61% not attributed: ...")."""
+    att = c.get("attribution")
+    rest = att.get("remainder") if isinstance(att, dict) else None
+    if not c.get("culprits") or not isinstance(rest, dict) or not rest.get("summary") or (rest.get("share") or 0) < 0.01:
+        return ""
+    return str(rest["summary"])
+
+
+SPLIT_COLOURS = {"on_cpu": "#27ae60", "runq_wait": "#e67e22", "gil_wait": "#8e44ad", "lock_wait": "#c0392b",
+                 "sleep": "#95a5a6", "dstate": "#2980b9"}
+
+
+def _time_split(split: Any) -> dict[str, Any] | None:
+    """One bar per incident: the slow requests' time by where it went (analysis/timesplit.py)."""
+    if not isinstance(split, dict) or not split.get("parts"):
+        return None
+    parts = []
+    for p in split["parts"]:
+        frac = float(p.get("fraction") or 0)
+        if frac <= 0:
+            continue
+        by = "; ".join(f"{b.get('label')} {100 * float(b.get('fraction') or 0):.0f}%" for b in p.get("by") or [])
+        parts.append({"width": f"{100 * frac:.2f}", "colour": SPLIT_COLOURS.get(str(p.get("part")), "#bbb"),
+                      "pct": f"{100 * frac:.0f}%" if frac >= 0.06 else "",
+                      "tip": f"{p.get('describe')} {100 * frac:.0f}% ({fmt_num(p.get('ms'))} ms)" + (f": {by}" if by else "")})
+    return {"scope": split.get("scope"), "threads": split.get("threads"), "total_ms": fmt_num(split.get("total_ms")),
+            "parts": parts}
 
 
 def _requests_line(diag: dict) -> str:
@@ -416,9 +446,11 @@ def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) ->
         lat = (f" · latency {fmt_num(inc.get('latency_ms'))} ms (baseline {fmt_num(inc.get('baseline_ms'))} ms)"
                if inc.get("latency_ms") is not None else "")
         causes = [{"kind": c.get("kind"), "score": fmt_num(c.get("score")), "summary": c.get("summary", ""),
-                   "culprits": _culprits(c.get("culprits")), "evidence": _evidence(c.get("evidence"))}
+                   "culprits": _culprits(c.get("culprits")), "remainder": _remainder(c),
+                   "evidence": _evidence(c.get("evidence"))}
                   for c in inc.get("causes") or [] if isinstance(c, dict)]
-        incidents.append({"title": when + lat, "headline": inc.get("headline"), "causes": causes})
+        incidents.append({"title": when + lat, "headline": inc.get("headline"), "causes": causes,
+                          "split": _time_split(inc.get("time_split"))})
     findings = []
     for f in diag.get("findings") or []:
         if isinstance(f, dict):
@@ -487,6 +519,33 @@ def _preemptors(rec, top: int = 10) -> list[dict[str, Any]]:
 _ENV: jinja2.Environment | None = None
 
 
+def _wakers(rec, top: int = 10) -> list[dict[str, Any]]:
+    """Who ended the target threads' sleep over the whole recording, by the sleep they ended."""
+    if not rec.has("wakeups") or not rec.table("wakeups").num_rows:
+        return []
+    from autoglm_trace.analysis import tree as tree_mod
+    from autoglm_trace.analysis import wakers as wakers_mod
+
+    t = wakers_mod.classify(rec)
+    if t is None or not t.num_rows:
+        return []
+    tree = tree_mod.load(rec)
+    g = t.group_by(["waker_pid", "waker_tid", "class"], use_threads=False).aggregate(
+        [("sleep_ns", "sum"), ("count", "sum"), ("waker_comm", "last")])
+    g = g.sort_by([("sleep_ns_sum", "descending")]).slice(0, top)
+    total = pc.sum(t.column("sleep_ns")).as_py() or 0
+    words = {"gil": "GIL hand-over", "lock": "lock / condition (held)", "handoff": "hand-off (queue, answer)",
+             "other": "timer / network / outside"}
+    rows = []
+    for r in g.to_pylist():
+        w = r["sleep_ns_sum"] or 0
+        who = (tree_mod.describe(tree, {"pid": r["waker_pid"], "tid": r["waker_tid"], "comm": r["waker_comm_last"]})
+               ["label"] if r["waker_tid"] else (r["waker_comm_last"] or "?"))
+        rows.append({"who": who, "cls": words.get(r["class"], r["class"]), "count": fmt_num(int(r["count_sum"] or 0)),
+                     "ms": f"{w / 1e6:,.1f}", "share": f"{100 * w / total:.0f}%" if total else "–"})
+    return rows
+
+
 def _templates() -> jinja2.Environment:
     """The report's Jinja environment: templates beside this module, every value autoescaped."""
     global _ENV
@@ -523,7 +582,7 @@ def render_html(rec, diagnosis: dict | None = None, oom: dict | None = None,
     return _templates().get_template("report.html.j2").render(
         title=rec.target.get("comm") or rec.target.get("mode") or "recording",
         header=_header(rec), incidents=_incidents(rec, diagnosis, why, fallback), figure=figure,
-        oom=_oom(rec, oom, oom_why), preemptors=_preemptors(rec), alerts=_alerts(rec),
+        oom=_oom(rec, oom, oom_why), preemptors=_preemptors(rec), wakers=_wakers(rec), alerts=_alerts(rec),
         coverage=_coverage(rec, not_checked), path=str(rec.path),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
     )

@@ -197,6 +197,9 @@ def recorded(rec: Recording, table: str) -> bool:
     for c in rec.collectors.values():
         if isinstance(c, dict) and c.get("status") == "ok" and table in (c.get("tables") or []):
             skipped = c.get("skipped") or {}
+            fams = c.get("families")
+            if isinstance(fams, list) and _FAMILY.get(table) and _FAMILY[table] not in fams:
+                return False  # a family left out (record --probes)
             return not (isinstance(skipped, dict) and _FAMILY.get(table) in skipped)
     return False
 

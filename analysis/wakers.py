@@ -7,7 +7,8 @@ ended. A sleep is classed as
   process that had been on CPU all along (``waker_oncpu_ns`` >= half the sleep: it ran Python and
   dropped the GIL when asked), or it timed out after the switch interval (CPython's take_gil waits
   ``sys.getswitchinterval()``, 5 ms, on a condition variable, then asks the holder to drop it: the
-  wakeups are ``[hrtimer]``s ending sleeps of 4.5-6.5 ms on average) while a sibling thread ran;
+  wakeups are ``[hrtimer]``s ending sleeps of 4.5-6.5 ms on average) while a sibling thread ran or
+  waited for a CPU (it keeps the GIL while runnable);
 * ``handoff`` -- a wakeup by another thread of the target with which the pair goes both ways (the
   wakee wakes the waker too, at least a fifth as often), or where one side is a request thread (it
   emitted request spans): a queue between a request thread and a worker, request and response.
@@ -40,7 +41,7 @@ SWITCH_INTERVAL_NS = 5_000_000  # CPython's default sys.getswitchinterval()
 # Mean sleep per wakeup of timed GIL waits: the switch interval plus timer slack, a little either way.
 GIL_TIMED_WAIT_NS = (0.9 * SWITCH_INTERVAL_NS, 1.3 * SWITCH_INTERVAL_NS)
 HOLDER_ONCPU = 0.5  # waker on CPU for at least this part of the sleep it ended: it held the GIL
-SIBLING_ONCPU = 0.2  # a timed wait is a GIL wait when siblings ran at least this part of the bucket
+SIBLING_ONCPU = 0.2  # a timed wait is a GIL wait when siblings ran (or were runnable) this part of the bucket
 HANDOFF_RATIO = 0.2  # the reverse direction at least this often (per wakeup): a hand-off
 PARKED_NS = 2_000_000_000  # mean sleep per wakeup beyond this: parked, not waiting on a holder
 RELAY_STEPS = 3
@@ -122,9 +123,17 @@ def _sched_oncpu(rec: Recording) -> dict[tuple[int, int], dict[int, float]]:
 
 
 def _sibling_oncpu(rec: Recording, t: pa.Table) -> np.ndarray:
-    """Per wakeups row: on-CPU time of the other threads of the wakee's process in that bucket."""
-    on = _sched_oncpu(rec)
+    """Per wakeups row: time the other threads of the wakee's process were on CPU or runnable in that
+    bucket (a GIL holder keeps the GIL while it waits for a CPU)."""
     out = np.zeros(t.num_rows)
+    if not rec.has("sched") or not rec.table("sched").num_rows:
+        return out
+    s = rec.table("sched").select(["ts_ns", "pid", "tid", "oncpu_ns", "runq_wait_ns"])
+    on: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
+    for ts, p, th, c, rq in zip(_np(s, "ts_ns").tolist(), _np(s, "pid").tolist(), _np(s, "tid").tolist(),
+                                _np(s, "oncpu_ns").tolist(), _np(s, "runq_wait_ns").tolist(), strict=True):
+        d = on[(ts, p)]
+        d[th] = d.get(th, 0.0) + c + rq
     for i, (ts, p, th) in enumerate(zip(_np(t, "ts_ns").tolist(), _np(t, "pid").tolist(), _np(t, "tid").tolist(),
                                         strict=True)):
         d = on.get((ts, p))

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--interval", type=int_in(1, 60_000, " ms"), default=100, metavar="MS", help="sampling interval (default 100 ms)")
     p.add_argument("--bucket", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="kernel aggregation bucket (default: the interval)")
     p.add_argument("--no-bpf", action="store_true", help="no kernel probes (the /proc sampler still runs)")
+    p.add_argument("--probes", metavar="LIST", default=None,
+                   help="kernel probe families, comma-separated (default all: sched,wakeups,faults,io,memory,oom,"
+                        "proc); -NAME leaves one out, e.g. --probes=-wakeups")
     p.add_argument("--no-gpu", action="store_true", help="no NVML sampling")
     p.add_argument("--no-spans", action="store_true", help="do not listen for span API datagrams")
     p.add_argument("--gpu-interval", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="NVML sampling interval (default: the interval)")
@@ -117,6 +120,8 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
             raise UsageError("record: --probe-body is not valid JSON") from None
     out = Path(args.output or datetime.now().strftime("autoglm-%Y%m%d-%H%M%S"))
     copts: dict[str, Any] = {"bucket_ms": args.bucket or args.interval}
+    if args.probes is not None:
+        copts["families"] = probe_families(args.probes)
     if args.gpu_interval:
         copts["gpu_interval_ms"] = args.gpu_interval
     if args.perf_pages:
@@ -293,3 +298,23 @@ def main_ring(args: argparse.Namespace, opts: RecordOptions) -> int:
 
         extra, _, _ = side_outputs(False, args.prometheus)  # the recorder closes its sinks
     return run_ring(fo, opts, extra)
+
+
+def probe_families(spec: str) -> list[str]:
+    """``--probes``: a list of families, or ``-NAME`` items leaving families out of all of them."""
+    from autoglm_trace.probes.bpf_program import FAMILIES
+
+    items = [x.strip() for x in spec.split(",") if x.strip()]
+    if not items:
+        raise UsageError("record: --probes needs at least one family")
+    drop = [x[1:] for x in items if x.startswith("-")]
+    keep = [x for x in items if not x.startswith("-")]
+    unknown = [x for x in drop + keep if x not in FAMILIES]
+    if unknown:
+        raise UsageError(f"record: unknown probe families {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+    if drop and keep:
+        raise UsageError("record: --probes takes either families or -NAME exclusions, not both")
+    chosen = [f for f in FAMILIES if f not in drop] if drop else [f for f in FAMILIES if f in keep]
+    if not chosen:
+        raise UsageError("record: --probes leaves no kernel probe family")
+    return chosen
