@@ -165,3 +165,15 @@ def test_mode_000_recording_as_unprivileged_user(user: tuple[int, int], sticky_t
         assert "Traceback" not in err, err
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code == 3 and len(lines) == 1 and "Permission denied" in lines[0], (argv, code, err)
+
+
+def test_doctor_as_unprivileged_user(user: tuple[int, int]) -> None:  # noqa: F811
+    """tracefs is root-only: doctor as a user says so in its rows instead of a traceback."""
+    from autoglm_trace.tracer.commands import doctor
+
+    doctor.run_checks()  # as root first: every lazy import done before dropping privileges
+    uid, gid = user
+    for argv in (["doctor"], ["doctor", "--json"]):
+        code, err = _as_user_in_fork(uid, gid, argv)
+        assert "Traceback" not in err, err
+        assert code in (0, 1), (code, err)

@@ -242,10 +242,13 @@ def apply_retention(out_dir: Path, max_count: int | None, max_bytes: int | None,
 
 
 def prepare_out_dir(path: Path) -> None:
-    if path.is_symlink():
-        raise WriteError(f"{path} is a symbolic link; refusing to write snapshots through it")
-    if path.exists() and not path.is_dir():
-        raise WriteError(f"{path} exists and is not a directory")
+    try:
+        if path.is_symlink():
+            raise WriteError(f"{path} is a symbolic link; refusing to write snapshots through it")
+        if path.exists() and not path.is_dir():
+            raise WriteError(f"{path} exists and is not a directory")
+    except OSError as e:  # a name too long, a parent we may not search
+        raise WriteError(f"cannot use {path}: {e.strerror or e}") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
