@@ -22,12 +22,16 @@ import pyarrow.compute as pc
 
 from autoglm_trace.analysis import containers
 from autoglm_trace.analysis import tree as tree_mod
+from autoglm_trace.analysis import wakers as wakers_mod
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.timeline import col, counter_deltas, recorded
 
 TOP = 3
 # A culprit accounting for less than this of the extra wait is not named (no empty culprits).
 MIN_SHARE = 0.05
+# CPU demand of a thread of the tree beyond this multiple of its baseline rate counts as extra (bursty
+# request workers reach 2-3x their average in a short incident).
+NEWCOMER = 3.0
 
 
 def _in_range(t: pa.Table, start_ns: int, end_ns: int, slack_ns: int = 0) -> pa.Table:
@@ -187,9 +191,11 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     base_total = float(sum(base_w.values()))
     shares, denom, vs_base = _excess_shares(inc_w, base_w, inc_total, base_total)
     weighted_by = "wait_ns" if use_wait else "count"
+    _drop_regulars(rec, shares, a, b, baseline)
     demand = _demand_shares(rec, tree, t, keys, inc_w, base_w, a, b, baseline) if vs_base else None
     if demand is not None:
         shares, weighted_by = demand, "extra_cpu"
+        _drop_regulars(rec, shares, a, b, baseline)
     pids = col(t, "preemptor_pid", np.int64)
     tids = col(t, "preemptor_tid", np.int64, -1)
     cpus = col(t, "cpu", np.int64, -1)
@@ -250,6 +256,31 @@ def _in_windows(ts: np.ndarray, windows: list[tuple[int, int]] | None) -> np.nda
     return m
 
 
+def _drop_regulars(rec: Recording, shares: dict[Any, float], a: int, b: int,
+                   baseline: list[tuple[int, int]] | None) -> None:
+    """Threads of the waiting processes that ran at the baseline and do not take well beyond their
+    usual CPU now, or that get their work from request threads (the request workers themselves,
+    busier with more load), are not culprits, nor are the request threads: their share goes to the
+    unattributed rest. A newcomer (a background thread, a pool spun up) stays."""
+    tids = [k for k in shares if k[0] == "tid"]
+    if not tids or not rec.has("sched") or not rec.table("sched").num_rows:
+        return
+    s = rec.table("sched")
+    sts, stid, son = col(s, "ts_ns", np.int64), col(s, "tid", np.int64), col(s, "oncpu_ns")
+    span_out = float(sum(e - x for x, e in baseline)) if baseline else max(1.0, float(rec.end_ns - rec.start_ns - (b - a)))
+    sbase = _in_windows(sts, baseline)
+    requests = tree_mod.request_threads(rec)
+    workers = wakers_mod.work_receivers(rec)
+    for k in tids:
+        if k[2] in requests:
+            shares[k] = 0.0  # a request thread is a waiter, never its own culprit
+            continue
+        m = stid == k[2]
+        inc, base = _window_sum(sts[m], son[m], a, b, span_out, None if sbase is None else sbase[m])
+        if base > 0 and (inc < NEWCOMER * base or k[2] in workers):
+            shares[k] = 0.0
+
+
 def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[Any],
                    inc_w: dict[Any, float], base_w: dict[Any, float], a: int, b: int,
                    baseline: list[tuple[int, int]] | None = None) -> dict[Any, float] | None:
@@ -295,7 +326,9 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
         else:
             continue
         i, bb = _window_sum(sts[m], son[m], a, b, span_out, None if sbase is None else sbase[m])
-        extra[k] = max(0.0, i - bb)
+        # A thread that was busy at the baseline too (a request worker under more load) is not a
+        # newcomer: only CPU far beyond its usual rate counts as extra demand.
+        extra[k] = max(0.0, i - NEWCOMER * bb)
     outside = [k for k in inc_w if k not in extra and k != ("idle",)]
     pool = max(0.0, (h_inc - h_base) - (t_inc - t_base))
     ex_out = {k: max(0.0, inc_w[k] - base_w.get(k, 0.0)) for k in outside}

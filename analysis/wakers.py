@@ -10,7 +10,7 @@ ended. A sleep is classed as
   wakeups are ``[hrtimer]``s ending sleeps of 4.5-6.5 ms on average) while a sibling thread ran or
   waited for a CPU (it keeps the GIL while runnable);
 * ``handoff`` -- a wakeup by another thread of the target with which the pair goes both ways (the
-  wakee wakes the waker too, at least a fifth as often), or where one side is a request thread (it
+  wakee's wakeups end at least a fifth as much of the waker's sleep), or where one side is a request thread (it
   emitted request spans): a queue between a request thread and a worker, request and response.
   Waiting for work, or for the answer the worker computes, is being served, not contended: the time
   split follows it to the worker's own time;
@@ -42,7 +42,7 @@ SWITCH_INTERVAL_NS = 5_000_000  # CPython's default sys.getswitchinterval()
 GIL_TIMED_WAIT_NS = (0.9 * SWITCH_INTERVAL_NS, 1.3 * SWITCH_INTERVAL_NS)
 HOLDER_ONCPU = 0.5  # waker on CPU for at least this part of the sleep it ended: it held the GIL
 SIBLING_ONCPU = 0.2  # a timed wait is a GIL wait when siblings ran (or were runnable) this part of the bucket
-HANDOFF_RATIO = 0.2  # the reverse direction at least this often (per wakeup): a hand-off
+HANDOFF_RATIO = 0.2  # the reverse direction ends at least this part of the sleep: a hand-off
 PARKED_NS = 2_000_000_000  # mean sleep per wakeup beyond this: parked, not waiting on a holder
 RELAY_STEPS = 3
 MIN_SHARE = 0.05
@@ -81,9 +81,11 @@ def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | No
     # A thread parked for seconds (an idle pool thread, a thread woken at shutdown) waited for work.
     lock = task & inn & ~gil_task & (sleep / cnt <= PARKED_NS)
     # Both directions between a pair: a hand-off (see the module docstring), not a held lock.
-    pairs: dict[tuple[int, int], int] = defaultdict(int)
-    for i in np.flatnonzero(task).tolist():
-        pairs[(int(tid[i]), int(wtid[i]))] += int(cnt[i])
+    # By sleep time: a holder woken back now and then for a moment (taking the lock while a waiter
+    # released it, a GIL hand-over) is still the one they wait on.
+    pairs: dict[tuple[int, int], float] = defaultdict(float)
+    for i in np.flatnonzero(task & ~gil_task).tolist():
+        pairs[(int(tid[i]), int(wtid[i]))] += float(sleep[i])
     handoff = np.zeros(n, dtype=bool)
     for i in np.flatnonzero(lock).tolist():
         fwd, rev = pairs[(int(tid[i]), int(wtid[i]))], pairs.get((int(wtid[i]), int(tid[i])), 0)
@@ -308,17 +310,12 @@ def _spread(window_index: Any, n: int, ts: np.ndarray, sleep: np.ndarray, cnt: n
     return out
 
 
-def serving_threads(rec: Recording) -> set[int]:
-    """Request threads and their workers (threads that got work from request threads and woke them
-    with the answer): their CPU time is the requests' own work, never a culprit of their wait."""
+def work_receivers(rec: Recording) -> set[int]:
+    """Threads a request thread handed work to (a hand-off wakeup by a request thread)."""
     req = tree_mod.request_threads(rec)
     t = classify(rec) if req else None
     if not req or t is None or not t.num_rows:
-        return req
+        return set()
     h = t.filter(pc.equal(t.column("class"), "handoff"))
     reqa = pa.array(sorted(req), pa.int32())
-    got_work = {int(x) for x in h.filter(pc.is_in(h.column("waker_tid"), value_set=reqa)).column("tid").to_pylist()}
-    answered = {int(x) for x in h.filter(pc.is_in(h.column("tid"), value_set=reqa)).column("waker_tid").to_pylist()}
-    # Both ways: it got work from request threads and woke them with the answer (a worker); a thread
-    # a request thread merely woke in passing (handing over the GIL, say) is not serving.
-    return req | (got_work & answered)
+    return {int(x) for x in h.filter(pc.is_in(h.column("waker_tid"), value_set=reqa)).column("tid").to_pylist()}
