@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 AT := $(VENV)/bin/autoglm-trace
 PYTEST_ARGS ?=
 
-.PHONY: docs setup test unit lint demo bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
+.PHONY: docs setup test unit lint demo scenarios-accuracy bench-wakeups bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,12 @@ demo: setup
 	$(AT) demo --incident $(DEMO_INCIDENT) --record $(DEMO_REC)
 	@echo "report: $(AT) report $(DEMO_REC) -o $(DEMO_REC).html"
 
+## The scenario accuracy table in docs/analysis.md: every scenario (tests/scenarios/cases.py) run
+## SCENARIO_RUNS times under the real recorder, judged, the section rewritten (root: BPF). ~45 s a run.
+SCENARIO_RUNS ?= 3
+scenarios-accuracy: setup
+	$(PY) -m tests.scenarios.accuracy --runs $(SCENARIO_RUNS) --doc docs/analysis.md
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
@@ -40,6 +46,10 @@ docs: setup
 bench-overhead: setup
 	$(PY) bench/bench_overhead.py --doc docs/benchmarks-overhead.md
 	$(PY) bench/bench_overhead.py --work 0 --rounds 3 --section bench_overhead_stress --doc docs/benchmarks-overhead.md
+
+## The waker aggregation's cost on the stress workload (<= 1 pp target), interleaved with/without it.
+bench-wakeups: setup
+	$(PY) bench/bench_wakeups.py --rounds 5 --doc docs/benchmarks-overhead.md
 
 bench-capacity: setup
 	$(PY) bench/bench_capacity.py --doc docs/benchmarks-overhead.md

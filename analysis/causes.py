@@ -38,16 +38,20 @@ PRESENT = 0.5
 LISTED = 0.35
 # Kinds whose stall signal is specific to them (run-queue wait; direct reclaim), so its share of the
 # extra latency can carry the confidence. D-state sleep is not: both I/O and major faults cause it.
-SHARE_CONFIDENT = ("cpu_contention", "memory_pressure")
+SHARE_CONFIDENT = ("cpu_contention", "memory_pressure", "lock_contention", "gil_contention")
 
 # kind -> (specific signals that show it, stall signals it can be charged with)
 CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cpu_contention": (("runq_wait", "preempted_time", "wait_charged_to_others", "preemptions_by_others",
+                        "tree_others_oncpu",
                         "involuntary_switches",
                         "psi_cpu", "host_steal", "runq_max"), ("runq_wait",)),
     "memory_pressure": (("reclaim_target", "major_faults", "psi_memory", "psi_memory_full", "allocstalls",
                          "pgscan_direct", "mem_available", "reclaim_others", "host_major_faults"),
                         ("reclaim_target",)),
+    # Waits on other threads of the target (analysis/wakers.py): a lock / queue holder, the GIL holder.
+    "lock_contention": (("lock_wait",), ("lock_wait",)),
+    "gil_contention": (("gil_wait",), ("gil_wait",)),
     "io_wait": (("blkio_target_avg_latency", "blkio_others_bytes", "blkio_others_count", "psi_io",
                  "psi_io_full", "host_iowait"), ("dstate_time",)),
     "gpu_throttle": (("gpu_throttle", "gpu_sm_clock"), ()),
@@ -58,7 +62,10 @@ CAUSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # Signals shown as context with every incident (not causes themselves).
 CONTEXT = ("oncpu_time", "dstate_time", "target_cpu", "target_rss", "gpu_util", "requests_in_flight",
-           "host_cpu_busy", "minor_faults", "blkio_target_latency", "gpu_pcie", "kswapd_wakes")
+           "host_cpu_busy", "minor_faults", "blkio_target_latency", "gpu_pcie", "kswapd_wakes",
+           # the serving engine's own state (analysis.engine, from --scrape)
+           "engine_kv_cache", "engine_running", "engine_waiting", "engine_preemptions", "engine_queue",
+           "engine_ttft", "engine_itl")
 
 
 @dataclass
@@ -177,7 +184,7 @@ def baseline_mask(tl: Timeline, incidents: list[Incident], margin: int = 1) -> n
     load = tl.get("requests_in_flight")
     if load is not None:
         busy = m & (np.nan_to_num(load.values) >= 0.5)
-        if busy.sum() >= 3:
+        if busy.sum() >= 5:  # too few busy windows left: a thinner baseline is worse than idle ones
             m = busy
     return m
 

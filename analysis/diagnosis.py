@@ -14,10 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from autoglm_trace import schema
-from autoglm_trace.analysis import anomalies
+from autoglm_trace.analysis import anomalies, containers
 from autoglm_trace.analysis import causes as causes_mod
 from autoglm_trace.analysis import culprits as culprits_mod
 from autoglm_trace.analysis import engine as engine_mod
+from autoglm_trace.analysis import timesplit as timesplit_mod
+from autoglm_trace.analysis import wakers as wakers_mod
 from autoglm_trace.analysis.oom import iso, oom_postmortem
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.spikes import (
@@ -85,10 +87,14 @@ def dedupe_spans(t: pa.Table, tol_ns: int = 50_000_000) -> pa.Table:
     return t if keep.all() else t.filter(pa.array(keep))
 
 
-def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int) -> dict[str, Any]:
+def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int,
+                  baseline: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     a, b = inc.start_ns, inc.end_ns
     if kind == "cpu_contention":
-        return culprits_mod.cpu_culprits(rec, a, b, slack)
+        return culprits_mod.cpu_culprits(rec, a, b, slack, baseline)
+    if kind in ("lock_contention", "gil_contention"):
+        return wakers_mod.holder_culprits(rec, a, b, slack, "gil" if kind == "gil_contention" else "lock",
+                                          culprits_mod.victims(rec), inc.n_requests or None)
     if kind == "io_wait":
         return culprits_mod.io_culprits(rec, a, b, slack)
     if kind in ("memory_pressure", "oom"):
@@ -99,13 +105,20 @@ def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int) -> dict[
 
 
 def culprit_sentence(kind: str, c: dict[str, Any]) -> str:
-    who = f"pid {c['pid']}" + (f" `{c['comm']}`" if c.get("comm") else "")
-    if c.get("in_target"):
-        who += " (in the target)"
+    if c.get("label"):
+        who = c["label"]
+    else:
+        who = containers.who(c)
+        if c.get("in_target"):
+            who += " (in the target)"
     share = f"{100 * c['share']:.0f}%" if c.get("share") is not None else "?"
     if kind == "cpu_contention":
         where = f" on CPU {c['cpu']}" if c.get("cpu") is not None else ""
-        return f"{share} of the target's run-queue wait charged to {who}{where}"
+        return f"{share} of the target's extra run-queue wait charged to {who}{where}"
+    if kind in ("lock_contention", "gil_contention"):
+        what = "GIL" if kind == "gil_contention" else "lock"
+        return (f"{share} of the target's extra {what} wait ended by {who}, the holder "
+                f"({c.get('wait_ms', 0):.0f} ms waited on it)")
     if kind == "io_wait":
         return f"{share} of block I/O bytes on {', '.join(c.get('devices') or []) or 'its devices'} from {who}"
     if kind in ("memory_pressure", "oom"):
@@ -120,10 +133,11 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
                    eng: engine_mod.Engine | None = None) -> dict[str, Any]:
     slack = tl.width_ns
     causes = causes_mod.score_incident(tl, inc, base)
+    windows = [(tl.window_start(int(w)), tl.window_start(int(w)) + tl.width_ns) for w in np.flatnonzero(base)]
     for c in causes:
         if c["kind"] == "unexplained":
             continue
-        found = _culprits_for(rec, c["kind"], inc, slack)
+        found = _culprits_for(rec, c["kind"], inc, slack, windows)
         c["culprits"] = found.pop("culprits", [])
         c["attribution"] = found
         if c["culprits"]:
@@ -142,6 +156,7 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
         split = anomalies.engine_split(eng, tl, inc, base)
         if split:
             d["engine"] = split
+    d["time_split"] = timesplit_mod.time_split(rec, inc.start_ns, inc.end_ns, causes)
     d["headline"] = headline(d)
     return d
 

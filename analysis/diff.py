@@ -7,7 +7,10 @@
    has no requests): additive signals (time, counts, bytes per window) as totals / requests, level
    signals (fractions, clocks, memory) as their mean. Ranked by |log ratio| of the worsening.
 3. The likely cause: the cause kind (``analysis.causes.CAUSES``) of the highest-ranked signal that got
-   worse by at least 1.5x.
+   worse by at least 1.5x, and who grew into it (``culprits``): for CPU, lock, GIL and I/O causes the
+   tasks charged with the wait (bytes) per request in each recording, matched across the two by name
+   and place (pids differ between runs), the largest increase first.
+4. Where the request threads' time went in each recording (``time_split``, analysis/timesplit.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from autoglm_trace.analysis import timesplit, wakers
+from autoglm_trace.analysis import tree as tree_mod
 from autoglm_trace.analysis.causes import CAUSES
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.timeline import Signal, Timeline, build_timeline, col
@@ -161,10 +166,61 @@ def diff_recordings(base: Recording, new: Recording) -> dict[str, Any]:
     if likely is None and regressed:
         likely = {"kind": "unexplained", "signal": None,
                   "summary": "latency regressed but no recorded resource signal changed by 1.5x or more"}
+    who = diff_culprits(base, new, likely["kind"], len(lb), len(ln)) if likely else []
+    splits = {side: timesplit.time_split(r, r.start_ns, r.end_ns) for side, r in (("base", base), ("new", new))}
     return {
         "schema": SCHEMA_ID,
         "base": {"recording": str(base.path), "requests": len(lb), "duration_s": round(tlb.n * tlb.width_ns / 1e9, 3)},
         "new": {"recording": str(new.path), "requests": len(ln), "duration_s": round(tln.n * tln.width_ns / 1e9, 3)},
         "latency": latency, "latency_per_token": per_token, "regressed": regressed,
-        "likely_cause": likely, "signals": signals, "not_checked": not_checked,
+        "likely_cause": likely, "culprits": who, "time_split": splits, "signals": signals,
+        "not_checked": not_checked,
     }
+
+
+def _charges(rec: Recording, kind: str) -> dict[str, float]:
+    """name of the task (as a label without ids) -> what it is charged with over the recording."""
+    tr = tree_mod.load(rec)
+    out: dict[str, float] = {}
+
+    def add(pid: int, tid: int | None, comm: Any, v: float) -> None:
+        c = tree_mod.describe(tr, {"pid": int(pid), "tid": tid, "comm": comm})
+        name = c.get("thread_name") or comm or "?"
+        key = f'{"thread" if tid is not None else "process"} "{name}" ({tree_mod.where_words(tr, c["where"])})'
+        out[key] = out.get(key, 0.0) + float(v)
+
+    if kind == "cpu_contention" and rec.has("preemptions"):
+        vic = tree_mod.victims(rec, tr)
+        for r in rec.table("preemptions").select(["pid", "preemptor_pid", "preemptor_tid", "preemptor_comm",
+                                                    "wait_ns"]).to_pylist():
+            if r["pid"] in vic and r["preemptor_pid"]:
+                same = r["preemptor_pid"] in vic
+                add(r["preemptor_pid"], r["preemptor_tid"] if same else None, r["preemptor_comm"], r["wait_ns"] or 0)
+    elif kind in ("lock_contention", "gil_contention"):
+        t = wakers.classify(rec, tr)
+        if t is not None and t.num_rows:
+            cls = "gil" if kind == "gil_contention" else "lock"
+            for r in t.select(["waker_pid", "waker_tid", "waker_comm", "class", "wait_ns"]).to_pylist():
+                if r["class"] == cls and r["waker_tid"]:
+                    add(r["waker_pid"], r["waker_tid"], r["waker_comm"], r["wait_ns"] or 0)
+    elif kind == "io_wait" and rec.has("block_io"):
+        for r in rec.table("block_io").select(["pid", "comm", "bytes"]).to_pylist():
+            add(r["pid"], None, r["comm"], r["bytes"] or 0)
+    return out
+
+
+def diff_culprits(base: Recording, new: Recording, kind: str, nb: int, nn: int, top: int = 3) -> list[dict[str, Any]]:
+    """Who grew into ``kind`` between the recordings, per request (per second without requests)."""
+    unit = "bytes" if kind == "io_wait" else "ms"
+    scale = 1.0 if kind == "io_wait" else 1e-6
+    db = max(nb, 1) if nb and nn else max(1e-9, (base.end_ns - base.start_ns) / 1e9)
+    dn = max(nn, 1) if nb and nn else max(1e-9, (new.end_ns - new.start_ns) / 1e9)
+    per = "per request" if nb and nn else "per second"
+    cb, cn = _charges(base, kind), _charges(new, kind)
+    rows = []
+    for k in set(cb) | set(cn):
+        b, n = cb.get(k, 0.0) * scale / db, cn.get(k, 0.0) * scale / dn
+        if n > b:
+            rows.append({"who": k, "base": round(b, 4), "new": round(n, 4), "unit": f"{unit} {per}"})
+    rows.sort(key=lambda r: r["base"] - r["new"])
+    return rows[:top]

@@ -253,14 +253,18 @@ def phase_breakdown(eng: Engine, inc_mask_fn: Any, base_mask_fn: Any) -> dict[st
               and _ratio(rows[k]) >= 1.2]
     if extra and extra > 0 and q is not None:
         out["queue_share"] = _r(max(0.0, min(1.0, q / extra)), 3)
-    if out.get("queue_share") is not None and out["queue_share"] >= 0.5:
-        out["verdict"] = "queued"
-        out["summary"] = (f"requests waited in the engine's queue: queue time +{q:.0f} ms of the "
-                          f"+{extra:.0f} ms extra (load the engine could not keep up with)")
-    elif slower:
+    # Service phases first: an engine that runs slower also queues more (the queue is then a
+    # consequence), so "waited in the queue" means the queue grew while service stayed the same.
+    if slower:
         words = ", ".join(f"{rows[k]['describe'].split(' (')[0]} {_ratio(rows[k]):.1f}x" for k in slower)
         out["verdict"] = "slower"
-        out["summary"] = f"requests ran slower once scheduled: {words} (contention, not queueing)"
+        out["summary"] = f"requests ran slower once scheduled: {words} (contention, not only load)"
+        if q is not None and q > 0 and out.get("queue_share"):
+            out["summary"] += f"; the queue grew with it (+{q:.0f} ms)"
+    elif out.get("queue_share") is not None and out["queue_share"] >= 0.5:
+        out["verdict"] = "queued"
+        out["summary"] = (f"requests waited in the engine's queue: queue time +{q:.0f} ms of the "
+                          f"+{extra:.0f} ms extra, service time unchanged (load the engine could not keep up with)")
     elif extra is not None:
         out["verdict"] = "unclear"
         out["summary"] = "the engine's phase histograms do not say where the extra time went"

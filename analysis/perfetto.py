@@ -14,6 +14,11 @@ Layout of the trace (https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQ
 * counters (``C``) for RSS, GPU memory, page faults and block I/O per process, host memory / PSI,
   host-wide block I/O and per-GPU memory / utilisation / power / throttle reasons;
 * direct-reclaim stalls as ``X`` slices on the host process;
+* who woke whom (``wakeups``): per bucket and (waker, woken thread) pair, a flow arrow (``s`` -> ``f``)
+  from a 1 µs ``wake`` slice on the waker's thread to a ``woken`` slice on the woken thread at the
+  bucket's end, with the wakeups, the sleep they ended and the class (GIL, lock, hand-off) as args;
+  pairs that ended less than ``WAKE_MIN_NS`` of sleep in the bucket and interrupt-context wakers are
+  left out (``MAX_WAKE_FLOWS`` at most, the largest first);
 * global instant events (``i``, ``"s": "g"``) for OOM kills, process exits, Xid errors and alerts.
 
 Timestamps are microseconds since the recording's first event (``otherData.time_origin_ns`` is
@@ -50,8 +55,10 @@ GPU_PID = PSEUDO_PID + 16  # + GPU index
 LANE_TID = PSEUDO_PID + 1024  # + lane
 RECLAIM_TID = PSEUDO_PID + 512
 CHUNK = 20_000
+WAKE_MIN_NS = 1_000_000
+MAX_WAKE_FLOWS = 20_000
 TS_TABLES = ("spans", "sched", "proc_samples", "faults", "block_io", "host_samples", "gpu_devices",
-             "gpu_processes", "oom_kills", "proc_events", "gpu_events", "reclaim", "alerts", "processes")
+             "gpu_processes", "oom_kills", "proc_events", "gpu_events", "reclaim", "alerts", "processes", "wakeups")
 
 
 def _js(s: Any) -> str:
@@ -412,6 +419,41 @@ def _reclaim(rec, w: TraceWriter, clk: _Clock) -> int:
     return int(lanes.max()) + 1
 
 
+def _wake_flows(rec, w: TraceWriter, clk: _Clock) -> int:
+    """Waker -> woken arrows (see the module docstring); returns the flows written."""
+    if not rec.has("wakeups") or not rec.table("wakeups").num_rows:
+        return 0
+    from autoglm_trace.analysis import wakers  # noqa: PLC0415 - only when there are wakeups
+
+    t = wakers.classify(rec)
+    if t is None or not t.num_rows:
+        return 0
+    keep = pc.and_(pc.greater(t.column("waker_tid"), 0), pc.greater_equal(t.column("sleep_ns"), WAKE_MIN_NS))
+    t = t.filter(keep)
+    if not t.num_rows:
+        return 0
+    t = t.sort_by([("sleep_ns", "descending")]).slice(0, MAX_WAKE_FLOWS)
+    end = T.col(t, "ts_ns", np.int64) + T.col(t, "bucket_ns", np.int64) - 2000
+    a, b = clk.us(end), clk.us(end + 1000)
+    wp, wt = t.column("waker_pid").to_pylist(), t.column("waker_tid").to_pylist()
+    pp, pt = t.column("pid").to_pylist(), t.column("tid").to_pylist()
+    names = [_js(f"woken by {c} ({x})") for c, x in zip(t.column("waker_comm").to_pylist(), wt)]
+    args = [f'"wakeups":{n},"sleep_ended_ms":{ms},"class":{_js(k)}' for n, ms, k in zip(
+        t.column("count").to_pylist(), _num(T.col(t, "sleep_ns") / 1e6), t.column("class").to_pylist())]
+    lines = []
+    for i in range(t.num_rows):
+        fid = i + 1
+        lines.append(f'{{"ph":"X","cat":"wakeup","name":"wake {pt[i]}","ts":{a[i]},"dur":0.5,"pid":{wp[i]},'
+                     f'"tid":{wt[i]},"args":{{{args[i]}}}}}')
+        lines.append(f'{{"ph":"s","cat":"wakeup","name":"wakeup","id":{fid},"ts":{a[i]},"pid":{wp[i]},"tid":{wt[i]}}}')
+        lines.append(f'{{"ph":"X","cat":"wakeup","name":{names[i]},"ts":{b[i]},"dur":0.5,"pid":{pp[i]},'
+                     f'"tid":{pt[i]},"args":{{{args[i]}}}}}')
+        lines.append(f'{{"ph":"f","bp":"e","cat":"wakeup","name":"wakeup","id":{fid},"ts":{b[i]},"pid":{pp[i]},'
+                     f'"tid":{pt[i]}}}')
+    w.add("flow", lines)
+    return t.num_rows
+
+
 def _instants(rec, w: TraceWriter, clk: _Clock) -> None:
     lines: list[str] = []
     oom = rec.table("oom_kills")
@@ -477,10 +519,11 @@ def export_perfetto(rec, path: str | Path) -> dict[str, Any]:
             _host_and_gpu_counters(rec, w, clk)
             reclaim_lanes = _reclaim(rec, w, clk)
             _instants(rec, w, clk)
+            flows = _wake_flows(rec, w, clk)
             _metadata(rec, w, gpus, span_stats["lanes"], reclaim_lanes)
             w.close()
     return {"path": str(path), "events": w.n, "by_phase": dict(w.by_phase), **span_stats,
-            "thread_state_events": states, "time_origin_ns": origin, "tables_used": used,
+            "thread_state_events": states, "wake_flows": flows, "time_origin_ns": origin, "tables_used": used,
             "tables_absent": absent, "bytes": path.stat().st_size}
 
 

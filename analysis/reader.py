@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from autoglm_trace import schema
+from autoglm_trace import schema, span_client
 from autoglm_trace.analysis import manifest_check
 from autoglm_trace.errors import NewerSchemaError, RecordingError
 from autoglm_trace.safefile import read_regular
@@ -32,6 +32,7 @@ class TableRead:
 
 MAX_TABLE_BYTES = 8 << 30  # a table file larger than this is refused, not read into memory
 MAX_MANIFEST_BYTES = 16 << 20
+SPAN_LONGEST_NS = 7 * 86400 * 1_000_000_000
 
 
 def read_stream_file(path: Path, expected: pa.Schema | None = None, dir_fd: int | None = None,
@@ -125,6 +126,7 @@ class Recording:
     path: Path
     manifest: dict[str, Any] = field(init=False)
     truncated: dict[str, str] = field(init=False, default_factory=dict)
+    implausible: dict[str, int] = field(init=False, default_factory=dict)
     _cache: dict[str, pa.Table] = field(init=False, default_factory=dict, repr=False)
     _dir_fd: int | None = field(init=False, default=None, repr=False)
 
@@ -233,8 +235,29 @@ class Recording:
             read = read_stream_file(self.table_path(name), expected, dir_fd=self._fd, table=name)
             if read.truncated:
                 self.truncated[name] = read.error or "truncated"
-            t = read.table
+            t = self._plausible(name, read.table)
         self._cache[name] = t
+        return t
+
+    def _plausible(self, name: str, t: pa.Table) -> pa.Table:
+        """Rows no recorder writes -- a negative monotonic time, a span ending before it starts or
+        starting long before the recording -- are left out (counted in ``implausible``), so a
+        hand-made or damaged table cannot push the analysis outside the int64 range."""
+        if not t.num_rows or "ts_ns" not in t.column_names or not pa.types.is_integer(t.schema.field("ts_ns").type):
+            return t
+        import pyarrow.compute as pc
+
+        ts = t.column("ts_ns")
+        keep = pc.fill_null(pc.greater_equal(ts, 0), True)
+        if name == "spans" and "end_ns" in t.column_names:
+            end = t.column("end_ns")
+            earliest = max(self.start_ns - span_client.MAX_EARLY_NS, 0)
+            keep = pc.and_(keep, pc.fill_null(pc.and_(pc.greater_equal(ts, earliest), pc.greater_equal(end, ts)), False))
+            keep = pc.and_(keep, pc.fill_null(pc.less_equal(pc.subtract(end, ts), SPAN_LONGEST_NS), False))
+        dropped = t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+        if dropped:
+            self.implausible[name] = dropped
+            t = t.filter(keep)
         return t
 
     def rows(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from autoglm_trace.analysis import containers
 from autoglm_trace.printable import escape_markup as escape
 from autoglm_trace.printable import printable_lines
 
@@ -39,10 +40,21 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
     if r:
         out.append(escape(f"requests: {r['count']} ({r['failed']} failed), p50 {r['p50_ms']:.0f} ms, "
                           f"p99 {r['p99_ms']:.0f} ms, {r['slow']} slow for their size"))
+    eng = d.get("engine")
+    if eng:
+        lat = eng.get("latency") or {}
+        line = f"engine: {eng.get('engine')} metrics"
+        if lat.get("requests"):
+            line += (f", {lat['requests']} requests in {lat['metric']}, p50 {lat.get('p50_ms') or 0:.0f} ms, "
+                     f"p99 {lat.get('p99_ms') or 0:.0f} ms")
+        line += f" -- {eng['resolution_note']}" if eng.get("used_for_incidents") else (
+            f" (scraped every {eng.get('scrape_interval_s')} s; context beside the spans)")
+        out.append(escape(line))
     incs = d["incidents"]
     if not incs:
         out.append("[green]No incident:[/] " + ("no request was slow for its size." if r else
-                                                "no resource signal spiked."))
+                                                "no engine latency spike." if (eng or {}).get("used_for_incidents")
+                                                else "no resource signal spiked."))
     for inc in incs:
         out.append("")
         when = f"Incident {inc['id']} at {_clock(inc['start'])} (+{inc['offset_s']:.1f} s, {inc['duration_s']:.1f} s)"
@@ -54,11 +66,19 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
             out.append(f"  [{style}]{escape(c['kind'])}[/] ({score}{share}): {escape(c['summary'])}")
             for cu in c.get("culprits", [])[:3]:
                 cg = f" cgroup {cu['cgroup']}" if cu.get("cgroup") else ""
-                tgt = " [in target]" if cu.get("in_target") else ""
+                # attrib's in-tree location label, else the container / pod / unit and user
+                who = cu.get("label") or containers.who(cu) + (" [in target]" if cu.get("in_target") else "")
+                if cu.get("where"):
+                    cg = ""  # the container / unit says it better than the raw path
                 if cu.get("is_recorder"):
-                    tgt += " [autoglm-trace recorder itself]"
-                out.append(escape(f"      pid {cu['pid']} {cu.get('comm') or '?'}{cg}{tgt}: "
-                                  f"{100 * (cu.get('share') or 0):.0f}%"))
+                    who += " [autoglm-trace recorder itself]"
+                out.append(escape(f"      {who}{cg}: {100 * (cu.get('share') or 0):.0f}%"))
+            rest = (c.get("attribution") or {}).get("remainder")
+            if c.get("culprits") and isinstance(rest, dict) and rest.get("share", 0) >= 0.01:
+                out.append(escape(f"      ({rest['summary']})"))
+        split = inc.get("time_split")
+        if isinstance(split, dict) and split.get("parts"):
+            out.append(escape("  where the time went: " + time_split_line(split)))
             if verbose:
                 for name, ev in c.get("evidence", {}).items():
                     if isinstance(ev, dict) and "ratio" in ev:
@@ -155,6 +175,12 @@ def render_diff(d: dict[str, Any], top: int = 10) -> str:
             out.append(escape(f"  {label} p{q}: {p['base']:.2f} -> {p['new']:.2f} {dist['unit']} "
                               f"(95% CI {p['base_ci'][0]:.2f}-{p['base_ci'][1]:.2f} -> "
                               f"{p['new_ci'][0]:.2f}-{p['new_ci'][1]:.2f}){mark}"))
+    for c in d.get("culprits") or []:
+        out.append(escape(f"  grew into it: {c['who']}: {c['base']:.4g} -> {c['new']:.4g} {c['unit']}"))
+    for side in ("base", "new"):
+        split = (d.get("time_split") or {}).get(side)
+        if isinstance(split, dict) and split.get("parts"):
+            out.append(escape(f"  {side} time: " + time_split_line(split)))
     out.append("[bold]Signals, largest change first:[/]")
     for s in d["signals"][:top]:
         flag = "[red]worse[/]" if s["worse"] else "     "
@@ -168,3 +194,14 @@ def print_markup(text: str) -> None:
     # Values are escaped where they are placed; this catches any control character that slipped in
     # (our markup has none), keeping the line breaks we composed.
     Console(highlight=False, soft_wrap=True).print(printable_lines(text))
+
+
+def time_split_line(split: dict[str, Any]) -> str:
+    """``on-CPU 12% | run-queue 51% (pid 4242 prep-worker 40%) | sleep 30% (...) | D-state 7%``."""
+    out = []
+    for p in split.get("parts", []):
+        if p["fraction"] < 0.005:
+            continue
+        by = ", ".join(f"{b['label']} {100 * b['fraction']:.0f}%" for b in p.get("by", [])[:2])
+        out.append(f"{p['describe']} {100 * p['fraction']:.0f}%" + (f" ({by})" if by else ""))
+    return " | ".join(out)

@@ -11,14 +11,16 @@
   and abnormal exits as vertical lines through every row;
 * the OOM post-mortem (``analysis.oom``), the recorder's alerts, and the top preemptors.
 
-Everything that comes from a recording (comm, cmdline, span names, collector reasons) is
-attacker-controlled text: it goes through ``html.escape`` before it reaches HTML *or* a plot label
-(plotly renders a subset of HTML in labels), and plotly's JSON embedding escapes ``</script>``.
+The page is rendered from Jinja2 templates (analysis/templates/: ``report.html.j2`` lays out the
+page, ``sections.html.j2`` holds one macro per section, ``report.css`` the style); this module only
+gathers plain values for them. Everything that comes from a recording (comm, cmdline, span names,
+collector reasons) is attacker-controlled text: the templates autoescape every value, plot labels are
+escaped before plotly sees them (it renders a subset of HTML in labels), and plotly's JSON embedding
+escapes ``</script>``. The figure is the one fragment passed in as ``Markup``.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -28,8 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pyarrow.compute as pc
+from markupsafe import Markup, escape
 
 from autoglm_trace.analysis import tracks as T
 from autoglm_trace.analysis.outfile import atomic_file
@@ -54,9 +58,9 @@ MARKER_COLOURS = {"oom_kill": "#c0392b", "exit": "#7f8c8d", "xid": "#8e44ad"}
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 
 
-def esc(x: Any) -> str:
-    """HTML-escape anything (None -> empty)."""
-    return "" if x is None else html.escape(str(x), quote=True)
+def _label(x: Any) -> str:
+    """Recording text for a plot label: plotly renders a subset of HTML in labels, so it is escaped."""
+    return "" if x is None else str(escape(str(x)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,15 +108,17 @@ def fmt_bytes(n: Any) -> str:
 
 
 def fmt_num(x: Any) -> str:
-    if isinstance(x, bool) or x is None:
-        return esc(x)
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return str(x)
     if isinstance(x, int):
         return f"{x:,}"
     if isinstance(x, float):
         if not math.isfinite(x):
             return "–"
         return f"{x:,.3g}" if abs(x) < 1000 else f"{x:,.0f}"
-    return esc(x)
+    return str(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,9 +219,9 @@ def build_figure(rec, incidents: list[dict], max_points: int = T.DEFAULT_MAX_POI
         else:
             kw["line"] = {"width": 1.5, "color": PALETTE[i % len(PALETTE)], "dash": dash}
         fig.add_trace(go.Scatter(
-            x=wall_strings(t.ts_ns, off), y=y, name=esc(f"{t.label} ({unit})"), legendgroup=t.panel,
+            x=wall_strings(t.ts_ns, off), y=y, name=_label(f"{t.label} ({unit})"), legendgroup=t.panel,
             visible="legendonly" if hidden else True,
-            hovertemplate=f"%{{y:.3g}} {esc(unit)}<extra>{esc(t.label)}</extra>", **kw,
+            hovertemplate=f"%{{y:.3g}} {_label(unit)}<extra>{_label(t.label)}</extra>", **kw,
         ), row=r, col=1, secondary_y=secondary)
         drawn.append(t.name)
     for p in panels:
@@ -240,7 +246,7 @@ def build_figure(rec, incidents: list[dict], max_points: int = T.DEFAULT_MAX_POI
         x0 = wall_one(m.ts_ns, off)
         fig.add_vline(x=x0, row="all", col=1, line_width=1.5, line_dash="dash",
                       line_color=MARKER_COLOURS.get(m.kind, "#555"))
-        fig.add_annotation(x=x0, y=1.0, xref="x", yref="y domain", text=esc(m.label), showarrow=False,
+        fig.add_annotation(x=x0, y=1.0, xref="x", yref="y domain", text=_label(m.label), showarrow=False,
                            textangle=-90, xanchor="right", yanchor="top",
                            font={"color": MARKER_COLOURS.get(m.kind, "#555"), "size": 10})
     fig.update_xaxes(type="date", showspikes=True, spikemode="across", spikethickness=1)
@@ -254,16 +260,9 @@ def build_figure(rec, incidents: list[dict], max_points: int = T.DEFAULT_MAX_POI
 
 
 # ----------------------------------------------------------------------------------------------
-# HTML sections
+# The page: plain data for the templates (analysis/templates/), which escape everything
 # ----------------------------------------------------------------------------------------------
-def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
-    """An HTML table; cells are already-escaped HTML fragments."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _header(rec) -> str:
+def _header(rec) -> dict[str, Any]:
     m = rec.manifest
     tgt, host = rec.target, m.get("host") or {}
     off = rec.wall_offset_ns
@@ -277,25 +276,20 @@ def _header(rec) -> str:
     span_txt = f"{dur:.1f} s" if isinstance(dur, (int, float)) else "? s"
     if isinstance(interval, int) and interval > 0:
         span_txt += f", sampling every {interval / 1e6:g} ms"
-    items = [
-        ("Target", f"{esc(what)} <code>{esc(cmd)}</code>"),
-        ("Host", esc(" · ".join(str(x) for x in [host.get("hostname"), host.get("kernel"),
-                                                   f"{host.get('cpus')} CPUs" if host.get("cpus") else None,
-                                                   fmt_bytes(host.get("mem_total_bytes")) if host.get("mem_total_bytes") else None]
-                                 if x))),
-        ("Recorded", f"{esc(fmt_wall(rec.start_ns, off))} → {esc(fmt_wall(rec.end_ns, off))} ({esc(span_txt)})"),
-        ("Status", esc("complete" if rec.complete else "INCOMPLETE (the recorder did not finish cleanly)")
-         + (f" · stop: {esc(m.get('stop_reason'))}" if m.get("stop_reason") else "")),
-    ]
+    host_parts = [host.get("hostname"), host.get("kernel"), f"{host.get('cpus')} CPUs" if host.get("cpus") else None,
+                  fmt_bytes(host.get("mem_total_bytes")) if host.get("mem_total_bytes") else None]
     runq = runq_wait(rec)
-    if runq is not None:
-        items.append(("Run-queue wait", esc(
-            f"p50 {human_seconds(runq['p50_s'])} · p99 {human_seconds(runq['p99_s'])} · "
-            f"max {human_seconds(runq['max_s'])} ({runq['waits']:,.0f} waits of the target's threads)")))
-    if m.get("tool"):
-        items.append(("Recorded by", esc(f"{m['tool'].get('name', '')} {m['tool'].get('version', '')}")))
-    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
-    return f'<h1>autoglm-trace report</h1><dl class="meta">{dl}</dl>'
+    tool = m.get("tool")
+    return {
+        "what": what, "cmd": cmd, "host": " · ".join(str(x) for x in host_parts if x),
+        "start": fmt_wall(rec.start_ns, off), "end": fmt_wall(rec.end_ns, off), "span": span_txt,
+        "complete": rec.complete, "stop_reason": m.get("stop_reason"),
+        "runq": None if runq is None else {
+            "p50": human_seconds(runq["p50_s"]), "p99": human_seconds(runq["p99_s"]),
+            "max": human_seconds(runq["max_s"]), "waits": f"{runq['waits']:,.0f}",
+            "counted": runq["waits"] > 0},
+        "tool": f"{tool.get('name', '')} {tool.get('version', '')}" if tool else None,
+    }
 
 
 def runq_wait(rec) -> dict[str, float | None] | None:
@@ -310,40 +304,26 @@ def runq_wait(rec) -> dict[str, float | None] | None:
             "max_s": None if mx is None else mx / 1e9, "waits": float(h.sum())}
 
 
-def _losses(rec) -> str:
+def _losses(rec) -> dict[str, Any] | None:
     """Events the probes lost (``probe_stats``), per probe and reason: a gap in the data must be
     visible next to the data."""
     t = rec.table("probe_stats")
     if t.num_rows == 0:
-        return ""
+        return None
     g = t.group_by(["probe", "reason"], use_threads=False).aggregate([("events", "sum"), ("lost", "sum")])
     rows = [r for r in g.to_pylist() if (r["lost_sum"] or 0) > 0]
     if not rows:
-        total = pc.sum(t.column("events")).as_py() or 0
-        return f"<p>Lost events: none ({total:,} handled by the probes).</p>"
+        return {"handled": f"{pc.sum(t.column('events')).as_py() or 0:,}", "rows": []}
     rows.sort(key=lambda r: -(r["lost_sum"] or 0))
-    body = [[esc(r["probe"]), esc(r["reason"] or ""), fmt_num(int(r["events_sum"] or 0)),
-             f"<span class='bad'>{fmt_num(int(r['lost_sum']))}</span>"] for r in rows]
-    return ("<p class='warn'>Some events were lost: the counts below are missing from the tables.</p>"
-            + _table(["probe", "reason", "events handled", "events lost"], body))
+    return {"rows": [{"probe": r["probe"], "reason": r["reason"] or "", "events": fmt_num(int(r["events_sum"] or 0)),
+                      "lost": fmt_num(int(r["lost_sum"]))} for r in rows]}
 
 
-def _coverage(rec, not_checked: list[dict[str, Any]]) -> str:
-    rows = []
+def _coverage(rec, not_checked: list[dict[str, Any]]) -> dict[str, Any]:
+    collectors = []
     for c in T.collector_status(rec):
-        state = '<span class="ok">ok</span>' if c["ok"] else '<span class="bad">not recorded</span>'
-        tabs = ", ".join(f"{esc(t)} ({rec.table(t).num_rows:,} rows)" for t in c["tables"] if rec.has(t))
-        rows.append([esc(c["name"]), state, esc(c["reason"]) or tabs])
-    parts = ["<h2>What was recorded</h2>"]
-    parts.append(_table(["collector", "state", "tables / reason"], rows) if rows
-                 else "<p>The manifest lists no collectors.</p>")
-    parts.append(_losses(rec))
-    if rec.truncated:
-        parts.append("<p class='warn'>Truncated tables (read up to their last whole batch): "
-                     + esc(", ".join(f"{k} ({v})" for k, v in rec.truncated.items())) + "</p>")
-    notes = rec.manifest.get("notes") or []
-    if notes:
-        parts.append("<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+        tabs = ", ".join(f"{t} ({rec.table(t).num_rows:,} rows)" for t in c["tables"] if rec.has(t))
+        collectors.append({"name": c["name"], "ok": c["ok"], "detail": c["reason"] or tabs})
     missing = T.missing_signals(rec)
     seen = {mm["signal"] for mm in missing}
     covered = {t.strip() for mm in missing for t in mm.get("tables", "").split(",") if t.strip()}
@@ -353,45 +333,43 @@ def _coverage(rec, not_checked: list[dict[str, Any]]) -> str:
             continue  # the same missing table, already listed with what it would have shown
         if nc.get("signal") not in seen:
             missing.append({"signal": nc.get("signal", ""), "reason": nc.get("reason", ""), "loses": "", "tables": ""})
-    if missing:
-        parts.append("<h3>Not checked</h3><p>These signals were not recorded, so causes that depend on them "
-                     "could not be confirmed or ruled out:</p>")
-        parts.append(_table(["signal", "why", "what it would have shown"],
-                            [[esc(x["signal"]), esc(x["reason"]), esc(x.get("loses", ""))] for x in missing],
-                            "missing"))
-    return "".join(parts)
+    return {
+        "collectors": collectors, "losses": _losses(rec),
+        "truncated": ", ".join(f"{k} ({v})" for k, v in rec.truncated.items()) if rec.truncated else None,
+        "notes": [str(n) for n in rec.manifest.get("notes") or []],
+        "missing": [{"signal": x["signal"], "reason": x["reason"], "loses": x.get("loses", "")} for x in missing],
+    }
 
 
-def _evidence(ev: Any, limit: int = 4) -> str:
+def _evidence(ev: Any, limit: int = 4) -> list[str]:
     """Evidence of a cause: per signal ``{describe, incident, baseline, ratio, unit}`` (diagnosis'
     shape) as "run-queue wait ×201.9"; scalars as k=v. Strongest ratios first."""
     if not isinstance(ev, dict):
-        return esc(ev)
+        return [str(ev)]
     sig = [(k, v) for k, v in ev.items() if isinstance(v, dict) and isinstance(v.get("ratio"), (int, float))]
     # What rose, most first (a signal that fell is context, not evidence, unless nothing rose).
     sig.sort(key=lambda kv: -float(kv[1]["ratio"]))
     rose = [kv for kv in sig if float(kv[1]["ratio"]) > 1.0] or sig
-    out = [f"<span class='ev'>{esc(v.get('describe') or k)} ×{fmt_num(float(v['ratio']))}</span>"
-           for k, v in rose[:limit]]
+    out = [f"{v.get('describe') or k} ×{fmt_num(float(v['ratio']))}" for k, v in rose[:limit]]
     for k, v in ev.items():
         if len(out) >= limit + 2:
             break
         if isinstance(v, dict):
             continue
-        out.append(f"<span class='ev'>{esc(k)}={fmt_num(v) if isinstance(v, (int, float)) else esc(json.dumps(v, default=str)[:80])}</span>")
-    return " ".join(out) or "–"
+        out.append(f"{k}={fmt_num(v) if isinstance(v, (int, float)) else json.dumps(v, default=str)[:80]}")
+    return out
 
 
-def _culprits(cs: Any) -> str:
-    if not isinstance(cs, list) or not cs:
-        return "–"
-    out = []
+def _culprits(cs: Any) -> list[Any]:
+    """Up to five culprits: dicts with comm, pid, share and the notes after them (or plain text)."""
+    if not isinstance(cs, list):
+        return []
+    out: list[Any] = []
     for c in cs[:5]:
         if not isinstance(c, dict):
-            out.append(esc(c))
+            out.append(str(c))
             continue
         share = c.get("share")
-        sh = f" {share * 100:.0f}%" if isinstance(share, (int, float)) and math.isfinite(share) else ""
         more = []
         if isinstance(c.get("wait_ms"), (int, float)):
             more.append(f"{c['wait_ms']:,.0f} ms wait")
@@ -401,9 +379,40 @@ def _culprits(cs: Any) -> str:
             more.append("the autoglm-trace recorder itself")
         if isinstance(c.get("processes"), int) and c["processes"] > 1:
             more.append(f"{c['processes']} processes")
-        extra = f" <span class='small'>{esc(', '.join(more))}</span>" if more else ""
-        out.append(f"<code>{esc(c.get('comm'))}</code> ({esc(c.get('pid'))}){esc(sh)}{extra}")
-    return "<br>".join(out)
+        out.append({"comm": c.get("comm"), "pid": c.get("pid"), "label": c.get("label"),
+                    "share": f" {share * 100:.0f}%" if isinstance(share, (int, float)) and math.isfinite(share) else "",
+                    "more": ", ".join(more)})
+    return out
+
+
+def _remainder(c: dict) -> str:
+    """The part of the extra wait no listed culprit accounts for ("61% not attributed: ...")."""
+    att = c.get("attribution")
+    rest = att.get("remainder") if isinstance(att, dict) else None
+    if not c.get("culprits") or not isinstance(rest, dict) or not rest.get("summary") or (rest.get("share") or 0) < 0.01:
+        return ""
+    return str(rest["summary"])
+
+
+SPLIT_COLOURS = {"on_cpu": "#27ae60", "runq_wait": "#e67e22", "gil_wait": "#8e44ad", "lock_wait": "#c0392b",
+                 "sleep": "#95a5a6", "dstate": "#2980b9"}
+
+
+def _time_split(split: Any) -> dict[str, Any] | None:
+    """One bar per incident: the slow requests' time by where it went (analysis/timesplit.py)."""
+    if not isinstance(split, dict) or not split.get("parts"):
+        return None
+    parts = []
+    for p in split["parts"]:
+        frac = float(p.get("fraction") or 0)
+        if frac <= 0:
+            continue
+        by = "; ".join(f"{b.get('label')} {100 * float(b.get('fraction') or 0):.0f}%" for b in p.get("by") or [])
+        parts.append({"width": f"{100 * frac:.2f}", "colour": SPLIT_COLOURS.get(str(p.get("part")), "#bbb"),
+                      "pct": f"{100 * frac:.0f}%" if frac >= 0.06 else "",
+                      "tip": f"{p.get('describe')} {100 * frac:.0f}% ({fmt_num(p.get('ms'))} ms)" + (f": {by}" if by else "")})
+    return {"scope": split.get("scope"), "threads": split.get("threads"), "total_ms": fmt_num(split.get("total_ms")),
+            "parts": parts}
 
 
 def _requests_line(diag: dict) -> str:
@@ -418,118 +427,79 @@ def _requests_line(diag: dict) -> str:
         bits.append(f"{r['failed']:,} failed")
     if r.get("slow") is not None:
         bits.append(f"{r['slow']:,} slow")
-    return f"<p>{esc(' · '.join(b for b in bits if b))}</p>"
+    return " · ".join(b for b in bits if b)
 
 
-def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) -> str:
+def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) -> dict[str, Any]:
     off = rec.wall_offset_ns
-    parts = ["<h2>Incidents and causes</h2>"]
     if diag is None:
-        parts.append(f"<p class='warn'>diagnosis unavailable: {esc(why)}</p>")
-        if fallback:
-            parts.append("<p>Shaded on the timeline instead: windows whose p99 latency is above 3× the median "
-                         "p50 (a simple threshold, no cause analysis).</p>")
-            parts.append(_table(["#", "from", "to", "p99 (ms)", "median p50 (ms)"], [
-                [str(i), esc(fmt_wall(x["start_ns"], off)), esc(fmt_wall(x["end_ns"], off)),
-                 fmt_num(x["latency_ms"]), fmt_num(x["baseline_ms"])] for i, x in enumerate(fallback, 1)]))
-        return "".join(parts)
-    parts.append(_requests_line(diag))
-    incs = diag.get("incidents") or []
-    if not incs:
-        parts.append("<p>No latency incident found.</p>")
-    for i, inc in enumerate(incs, 1):
+        return {"available": False, "why": why, "fallback": [
+            {"from": fmt_wall(x["start_ns"], off), "to": fmt_wall(x["end_ns"], off),
+             "p99": fmt_num(x["latency_ms"]), "base": fmt_num(x["baseline_ms"])} for x in fallback]}
+    incidents = []
+    for inc in diag.get("incidents") or []:
         if not isinstance(inc, dict):
             continue
         a, b = inc.get("start_ns"), inc.get("end_ns")
-        when = (f"{esc(fmt_wall(int(a), off))} → {esc(fmt_wall(int(b), off))} ({(int(b) - int(a)) / 1e9:.1f} s)"
-                if a is not None and b is not None else esc(f"{inc.get('start', '')} → {inc.get('end', '')}"))
+        when = (f"{fmt_wall(int(a), off)} → {fmt_wall(int(b), off)} ({(int(b) - int(a)) / 1e9:.1f} s)"
+                if a is not None and b is not None else f"{inc.get('start', '')} → {inc.get('end', '')}")
         lat = (f" · latency {fmt_num(inc.get('latency_ms'))} ms (baseline {fmt_num(inc.get('baseline_ms'))} ms)"
                if inc.get("latency_ms") is not None else "")
-        parts.append(f"<h3>#{i} · {when}{lat}</h3>")
-        if inc.get("headline"):
-            parts.append(f"<p class='headline'>{esc(inc['headline'])}</p>")
-        causes = [c for c in (inc.get("causes") or []) if isinstance(c, dict)]
-        if causes:
-            parts.append(_table(["rank", "cause", "score", "what changed", "culprits", "evidence"], [
-                [str(r), f"<b>{esc(c.get('kind'))}</b>", fmt_num(c.get("score")), esc(c.get("summary", "")),
-                 _culprits(c.get("culprits")), _evidence(c.get("evidence"))] for r, c in enumerate(causes, 1)],
-                "causes"))
+        causes = [{"kind": c.get("kind"), "score": fmt_num(c.get("score")), "summary": c.get("summary", ""),
+                   "culprits": _culprits(c.get("culprits")), "remainder": _remainder(c),
+                   "evidence": _evidence(c.get("evidence"))}
+                  for c in inc.get("causes") or [] if isinstance(c, dict)]
+        incidents.append({"title": when + lat, "headline": inc.get("headline"), "causes": causes,
+                          "split": _time_split(inc.get("time_split"))})
+    findings = []
+    for f in diag.get("findings") or []:
+        if isinstance(f, dict):
+            sev = f.get("severity") or f.get("kind")
+            findings.append({"severity": sev, "cls": {"critical": "bad", "warning": "warn"}.get(str(sev), ""),
+                             "text": f.get("message") or f.get("text") or f.get("summary") or json.dumps(f, default=str)})
         else:
-            parts.append("<p>No cause stood out in the recorded signals.</p>")
-    findings = diag.get("findings") or []
-    if findings:
-        parts.append("<h3>Findings</h3><ul class='findings'>")
-        for f in findings:
-            if isinstance(f, dict):
-                text = f.get("message") or f.get("text") or f.get("summary") or json.dumps(f, default=str)
-                sev = f.get("severity") or f.get("kind")
-                cls = {"critical": "bad", "warning": "warn"}.get(str(sev), "")
-                parts.append(f"<li>{f'<b class={chr(39)}{cls}{chr(39)}>{esc(sev)}</b>: ' if sev else ''}{esc(text)}</li>")
-            else:
-                parts.append(f"<li>{esc(f)}</li>")
-        parts.append("</ul>")
-    return "".join(parts)
+            findings.append({"severity": None, "cls": "", "text": str(f)})
+    return {"available": True, "requests": _requests_line(diag), "incidents": incidents, "findings": findings}
 
 
-def _oom(rec, oom: dict | None, why: str | None) -> str:
+def _oom(rec, oom: dict | None, why: str | None) -> dict[str, Any]:
     off = rec.wall_offset_ns
-    parts = ["<h2>OOM post-mortem</h2>"]
     kills = oom.get("kills") if isinstance(oom, dict) else None
-    if kills is None:
+    if kills is None:  # no post-mortem: the raw kills, if recorded
         raw = rec.table("oom_kills")
-        if why:
-            parts.append(f"<p class='warn'>OOM analysis unavailable: {esc(why)}</p>")
-        if not rec.has("oom_kills"):
-            parts.append("<p>OOM kills were not recorded (no kernel probes).</p>")
-            return "".join(parts)
-        if raw.num_rows == 0:
-            parts.append("<p>No OOM kill during the recording.</p>")
-            return "".join(parts)
-        rows = []
-        for r in raw.to_pylist()[:50]:
-            rows.append([esc(fmt_wall(r["ts_ns"], off)), f"<code>{esc(r['comm'])}</code> ({esc(r['pid'])})",
-                         esc("yes" if r["in_target"] else "no"),
-                         esc(fmt_bytes((r["anon_rss_bytes"] or 0) + (r["file_rss_bytes"] or 0) + (r["shmem_rss_bytes"] or 0))),
-                         esc(r["memcg"] or "host"), esc(fmt_bytes(r["memcg_limit_bytes"]))])
-        parts.append(_table(["time", "victim", "in target", "RSS at kill", "memcg", "limit"], rows))
-        return "".join(parts)
-    if not kills:
-        parts.append("<p>No OOM kill during the recording.</p>")
-        return "".join(parts)
+        rows = [{"time": fmt_wall(r["ts_ns"], off), "comm": r["comm"], "pid": r["pid"],
+                 "in_target": "yes" if r["in_target"] else "no",
+                 "rss": fmt_bytes((r["anon_rss_bytes"] or 0) + (r["file_rss_bytes"] or 0) + (r["shmem_rss_bytes"] or 0)),
+                 "memcg": r["memcg"] or "host", "limit": fmt_bytes(r["memcg_limit_bytes"])}
+                for r in raw.to_pylist()[:50]]
+        return {"why": why, "recorded": rec.has("oom_kills"), "raw": rows, "kills": None}
     rows = []
     for k in kills:
         if not isinstance(k, dict):
             continue
         ts = k.get("ts_ns")
         growth = k.get("growth_bytes_per_s")
-        rows.append([
-            esc(fmt_wall(int(ts), off) if isinstance(ts, int) else k.get("time")),
-            f"<code>{esc(k.get('comm'))}</code> ({esc(k.get('pid'))})", esc(k.get("kind")),
-            esc("yes" if k.get("in_target") else "no"), esc(fmt_bytes(k.get("rss_bytes"))),
-            esc(fmt_bytes(k.get("gpu_bytes"))), esc(fmt_bytes(k.get("limit_bytes"))),
-            esc(fmt_bytes(growth) + "/s") if isinstance(growth, (int, float)) else "–",
-            f"<b>{esc(k.get('verdict'))}</b>" + (f"<br><span class='small'>{esc(k.get('verdict_reason'))}</span>"
-                                                 if k.get("verdict_reason") else ""),
-        ])
-    parts.append(_table(["time", "victim", "kind", "in target", "RSS", "GPU memory", "limit", "growth", "verdict"],
-                        rows, "oom"))
-    return "".join(parts)
+        rows.append({
+            "time": fmt_wall(int(ts), off) if isinstance(ts, int) else k.get("time"),
+            "comm": k.get("comm"), "pid": k.get("pid"), "kind": k.get("kind"),
+            "in_target": "yes" if k.get("in_target") else "no", "rss": fmt_bytes(k.get("rss_bytes")),
+            "gpu": fmt_bytes(k.get("gpu_bytes")), "limit": fmt_bytes(k.get("limit_bytes")),
+            "growth": fmt_bytes(growth) + "/s" if isinstance(growth, (int, float)) else "–",
+            "verdict": k.get("verdict"), "verdict_reason": k.get("verdict_reason"),
+        })
+    return {"why": None, "recorded": True, "raw": None, "kills": rows}
 
 
-def _alerts(rec) -> str:
-    t = rec.table("alerts")
-    if t.num_rows == 0:
-        return ""
+def _alerts(rec) -> list[dict[str, Any]]:
     off = rec.wall_offset_ns
-    rows = [[esc(fmt_wall(r["ts_ns"], off)), esc(r["kind"]), esc(r["subject"]), esc(r["message"])]
-            for r in t.slice(0, 50).to_pylist()]
-    return "<h2>Recorder alerts</h2>" + _table(["time", "kind", "subject", "message"], rows)
+    return [{"time": fmt_wall(r["ts_ns"], off), "kind": r["kind"], "subject": r["subject"], "message": r["message"]}
+            for r in rec.table("alerts").slice(0, 50).to_pylist()]
 
 
-def _preemptors(rec, top: int = 10) -> str:
+def _preemptors(rec, top: int = 10) -> list[dict[str, Any]]:
     t = rec.table("preemptions")
     if t.num_rows == 0:
-        return ""
+        return []
     # Per task (tgid): its comm may change (exec, thread names), so take the last one seen.
     g = t.group_by("preemptor_pid", use_threads=False).aggregate(
         [("count", "sum"), ("wait_ns", "sum"), ("preemptor_comm", "last"), ("preemptor_in_target", "any")])
@@ -539,34 +509,57 @@ def _preemptors(rec, top: int = 10) -> str:
     rows = []
     for r in g.to_pylist():
         w = r["wait_ns_sum"] or 0
-        rows.append([f"<code>{esc(r['preemptor_comm'])}</code> ({esc(r['preemptor_pid'])})",
-                     esc("target" if r["preemptor_in_target"] else "other"), fmt_num(int(r["count_sum"] or 0)),
-                     esc(f"{w / 1e6:,.1f}"), esc(f"{100 * w / total:.0f}%" if total else "–")])
-    return ("<h2>Who took the CPU from the target</h2>"
-            + _table(["task", "", "preemptions", "run-queue wait charged (ms)", "share"], rows))
+        rows.append({"comm": r["preemptor_comm"], "pid": r["preemptor_pid"],
+                     "side": "target" if r["preemptor_in_target"] else "other",
+                     "count": fmt_num(int(r["count_sum"] or 0)), "wait_ms": f"{w / 1e6:,.1f}",
+                     "share": f"{100 * w / total:.0f}%" if total else "–"})
+    return rows
 
 
-CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1500px;
- color:#222;padding:0 16px}
-h1{margin:0 0 8px;font-size:24px}h2{margin:28px 0 8px;font-size:19px;border-bottom:1px solid #ddd;
- padding-bottom:4px}h3{font-size:15px;margin:16px 0 6px}
-dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
-dl.meta dt{font-weight:600;color:#555}dl.meta dd{margin:0}
-table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f4f6f8}code{background:#f4f6f8;padding:0 3px;border-radius:3px}
-.ok{color:#1e8449;font-weight:600}.bad{color:#c0392b;font-weight:600}.warn{color:#a04000}
-.ev{display:inline-block;margin-right:8px;white-space:nowrap}
-table.causes tr:nth-child(1) td{background:#fef5e7}
-.small{color:#777;font-size:12px}
-.headline{background:#fef5e7;border-left:4px solid #f39c12;padding:6px 10px;margin:4px 0 8px}
-"""
+_ENV: jinja2.Environment | None = None
+
+
+def _wakers(rec, top: int = 10) -> list[dict[str, Any]]:
+    """Who ended the target threads' sleep over the whole recording, by the sleep they ended."""
+    if not rec.has("wakeups") or not rec.table("wakeups").num_rows:
+        return []
+    from autoglm_trace.analysis import tree as tree_mod
+    from autoglm_trace.analysis import wakers as wakers_mod
+
+    t = wakers_mod.classify(rec)
+    if t is None or not t.num_rows:
+        return []
+    tree = tree_mod.load(rec)
+    g = t.group_by(["waker_pid", "waker_tid", "class"], use_threads=False).aggregate(
+        [("sleep_ns", "sum"), ("count", "sum"), ("waker_comm", "last")])
+    g = g.sort_by([("sleep_ns_sum", "descending")]).slice(0, top)
+    total = pc.sum(t.column("sleep_ns")).as_py() or 0
+    words = {"gil": "GIL hand-over", "lock": "lock / condition (held)", "handoff": "hand-off (queue, answer)",
+             "other": "timer / network / outside"}
+    rows = []
+    for r in g.to_pylist():
+        w = r["sleep_ns_sum"] or 0
+        who = (tree_mod.describe(tree, {"pid": r["waker_pid"], "tid": r["waker_tid"], "comm": r["waker_comm_last"]})
+               ["label"] if r["waker_tid"] else (r["waker_comm_last"] or "?"))
+        rows.append({"who": who, "cls": words.get(r["class"], r["class"]), "count": fmt_num(int(r["count_sum"] or 0)),
+                     "ms": f"{w / 1e6:,.1f}", "share": f"{100 * w / total:.0f}%" if total else "–"})
+    return rows
+
+
+def _templates() -> jinja2.Environment:
+    """The report's Jinja environment: templates beside this module, every value autoescaped."""
+    global _ENV
+    if _ENV is None:
+        _ENV = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+            autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        )
+    return _ENV
 
 
 def render_html(rec, diagnosis: dict | None = None, oom: dict | None = None,
                 max_points: int = T.DEFAULT_MAX_POINTS) -> str:
-    """The whole report as one HTML string (plotly.js inline)."""
+    """The whole report as one HTML string (plotly.js inline), from analysis/templates/report.html.j2."""
     why = None
     if diagnosis is None:
         diagnosis, why = _call("diagnosis", "diagnose", rec)
@@ -580,28 +573,19 @@ def render_html(rec, diagnosis: dict | None = None, oom: dict | None = None,
     fallback = simple_incidents(lat) if diagnosis is None else []
     fig, _ = build_figure(rec, incidents or fallback, max_points)
     not_checked = [x for x in (diagnosis or {}).get("not_checked") or [] if isinstance(x, dict)]
-    title = rec.target.get("comm") or rec.target.get("mode") or "recording"
-    body = [_header(rec), _incidents(rec, diagnosis, why, fallback)]
-    body.append("<h2>Timeline</h2>")
-    if fig is None:
-        body.append("<p class='warn'>Nothing to plot: the recording holds no time series.</p>")
-    else:
-        body.append("<p class='small'>Shared time axis (UTC). Shaded: incidents. Dashed lines: OOM kills (red), "
-                    "abnormal exits (grey), GPU Xid errors (purple). Click legend entries to show more tracks; "
-                    "latency points are placed at each request's end.</p>")
-        body.append(fig.to_html(full_html=False, include_plotlyjs=True, include_mathjax=False, div_id="timeline",
-                                config={"displaylogo": False, "responsive": True,
-                                        "toImageButtonOptions": {"filename": "autoglm-trace-timeline"}}))
-    body.append(_oom(rec, oom, oom_why))
-    body.append(_preemptors(rec))
-    body.append(_alerts(rec))
-    body.append(_coverage(rec, not_checked))
-    body.append(f"<p class='small'>Recording: <code>{esc(rec.path)}</code> · generated "
-                f"{esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%SZ'))} by autoglm-trace</p>")
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>autoglm-trace: {esc(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    # plotly's own HTML (its JSON embedding escapes "</script>"; recording text in labels is escaped
+    # in build_figure): the one fragment the template does not escape.
+    figure = None if fig is None else Markup(fig.to_html(
+        full_html=False, include_plotlyjs=True, include_mathjax=False, div_id="timeline",
+        config={"displaylogo": False, "responsive": True,
+                "toImageButtonOptions": {"filename": "autoglm-trace-timeline"}}))
+    return _templates().get_template("report.html.j2").render(
+        title=rec.target.get("comm") or rec.target.get("mode") or "recording",
+        header=_header(rec), incidents=_incidents(rec, diagnosis, why, fallback), figure=figure,
+        oom=_oom(rec, oom, oom_why), preemptors=_preemptors(rec), wakers=_wakers(rec), alerts=_alerts(rec),
+        coverage=_coverage(rec, not_checked), path=str(rec.path),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+    )
 
 
 def write_report(rec, path: str | Path, diagnosis: dict | None = None, oom: dict | None = None,

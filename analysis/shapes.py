@@ -128,12 +128,13 @@ def find_shift(start: np.ndarray, end: np.ndarray, x: np.ndarray, w: np.ndarray 
                span_ns: tuple[int, int] | None = None) -> Shift | None:
     """The sustained shift in a series (points in time order by ``start``), or None."""
     n = len(x)
-    if n < 2 * SHIFT_MIN_POINTS:
-        return None
     w = np.ones(n) if w is None else np.asarray(w, dtype=float)
+    # Points are requests, or scrape windows weighted by their requests: count requests.
+    if n < 6 or w.sum() < 2 * SHIFT_MIN_POINTS:
+        return None
     lo, hi = span_ns if span_ns is not None else (int(start[0]), int(end.max()))
     span = max(hi - lo, 1)
-    min_seg = max(SHIFT_MIN_POINTS // 2, n // 50)
+    min_seg = max(3, min(SHIFT_MIN_POINTS // 2, n // 4), n // 50)
     k, stat = change_point(x, w, min_seg)
     if k < 0 or stat < SHIFT_STAT:
         return None
@@ -154,7 +155,7 @@ def find_shift(start: np.ndarray, end: np.ndarray, x: np.ndarray, w: np.ndarray 
     mid = before + 0.5 * (after - before)
     if float(np.average(seg > mid, weights=w[k:stop])) < 0.6 or float(np.average(x[:k] > mid, weights=w[:k])) > 0.4:
         return None  # not a level: a few large spikes dragged the mean
-    if stop - k < SHIFT_MIN_POINTS:
+    if w[k:stop].sum() < SHIFT_MIN_POINTS or stop - k < 3:
         return None
     t0 = int(start[k])
     to_end = stop == n

@@ -171,6 +171,7 @@ def build_timeline(rec: Recording, width_ns: int | None = None) -> Timeline:
     tl = Timeline(start, end, width, n)
     _sched(rec, tl)
     _preemptions(rec, tl)
+    _wakeups(rec, tl)
     _faults(rec, tl)
     _block_io(rec, tl)
     _reclaim(rec, tl)
@@ -184,7 +185,7 @@ def build_timeline(rec: Recording, width_ns: int | None = None) -> Timeline:
 
 
 # Kernel-collector families (manifest ``collectors.kernel.skipped``) and the tables they fill.
-_FAMILY = {"sched": "sched", "preemptions": "sched", "faults": "faults", "block_io": "io", "reclaim": "memory",
+_FAMILY = {"sched": "sched", "preemptions": "sched", "wakeups": "wakeups", "faults": "faults", "block_io": "io", "reclaim": "memory",
            "oom_kills": "oom", "proc_events": "proc"}
 
 
@@ -196,6 +197,9 @@ def recorded(rec: Recording, table: str) -> bool:
     for c in rec.collectors.values():
         if isinstance(c, dict) and c.get("status") == "ok" and table in (c.get("tables") or []):
             skipped = c.get("skipped") or {}
+            fams = c.get("families")
+            if isinstance(fams, list) and _FAMILY.get(table) and _FAMILY[table] not in fams:
+                return False  # a family left out (record --probes)
             return not (isinstance(skipped, dict) and _FAMILY.get(table) in skipped)
     return False
 
@@ -252,11 +256,46 @@ def collector_reason(rec: Recording, table: str) -> str:
     return fallback
 
 
+def victim_pids(rec: Recording) -> set[int]:
+    """The target processes whose stalls are the target's (analysis/tree.py ``victims``): with request
+    spans, the processes serving them (and the root), so that a worker the server forked counts as
+    another process taking the CPU, the disk or memory, not as the target's own stall."""
+    got = getattr(rec, "_victim_pids", None)
+    if got is None:
+        from autoglm_trace.analysis import tree  # noqa: PLC0415 - tree imports this module's reader only
+
+        got = tree.victims(rec)
+        rec._victim_pids = got  # type: ignore[attr-defined]
+    return got
+
+
+def _victim_rows(rec: Recording, t: pa.Table, column: str = "pid") -> pa.Table:
+    vic = victim_pids(rec)
+    if not vic or not t.num_rows:
+        return t
+    return t.filter(pc.is_in(t.column(column), value_set=pa.array(sorted(vic), t.schema.field(column).type)))
+
+
+def _victim_mask(rec: Recording, t: pa.Table, column: str, fallback: np.ndarray) -> np.ndarray:
+    vic = victim_pids(rec)
+    if not vic:
+        return fallback
+    return np.isin(col(t, column, np.int64, -1), np.array(sorted(vic), dtype=np.int64)) & fallback
+
+
 def _sched(rec: Recording, tl: Timeline) -> None:
     names = ["runq_wait", "preempted_time", "dstate_time", "oncpu_time", "involuntary_switches"]
     if _missing(rec, tl, "sched", names):
         return
-    t = rec.table("sched")
+    full = rec.table("sched")
+    t = _victim_rows(rec, full)
+    if t.num_rows < full.num_rows:
+        # The tree's other processes (a worker the server forked) compete for the victims' CPUs.
+        vic = pa.array(sorted(victim_pids(rec)), full.schema.field("pid").type)
+        o = full.filter(pc.invert(pc.is_in(full.column("pid"), value_set=vic)))
+        tl.add(Signal("tree_others_oncpu", _sum(tl, col(o, "ts_ns", np.int64), col(o, "oncpu_ns")), "ns/window",
+                      "sched", "others", "on-CPU time of the target tree's other processes",
+                      floor=2e7 * tl.width_ns / 1e9))
     ts = col(t, "ts_ns", np.int64)
     tl.add(Signal("runq_wait", _sum(tl, ts, col(t, "runq_wait_ns")), "ns/window", "sched", "target",
                   "run-queue wait", floor=1e6 * tl.width_ns / 1e9, stall=True))
@@ -275,9 +314,10 @@ def _sched(rec: Recording, tl: Timeline) -> None:
 def _preemptions(rec: Recording, tl: Timeline) -> None:
     if _missing(rec, tl, "preemptions", ["preemptions_by_others"]):
         return
-    t = rec.table("preemptions")
+    t = _victim_rows(rec, rec.table("preemptions"))
     ts = col(t, "ts_ns", np.int64)
-    outside = ~col(t, "preemptor_in_target")
+    # Other processes of the tree (not the victims) take the CPU like outside ones do.
+    outside = ~_victim_mask(rec, t, "preemptor_pid", col(t, "preemptor_in_target"))
     tl.add(Signal("preemptions_by_others", _sum(tl, ts[outside], col(t, "count")[outside]), "count/window",
                   "preemptions", "others", "preemptions by processes outside the target", floor=5))
     tl.add(Signal("wait_charged_to_others", _sum(tl, ts[outside], col(t, "wait_ns")[outside]), "ns/window",
@@ -285,10 +325,26 @@ def _preemptions(rec: Recording, tl: Timeline) -> None:
                   floor=1e6 * tl.width_ns / 1e9, stall=True))
 
 
+def _wakeups(rec: Recording, tl: Timeline) -> None:
+    """Sleep of the target's threads spent waiting on other threads of the target (analysis/wakers.py)."""
+    from autoglm_trace.analysis import wakers  # noqa: PLC0415 - wakers reads the tree, not the timeline
+
+    if _missing(rec, tl, "wakeups", ["lock_wait", "gil_wait"]):
+        return
+    got = wakers.wait_signals(rec, tl.index, tl.n, victim_pids(rec))
+    if got is None:
+        return
+    floor = 1e6 * tl.width_ns / 1e9
+    tl.add(Signal("lock_wait", got["lock"], "ns/window", "wakeups", "target",
+                  "sleep waiting on other threads of the target (locks, queues)", floor=floor, stall=True))
+    tl.add(Signal("gil_wait", got["gil"], "ns/window", "wakeups", "target",
+                  "waiting for the GIL held by a sibling thread", floor=floor, stall=True))
+
+
 def _faults(rec: Recording, tl: Timeline) -> None:
     if recorded(rec, "faults"):
         tl.tables_read["faults"] = rec.table("faults").num_rows
-        t = rec.table("faults")
+        t = _victim_rows(rec, rec.table("faults"))
         ts = col(t, "ts_ns", np.int64)
         major = col(t, "major")
         tl.add(Signal("major_faults", _sum(tl, ts, major), "count/window", "faults", "target",
@@ -304,7 +360,7 @@ def _block_io(rec: Recording, tl: Timeline) -> None:
         return
     t = rec.table("block_io")
     ts = col(t, "ts_ns", np.int64)
-    inn = col(t, "in_target")
+    inn = _victim_mask(rec, t, "pid", col(t, "in_target"))
     dev = t.column("dev")
     tdevs = pc.unique(pc.filter(dev, pa.array(inn))) if inn.any() else pc.unique(dev)
     on_dev = col(pa.table({"m": pc.is_in(dev, value_set=tdevs)}), "m")
@@ -318,6 +374,11 @@ def _block_io(rec: Recording, tl: Timeline) -> None:
     tl.add(Signal("blkio_target_avg_latency", avg, "ns", "block_io", "target",
                   "mean block I/O latency of the target", floor=2e5))
     oth = ~inn & on_dev
+    me = (rec.manifest.get("recorder") or {}).get("pid") if isinstance(rec.manifest, dict) else None
+    if isinstance(me, int):
+        # The recorder's own writes (its Arrow files) are not a neighbour's I/O: left out, so that a
+        # recording never blames itself for the io_wait it would cause by being recorded.
+        oth &= col(t, "pid", np.int64, -1) != me
     tl.add(Signal("blkio_others_bytes", _sum(tl, ts[oth], byt[oth]), "bytes/window", "block_io", "others",
                   "bytes moved by other processes on the target's devices", floor=1 << 20))
     tl.add(Signal("blkio_others_count", _sum(tl, ts[oth], cnt[oth]), "count/window", "block_io", "others",
@@ -330,6 +391,7 @@ def _reclaim(rec: Recording, tl: Timeline) -> None:
     t = rec.table("reclaim")
     ts = col(t, "ts_ns", np.int64)
     inn = col(t, "in_target")
+    inn = _victim_mask(rec, t, "pid", inn)
     kind = t.column("kind")
     wake = col(pa.table({"m": pc.fill_null(pc.equal(kind, "kswapd_wake"), False)}), "m")
     dur = col(t, "duration_ns")

@@ -41,3 +41,10 @@ class WriteError(TraceError):
     """The recording could not be written (disk full, permission); what was flushed stays."""
 
     exit_code = 6
+
+
+class TargetFailed(TraceError):
+    """``record -- CMD``: the recording is complete, but the target exited non-zero or was killed by a
+    signal. A distinct status so that ``record -- ./bench.sh && ...`` does not carry on after a failure."""
+
+    exit_code = 7

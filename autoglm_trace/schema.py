@@ -79,6 +79,23 @@ _table(
 )
 
 _table(
+    "process_identities",
+    "Every process on the host, once when first seen (probes/identity.py, scanned each second): who "
+    "it is as operators name it -- its user, cgroup path (container / pod / systemd unit), and the "
+    "pod and container names the node has on disk -- so a culprit pid is named after it is gone.",
+    [
+        _ts,
+        _f("pid", pa.int32(), "process id (tgid)", False),
+        _f("comm", pa.string(), "kernel comm (15 chars)"),
+        _f("uid", pa.int32(), "real uid"),
+        _f("user", pa.string(), "user name of the uid on the recorded host (null when unknown)"),
+        _f("cgroup", pa.string(), "cgroup path (the v1 memory controller's, else the v2 path)"),
+        _f("pod_name", pa.string(), "Kubernetes pod name (the pod's /etc/hostname), null when unknown"),
+        _f("container_name", pa.string(), "container name from the runtime's config on disk (Docker), null when unknown"),
+    ],
+)
+
+_table(
     "proc_samples",
     "Raw per-process counters of every process in the target tree, sampled each interval.",
     [
@@ -392,6 +409,19 @@ _table(
         _f("output_tokens", pa.int32(), "output tokens"),
         _f("ok", pa.bool_(), "false when the request failed"),
         _f("attrs", pa.string(), "other attributes as a JSON object"),
+    ],
+)
+
+_table(
+    "thread_names",
+    "Python thread names reported by the span API (threading.current_thread().name), when they "
+    "change: the kernel's comm of a Python thread is its process's name.",
+    [
+        _ts,
+        _f("pid", pa.int32(), "process", False),
+        _f("tid", pa.int32(), "thread id (native id)", False),
+        _f("name", pa.string(), "the Python thread name (64 characters at most)"),
+        _f("source", pa.string(), "api"),
     ],
 )
 

@@ -23,7 +23,8 @@ server.
 Wire format (little endian), see docs/format-spans.md; a datagram holds one or more records:
     header  struct "<4sqqqiiiiBIHH" (53 bytes)
             magic b"AGS2", start_ns, end_ns, ttft_ns (-1: none), pid, tid,
-            prompt_tokens (-1: none), output_tokens (-1: none), flags (bit 0: ok),
+            prompt_tokens (-1: none), output_tokens (-1: none), flags (bit 0: ok; bit 1: a
+            thread-names record, attrs {"<tid>": "<thread name>"}, not a span),
             dropped (cumulative spans this process failed to send), name_len, attrs_len
     then    name (UTF-8, name_len bytes), then attrs as a JSON object (UTF-8, attrs_len bytes)
 Times are CLOCK_MONOTONIC ns (``time.monotonic_ns()``), the recording's clock.
@@ -48,8 +49,15 @@ ENV_VAR = "AUTOGLM_TRACE_SPAN_SOCKET"
 MAGIC = b"AGS2"
 HEADER = struct.Struct("<4sqqqiiiiBIHH")
 MAX_NAME = 200
+# The receiver keeps a span that started at most this long before the recording (a request in flight
+# when it began); the reader applies the same bound to a spans table.
+MAX_EARLY_NS = 600 * 1_000_000_000
 MAX_ATTRS = 3000  # bytes of JSON; larger attrs are replaced by {"_truncated": true}
 FLAG_OK = 1
+# A thread-names record, not a span: attrs is {"<tid>": "<Python thread name>"} for the process's
+# threads, sent when they change (checked every THREAD_NAMES_EVERY_S by the flusher thread).
+FLAG_THREADS = 2
+THREAD_NAMES_EVERY_S = 1.0
 MAX_DATAGRAM = 32768  # a flush packs records into datagrams up to this size
 FLUSH_INTERVAL_S = 0.01  # a buffered span reaches the recorder within about this
 MAX_BUFFERED = 8192  # records waiting in this process at most; beyond, new spans are dropped
@@ -143,6 +151,7 @@ def encode(
     ok: bool = True,
     dropped: int = 0,
     attrs: dict[str, Any] | None = None,
+    flags: int = 0,
 ) -> bytes:
     nb = str(name).encode("utf-8", "replace")[:MAX_NAME]
     ab = b""
@@ -163,7 +172,7 @@ def encode(
             tid,
             -1 if prompt_tokens is None else _clamp_i32(prompt_tokens),
             -1 if output_tokens is None else _clamp_i32(output_tokens),
-            FLAG_OK if ok else 0,
+            (FLAG_OK if ok else 0) | flags,
             dropped & 0xFFFFFFFF,
             len(nb),
             len(ab),
@@ -210,6 +219,7 @@ def _decode_at(data: bytes, off: int) -> tuple[dict[str, Any], int]:
         "prompt_tokens": None if pt < 0 else pt,
         "output_tokens": None if ot < 0 else ot,
         "ok": bool(flags & FLAG_OK),
+        "threads": bool(flags & FLAG_THREADS),
         "dropped": dropped,
         "name": name,
         "attrs": attrs,
@@ -246,10 +256,50 @@ def _enqueue(record: bytes) -> None:
 
 def _flush_loop() -> None:
     me = threading.current_thread()
+    names_due = time.monotonic() + THREAD_NAMES_EVERY_S
     while _flusher is me and _sock is not None:
         time.sleep(FLUSH_INTERVAL_S)
+        now = time.monotonic()
+        if now >= names_due:
+            names_due = now + THREAD_NAMES_EVERY_S
+            _report_thread_names()
         if _buf:
             flush()
+
+
+_names_sent: dict[int, str] = {}
+
+
+def thread_names_records(names: dict[int, str], now_ns: int, pid: int) -> list[bytes]:
+    """Thread-names records for ``names`` ({tid: name}), split so each fits MAX_ATTRS."""
+    out, chunk, size = [], {}, 2
+    for tid, name in sorted(names.items()):
+        item = len(json.dumps({str(tid): name[:64]})) + 1
+        if chunk and size + item > MAX_ATTRS:
+            out.append(chunk)
+            chunk, size = {}, 2
+        chunk[str(tid)] = name[:64]
+        size += item
+    if chunk:
+        out.append(chunk)
+    return [encode("threads", now_ns, now_ns, pid=pid, tid=_get_native_id(), dropped=_dropped, attrs=c,
+                   flags=FLAG_THREADS) for c in out]
+
+
+def _report_thread_names() -> None:
+    """Send the Python names of this process's threads when they changed (the kernel's comm of a
+    Python thread is the process's name: only Python knows "tok-worker")."""
+    try:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+        if names == _names_sent:
+            return
+        new = {k: v for k, v in names.items() if _names_sent.get(k) != v}
+        _names_sent.clear()
+        _names_sent.update(names)
+        for r in thread_names_records(new, _monotonic_ns(), os.getpid()):
+            _enqueue(r)
+    except Exception:  # never into the server
+        pass
 
 
 def flush() -> None:

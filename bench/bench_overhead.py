@@ -93,6 +93,9 @@ def run_bcc(args: argparse.Namespace, tool: str, extra: list[str]) -> dict:
     exe = benchdoc.bcc_tool(tool)
     if exe is None:
         raise RuntimeError(f"{tool}-bpfcc is not installed")
+    from autoglm_trace.probes import headers
+
+    headers.apply()  # bcc's tools need BCC_KERNEL_SOURCE too when the headers are the cached tree
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen([exe, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:

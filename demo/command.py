@@ -31,7 +31,9 @@ from typing import Any
 from autoglm_trace.errors import TargetError, UsageError
 from autoglm_trace.tracer.commands._parser import CommandParser
 
-INCIDENTS = ("none", "cpu-hog", "memory-pressure", "io-hog", "leak", "oom")
+# The server's own trouble (demo/trouble.py): inside the recorded tree.
+IN_TREE = ("child-cpu", "child-io", "gil-thread", "lock-holder")
+INCIDENTS = ("none", "cpu-hog", "memory-pressure", "io-hog", "leak", "oom", *IN_TREE)
 MEMCG_ROOT = Path("/sys/fs/cgroup/memory")
 DEMO_DIR = Path(os.environ.get("AUTOGLM_DEMO_DIR", "/var/tmp/autoglm-demo"))
 
@@ -42,6 +44,10 @@ incidents:
   memory-pressure  a balloon in the server's memory cgroup squeezes its mmapped weights (root)
   leak             the server stops evicting finished requests' KV caches: RSS climbs
   oom              the leak inside a memory cgroup limit: the kernel OOM-kills the server (root)
+  child-cpu        the server forks a CPU-bound child (comm prep-worker) on its own CPUs
+  child-io         the server forks a child (comm ckpt-writer) writing + fsyncing on its disk
+  gil-thread       a background thread of the server (gil-hog) runs pure Python: it holds the GIL
+  lock-holder      a background thread (kv-snapshot) holds the lock every decode step takes
 
 examples:
   sudo autoglm-trace demo --incident cpu-hog --record rec      # record it and print the analysis
@@ -95,6 +101,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--incident", choices=INCIDENTS, default="none", help="trouble to inject (default none)")
     p.add_argument("--incident-at", type=float, default=8.0, metavar="S",
                    help="seconds into the load when the incident starts (default 8)")
+    p.add_argument("--incident-for", type=_positive, default=None, metavar="S",
+                   help="how long the trouble lasts (default: until the load ends); leaves a clean baseline "
+                        "after it")
     p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     p.add_argument("--record", metavar="DIR", help="run the server under `autoglm-trace record -o DIR`")
     p.add_argument("--record-arg", action="append", default=[], metavar="ARG",
@@ -123,7 +132,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", help="request journal (JSON Lines, fsync'ed per request)")
     p.add_argument("--memcg", help="v1 memory cgroup directory to join first (root)")
     p.add_argument("--cpus", type=_cpus, default=None, help="CPU affinity")
-    p.add_argument("--incident", choices=("none", "leak", "oom"), default="none")
+    p.add_argument("--incident", choices=("none", "leak", "oom", *IN_TREE), default="none")
     p.add_argument("--incident-at", type=float, default=None, metavar="S")
     p.add_argument("--duration", type=_positive, default=None, metavar="S", help="exit after S seconds")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -293,10 +302,11 @@ class Demo:
             self._hog(["--io", "--dir", str(self.run_dir), "--duration", dur])
         elif kind == "memory-pressure":
             self._hog(["--memory", "--memcg", str(self.memcg), "--keep-mb", str(self.a.keep_mb), "--duration", dur])
-        elif kind in ("leak", "oom"):
+        elif kind in ("leak", "oom", *IN_TREE):
             if kind == "oom":
                 self._tighten_memcg()
-            req = urllib.request.Request(self.url + "/admin/incident", data=json.dumps({"kind": kind}).encode(),
+            body = {"kind": kind, "duration_s": remaining_s if kind in IN_TREE else None}
+            req = urllib.request.Request(self.url + "/admin/incident", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
             try:
                 urllib.request.urlopen(req, timeout=5).read()
@@ -429,7 +439,7 @@ def _run(a: argparse.Namespace) -> int:
         while loader.is_alive():
             el = time.monotonic() - t0
             if not injected and el >= a.incident_at:
-                demo.inject(a.duration - el)
+                demo.inject(min(a.duration - el, a.incident_for or float("inf")))
                 injected = True
             if injected and a.incident == "oom" and not demo.server_alive():
                 print(f"demo: the server (pid {demo.server_pid}) is gone: OOM-killed", flush=True)

@@ -101,8 +101,8 @@ def cpu_hog(cpus: list[int], duration_s: float) -> int:
     return 0
 
 
-def io_hog(directory: str, duration_s: float, chunk_mb: int = 4, file_mb: int = 64) -> int:
-    set_comm()
+def io_hog(directory: str, duration_s: float, chunk_mb: int = 4, file_mb: int = 64, comm: str = COMM) -> int:
+    set_comm(comm)
     deadline = time.monotonic() + duration_s
     path = Path(directory) / f".noisy-hog-{os.getpid()}.dat"
     chunk = os.urandom(1 << 20) * chunk_mb

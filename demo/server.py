@@ -26,9 +26,12 @@ import os
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import json  # noqa: E402
 import queue  # noqa: E402
 import signal  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections import OrderedDict  # noqa: E402
@@ -40,6 +43,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest  # noqa: E402
 
+from autoglm_trace.demo import trouble as demo_trouble  # noqa: E402
 from autoglm_trace.span_client import span  # noqa: E402
 
 MODEL_NAME = "autoglm-demo"
@@ -47,7 +51,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75
                    10.0, 20.0, 40.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
                  1.0, 2.5)
-INCIDENTS_IN_SERVER = ("leak", "oom")
+INCIDENTS_IN_SERVER = ("leak", "oom", *demo_trouble.KINDS)
 
 
 @dataclass
@@ -74,7 +78,7 @@ class TinyMoE:
     def __init__(self, path: Path, cfg: ModelConfig, drop_cache: bool = False) -> None:
         self.cfg = cfg
         n = cfg.n_floats()
-        if not path.exists() or path.stat().st_size != n * 4:
+        if not _weights_ready(path, n):
             self._create(path, n)
         if drop_cache:
             # Page cache is charged to the cgroup that first faults a page in: drop what an earlier
@@ -106,15 +110,34 @@ class TinyMoE:
 
     @staticmethod
     def _create(path: Path, n: int) -> None:
-        rng = np.random.default_rng(0)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            left = n
-            while left:
-                k = min(left, 1 << 22)
-                f.write((rng.standard_normal(k, dtype=np.float32) * 0.05).tobytes())
-                left -= k
-        os.replace(tmp, path)
+        """Write the weights once, however many servers start at the same time: creators take an
+        flock beside the file and look again under it; the data goes to a temp file of this process's
+        own in the same directory, renamed into place whole (0644: a server running as another user
+        only reads it)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                       0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _weights_ready(path, n):
+                return  # made by another process while we waited
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    rng = np.random.default_rng(0)
+                    left = n
+                    while left:
+                        k = min(left, 1 << 22)
+                        f.write((rng.standard_normal(k, dtype=np.float32) * 0.05).tobytes())
+                        left -= k
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        finally:
+            os.close(lock)
 
     def _layer(self, i: int, x: np.ndarray, cache: KVCache) -> np.ndarray:
         """x: (T, H) new positions; appends their K/V to the cache and attends causally."""
@@ -156,14 +179,19 @@ def default_weights_path(cfg: ModelConfig) -> Path:
     return workdir / f"weights-{cfg.n_floats()}.bin"
 
 
+def _weights_ready(path: Path, n: int) -> bool:
+    try:
+        return path.stat().st_size == n * 4
+    except FileNotFoundError:
+        return False
+
+
 def ensure_weights(cfg: ModelConfig | None = None) -> Path:
-    """Create the weights file if missing (0644: a server running as another user only reads it)."""
+    """Create the weights file if missing."""
     cfg = cfg or ModelConfig()
     path = default_weights_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.stat().st_size != cfg.n_floats() * 4:
+    if not _weights_ready(path, cfg.n_floats()):
         TinyMoE._create(path, cfg.n_floats())
-        os.chmod(path, 0o644)
     return path
 
 
@@ -246,6 +274,12 @@ class DemoServer:
         self._kv_lock = threading.Lock()
         self._seq = 0
         self.leak = False
+        # Taken briefly by every decode step (the scheduler's bookkeeping): the lock-holder trouble
+        # holds it for long.
+        self.step_lock = threading.Lock()
+        self.steps = 0
+        self.troubles: list[threading.Event] = []  # one stop event per trouble started (demo_trouble)
+        self.children: list[Any] = []
         self.incidents: list[tuple[float, str]] = []
         self.workers = [threading.Thread(target=self._worker, name=f"decode-{i}", daemon=True) for i in range(workers)]
         self.http = ThreadingHTTPServer((host, port), self._handler())
@@ -259,6 +293,7 @@ class DemoServer:
         try:
             self.http.serve_forever(poll_interval=0.2)
         finally:
+            demo_trouble.stop_all(self)
             for _ in self.workers:
                 self.jobs.put(None)
             self.http.server_close()
@@ -268,11 +303,14 @@ class DemoServer:
     def shutdown(self) -> None:
         threading.Thread(target=self.http.shutdown, daemon=True).start()
 
-    def set_incident(self, kind: str) -> None:
+    def set_incident(self, kind: str, duration_s: float | None = None) -> None:
         if kind not in INCIDENTS_IN_SERVER:
             raise ValueError(f"the server itself injects {', '.join(INCIDENTS_IN_SERVER)}, not {kind!r}")
-        self.leak = True
         self.incidents.append((time.time(), kind))
+        if kind in demo_trouble.KINDS:
+            print(f"demo-server: incident {kind!r} on: {demo_trouble.start(kind, self, duration_s)}", flush=True)
+            return
+        self.leak = True
         print(f"demo-server: incident {kind!r} on: finished requests' KV caches are never evicted", flush=True)
 
     # Work --------------------------------------------------------------------------------------
@@ -325,6 +363,8 @@ class DemoServer:
             last = job.first_token_at
             for _ in range(job.max_tokens - 1):
                 tok = self.model.decode(tok, cache)
+                with self.step_lock:
+                    self.steps += 1
                 now = time.monotonic()
                 self.metrics.itl.observe(now - last)
                 last = now
@@ -425,7 +465,8 @@ class DemoServer:
                     self._send(500 if out["error"] else 200, json.dumps(out).encode())
                 elif self.path == "/admin/incident":
                     try:
-                        server.set_incident(str(data.get("kind")))
+                        dur = data.get("duration_s")
+                        server.set_incident(str(data.get("kind")), float(dur) if dur is not None else None)
                     except ValueError as e:
                         self._send(400, json.dumps({"error": str(e)}).encode())
                         return

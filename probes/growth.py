@@ -27,18 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from autoglm_trace.signals import human_bytes as format_bytes  # the one byte formatter
+
 _NS = 1_000_000_000
-
-
-def format_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB' (binary units, one decimal)."""
-    sign = "-" if n < 0 else ""
-    n = abs(float(n))
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.1f} TiB"  # pragma: no cover - loop always returns
 
 
 def theil_sen_slope(t: np.ndarray, v: np.ndarray) -> float:

@@ -47,8 +47,9 @@ def lib() -> Any:
             ("bpf_obj_get_info_by_fd", ct.c_int, [ct.c_int, vp, u32p]),
             ("bpf_enable_stats", ct.c_int, [ct.c_int]),
             ("bpf_prog_get_next_id", ct.c_int, [ct.c_uint32, u32p]),
+            ("bpf_prog_get_fd_by_id", ct.c_int, [ct.c_uint32]),
             ("libbpf_num_possible_cpus", ct.c_int, []),
-            ("perf_buffer__new", vp, [ct.c_int, ct.c_size_t, vp, vp, vp, vp]),
+            ("perf_buffer__new_raw", vp, [ct.c_int, ct.c_size_t, vp, vp, vp, vp]),
             ("perf_buffer__poll", ct.c_int, [vp, ct.c_int]),
             ("perf_buffer__consume", ct.c_int, [vp]),
             ("perf_buffer__free", None, [vp]),
@@ -237,27 +238,67 @@ def loaded_prog_ids() -> set[int]:
     return ids
 
 
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd for a loaded program (another process's: e.g. a peer tool being measured)."""
+    fd = lib().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        raise OSError(-fd, f"BPF_PROG_GET_FD_BY_ID {prog_id}: {os.strerror(-fd)}")
+    return fd
+
+
 # ---------------------------------------------------------------------------------------------
 # Perf buffers
 # ---------------------------------------------------------------------------------------------
-SAMPLE_FN = ct.CFUNCTYPE(None, ct.c_void_p, ct.c_int, ct.c_void_p, ct.c_uint32)
-LOST_FN = ct.CFUNCTYPE(None, ct.c_void_p, ct.c_int, ct.c_uint64)
+EVENT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_int, ct.c_void_p)
+LIBBPF_PERF_EVENT_CONT = -2
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_BPF_OUTPUT = 10
+PERF_SAMPLE_RAW = 1 << 10
+PERF_ATTR_WATERMARK = 1 << 14  # bit 14 of the attr flags word (include/uapi/linux/perf_event.h)
+PERF_RECORD_LOST = 2
+PERF_RECORD_SAMPLE = 9
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class PerfEventAttr(ct.Structure):
+    # The PERF_ATTR_SIZE_VER0 (64-byte) prefix of struct perf_event_attr; the kernel takes it as is.
+    _fields_ = [("type", ct.c_uint32), ("size", ct.c_uint32), ("config", ct.c_uint64),
+                ("sample_period", ct.c_uint64), ("sample_type", ct.c_uint64), ("read_format", ct.c_uint64),
+                ("flags", ct.c_uint64), ("wakeup_watermark", ct.c_uint32), ("bp_type", ct.c_uint32),
+                ("config1", ct.c_uint64), ("config2", ct.c_uint64)]
 
 
 class PerfBuffer:
-    """libbpf perf buffer on a BPF_MAP_TYPE_PERF_EVENT_ARRAY fd; ``consume()`` reads every CPU's ring
-    without waiting (the recorder drains on its own interval: no wakeup is waited for)."""
+    """Per-CPU perf rings on a BPF_MAP_TYPE_PERF_EVENT_ARRAY fd (libbpf perf_buffer__new_raw).
+
+    Wakeup policy: the recorder drains every ring on its own interval (``consume()``, no waiting),
+    so no event needs to wake it. libbpf's default (wakeup_events = 1) queues an irq_work wakeup for
+    every record written; here the events carry a watermark of half the ring instead
+    (kernel/events/ring_buffer.c perf_output_wakeup), so a busy ring costs one wakeup per half-ring
+    and a quiet one none. Samples are passed on as (cpu, data address, size); lost-record counts
+    (PERF_RECORD_LOST, when a ring was full) as a count.
+    """
 
     def __init__(self, map_fd: int, pages: int, on_sample: Callable[[int, int, int], None],
                  on_lost: Callable[[int], None]) -> None:
-        # Keep the callbacks referenced: libbpf holds only the C pointers.
-        self._sample = SAMPLE_FN(lambda _ctx, cpu, data, size: on_sample(cpu, data, size))
-        self._lost = LOST_FN(lambda _ctx, _cpu, cnt: on_lost(cnt))
-        pb = lib().perf_buffer__new(map_fd, pages, ct.cast(self._sample, ct.c_void_p),
-                                    ct.cast(self._lost, ct.c_void_p), None, None)
+        def event(_ctx: Any, cpu: int, header: int) -> int:
+            typ = ct.c_uint32.from_address(header).value
+            if typ == PERF_RECORD_SAMPLE:
+                size = ct.c_uint32.from_address(header + 8).value
+                on_sample(cpu, header + 12, size)
+            elif typ == PERF_RECORD_LOST:
+                on_lost(ct.c_uint64.from_address(header + 16).value)
+            return LIBBPF_PERF_EVENT_CONT
+
+        self._event = EVENT_FN(event)  # referenced for as long as libbpf may call it
+        attr = PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=64, config=PERF_COUNT_SW_BPF_OUTPUT,
+                             sample_period=1, sample_type=PERF_SAMPLE_RAW, flags=PERF_ATTR_WATERMARK,
+                             wakeup_watermark=max(1, pages * PAGE_SIZE // 2))
+        pb = lib().perf_buffer__new_raw(map_fd, pages, ct.byref(attr), ct.cast(self._event, ct.c_void_p),
+                                        None, None)
         if not pb:
             e = ct.get_errno()
-            raise OSError(e, f"perf_buffer__new: {os.strerror(e)}")
+            raise OSError(e, f"perf_buffer__new_raw: {os.strerror(e)}")
         self._pb: int | None = pb
 
     def consume(self) -> None:

@@ -6,6 +6,7 @@ code, never a traceback. Ctrl-C outside a recording exits 130 quietly.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pkgutil
@@ -62,7 +63,34 @@ def _usage(cmds: dict[str, ModuleType]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the error handling below
+        return code
+    except TraceError as e:
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `autoglm-trace summary rec | head`: stop quietly.
+        _discard_stdout()
+        return 0
+    except OSError as e:
+        # Not one of our errors but still the user's environment (stdout on a full disk, a path the
+        # kernel refuses): one line, never a traceback.
+        if e.filename is not None:
+            where = f": {printable(e.filename)}"
+        else:
+            writing = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO) or _stdout_broken()
+            where = " (writing output)" if writing else ""
+        print(f"{PROG}: error: {printable(e.strerror or e)}{where}", file=sys.stderr)
+        _discard_stdout()
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
     cmds = _commands()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(cmds))
@@ -73,23 +101,28 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     mod = cmds.get(name)
     if mod is None:
-        print(f"{PROG}: error: unknown command {name!r} (see '{PROG} --help')", file=sys.stderr)
+        print(f"{PROG}: error: unknown command {printable(name)!r} (see '{PROG} --help')", file=sys.stderr)
         return 2
+    return int(mod.main(rest) or 0)
+
+
+def _stdout_broken() -> bool:
     try:
-        return int(mod.main(rest) or 0)
-    except TraceError as e:
-        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # `autoglm-trace summary rec | head`: stop quietly.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        except OSError:
-            pass
-        return 0
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _discard_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's last flush of what is still buffered cannot
+    fail again (and print 'Exception ignored ...') on the way out."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def entry() -> None:

@@ -15,7 +15,9 @@ Sources, chosen so that every series is a true counter (never decreasing):
 
 * context switches, page faults, CPU seconds and RSS come from ``proc_samples`` -- the kernel's own
   per-process cumulative counters (/proc/PID/status, /proc/PID/stat), exact and available without
-  root. A pid whose counter goes backwards (pid reuse) keeps its earlier total as a base.
+  root. A pid whose counter goes backwards (pid reuse) keeps its earlier total and adds the new
+  value (the reset rule of autoglm_trace/signals.py, Prometheus' own), so rate() over these series
+  equals the analysis' rates.
 * run-queue latency, off-CPU time by state and preemptors come from ``sched`` / ``preemptions``;
   block I/O from ``block_io``; reclaim stalls from ``reclaim``; OOM kills from ``oom_kills`` (all
   kernel probes, root); GPU gauges from ``gpu_devices`` / ``gpu_processes`` (NVML); request latency

@@ -14,7 +14,7 @@ Small batches (one per table per 100 ms tick) are concatenated when their chunk 
 of Python and Arrow objects held stays around ``CHUNKS_PER_DURATION`` per table whatever the rate,
 and the byte count is what the Arrow memory pool really holds (buffer sizes, not logical sizes).
 
-Used by the flight recorder (tracer/flight.py: snapshots written as ordinary recordings) and by the
+Used by the flight recorder (tracer/flight/: snapshots written as ordinary recordings) and by the
 live view and exporter (through analysis/live.py's ``LiveRecording``). Thread-safe: collectors emit
 from the sampling thread and their own threads while readers snapshot from others.
 """

@@ -29,6 +29,7 @@ from autoglm_trace import clock, procfs
 from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.errors import TargetError, TraceError, WriteError
 from autoglm_trace.probes.http_probe import HttpProbe
+from autoglm_trace.probes.identity import IdentitySampler
 from autoglm_trace.probes.kernel import KernelProbes
 from autoglm_trace.probes.latency_log import LatencyLogTail
 from autoglm_trace.probes.nvml import NvmlSampler
@@ -39,11 +40,13 @@ from autoglm_trace.sinks import Sink
 from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer import spawn
 from autoglm_trace.tracer.fanout import FanOut
+from autoglm_trace.tracer.keepoff import KeepOff
 from autoglm_trace.tracer.manifest import new_manifest, wall_iso
 from autoglm_trace.tracer.writer import RecordingWriter
 
 FLUSH_EVERY_NS = 900_000_000  # checked each tick: every flush lands within a second
 MANIFEST_EVERY_NS = 5_000_000_000
+KEEPOFF_EVERY_NS = 1_000_000_000  # a server may pin itself after it starts
 MAX_COLLECTOR_ERRORS = 20
 
 
@@ -142,6 +145,7 @@ class Recorder:
             copts.setdefault("target_gid", self.run_as[1])
         wanted: list[tuple[str, Callable[[], Collector] | str]] = []
         wanted.append(("proc", lambda: ProcSampler(copts)))
+        wanted.append(("identity", lambda: IdentitySampler(copts)))
         if o.bpf:
             if not self.is_root:
                 wanted.append(("kernel", "not running as root: kernel probes need root (run with sudo); "
@@ -180,9 +184,8 @@ class Recorder:
         self.manifest = manifest
         if self.write_files:
             try:
-                self.writer = RecordingWriter(o.output, manifest)
-                if self.run_as:
-                    self.writer.chown(*self.run_as)
+                # Given to the sudo user through fds as each file is created (tracer/writer.py).
+                self.writer = RecordingWriter(o.output, manifest, owner=self.run_as)
             except TraceError:
                 if self.child:
                     self.child.abandon()
@@ -253,12 +256,17 @@ class Recorder:
         o = self.opts
         interval = o.interval_ms / 1000.0
         deadline = time.monotonic() + o.duration_s if o.duration_s else None
-        last_flush = last_manifest = clock.now_ns()
+        last_flush = last_manifest = last_keepoff = clock.now_ns()
         next_tick = time.monotonic()
         target_gone_at: float | None = None
+        keepoff = KeepOff() if ctx.target.mode != "host" else None
         while True:
             now = clock.now_ns()
             self._sample_all(now)
+            if keepoff is not None and now - last_keepoff >= KEEPOFF_EVERY_NS:
+                cpus = keepoff.check(ctx.target.pids())
+                self.manifest.setdefault("recorder", {})["cpus"] = sorted(cpus) if cpus else None
+                last_keepoff = now
             if now - last_flush >= FLUSH_EVERY_NS:
                 self._flush()
                 last_flush = now
@@ -411,8 +419,7 @@ class Recorder:
                 w.write_manifest()
             except WriteError:
                 pass
-            if self.run_as:
-                w.chown(*self.run_as)
+            w.release()
         return m
 
 

@@ -12,6 +12,7 @@ last lines are kept for the manifest (a CUDA OOM message is the evidence the OOM
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pwd
@@ -39,6 +40,39 @@ class ExitStatus:
                 name = str(self.signal)
             return f"killed by {name}"
         return f"exited with status {self.exit_code}"
+
+
+def user_env(uid: int, pw: pwd.struct_passwd | None) -> dict[str, str]:
+    """HOME, USER, LOGNAME and SHELL of the user the target runs as, from the passwd entry, as
+    ``sudo -u USER`` sets them (root's must not leak into the dropped target: a tool writing to
+    ``$HOME`` would write into /root as that user, or fail)."""
+    if pw is None:  # a uid without a passwd entry: no root home either
+        return {"HOME": "/", "USER": str(uid), "LOGNAME": str(uid)}
+    return {"HOME": pw.pw_dir or "/", "USER": pw.pw_name, "LOGNAME": pw.pw_name,
+            "SHELL": pw.pw_shell or "/bin/sh"}
+
+
+_PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _die_with_parent(parent: int, libc: ctypes.CDLL | None) -> None:
+    """PR_SET_PDEATHSIG(SIGKILL): the kernel kills us when the thread that forked us exits -- a
+    SIGKILLed recorder cannot leave its target running unwatched. The parent may already have died
+    between fork and here (we would then be re-parented and never get the signal): check for that."""
+    if libc is not None:
+        try:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except AttributeError:
+            pass
+    if os.getppid() != parent:
+        os._exit(126)
 
 
 def sudo_user() -> tuple[int, int] | None:
@@ -70,6 +104,7 @@ class HeldChild:
         self._tee_thread: threading.Thread | None = None
         self.status: ExitStatus | None = None
 
+        parent, libc = os.getpid(), _libc()  # loaded before the fork: the child imports nothing
         go_r, self._go_w = os.pipe()
         self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
         tee_r = tee_w = None
@@ -100,13 +135,19 @@ class HeldChild:
                 if run_as is not None:
                     uid, gid = run_as
                     try:
-                        name = pwd.getpwuid(uid).pw_name
-                        os.initgroups(name, gid)
-                        env.setdefault("HOME", pwd.getpwuid(uid).pw_dir)
+                        pw = pwd.getpwuid(uid)
+                        os.initgroups(pw.pw_name, gid)
                     except (KeyError, OSError):
+                        pw = None
                         os.setgroups([])
+                    env.update(user_env(uid, pw))
+                    for k in ("MAIL", "XAUTHORITY") if pw is None else ():
+                        env.pop(k, None)
                     os.setgid(gid)
                     os.setuid(uid)
+                # After the credential change (commit_creds clears pdeath_signal when the euid
+                # changes, kernel/cred.c): die with the recorder, even when it is SIGKILLed ...
+                _die_with_parent(parent, libc)
                 os.execvpe(argv[0], argv, env)
             except BaseException as e:  # noqa: BLE001 - report anything, then die
                 try:

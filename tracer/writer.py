@@ -8,6 +8,14 @@ recorder; rows appended between flushes are buffered here (bounded: a table whos
 
 Files are opened with O_NOFOLLOW | O_EXCL so a symlink planted in the recording directory is never
 followed, and a recording never overwrites another.
+
+Root writing on behalf of a sudo user (``owner``): the recording directory is opened once
+(O_DIRECTORY | O_NOFOLLOW) and every later operation -- creating a table file, replacing the
+manifest -- is relative to that fd (``dir_fd=``, openat semantics). Renaming the directory away and
+planting a symlink in its place (the target runs as that user and may try) changes nothing: root
+keeps writing into the directory it created. Ownership is given through fds as each file is created
+(``fchown``), never by name, so nothing outside the recording can be handed over; a directory is
+given away only if the recorder created it (an existing ``-o DIR`` keeps its owner and mode).
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
+import stat
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,9 +40,9 @@ _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _open_new(path: Path, mode: int = 0o644) -> int:
+def _open_new(path: Path, mode: int = 0o644, dir_fd: int | None = None) -> int:
     try:
-        return os.open(path, _FILE_FLAGS, mode)
+        return os.open(path.name if dir_fd is not None else path, _FILE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
         raise WriteError(f"{path} already exists; refusing to overwrite it") from None
     except OSError as e:
@@ -41,23 +51,70 @@ def _open_new(path: Path, mode: int = 0o644) -> int:
         raise WriteError(f"cannot create {path}: {e.strerror}") from None
 
 
-def prepare_directory(path: Path) -> Path:
-    """Create the recording directory; an existing one must be ours-to-use (empty, not a link)."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+def open_directory(path: Path) -> tuple[int, bool]:
+    """Create the recording directory (or take an existing empty one that is not a link) and return
+    an fd on it and whether we created it. Parents are created as needed; the last component is
+    opened with O_NOFOLLOW relative to its parent, so a link there is refused, not followed."""
     path = Path(path)
-    if path.is_symlink():
-        raise WriteError(f"{path} is a symbolic link; refusing to record through it")
-    if path.exists():
-        if not path.is_dir():
-            raise WriteError(f"{path} exists and is not a directory")
-        if any(path.iterdir()):
-            raise WriteError(f"{path} is not empty; choose a new recording path")
-    else:
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        if not parent.exists():
+            parent.mkdir(mode=0o755, parents=True)
+        pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise WriteError(f"cannot create {path}: {e.strerror or e}") from None
+    try:
+        created = False
         try:
-            path.mkdir(mode=0o755, parents=True)
+            os.mkdir(path.name, 0o700, dir_fd=pfd)  # 0700 until its owner and mode are final
+            created = True
+        except FileExistsError:
+            pass
         except OSError as e:
-            raise WriteError(f"cannot create {path}: {e.strerror}") from None
-    os.chmod(path, 0o755)
-    return path
+            raise WriteError(f"cannot create {path}: {e.strerror or e}") from None
+        try:
+            fd = os.open(path.name, _DIR_FLAGS, dir_fd=pfd)
+        except OSError as e:
+            # O_DIRECTORY | O_NOFOLLOW on a link fails with ENOTDIR (or ELOOP): tell them apart.
+            is_link = e.errno == errno.ELOOP or (e.errno == errno.ENOTDIR and _is_link(path.name, pfd))
+            if is_link:
+                raise WriteError(f"{path} is a symbolic link; refusing to record through it") from None
+            if e.errno == errno.ENOTDIR:
+                raise WriteError(f"{path} exists and is not a directory") from None
+            raise WriteError(f"cannot open {path}: {e.strerror or e}") from None
+    finally:
+        os.close(pfd)
+    if not created:
+        try:
+            entries = os.listdir(fd)
+        except OSError as e:
+            os.close(fd)
+            raise WriteError(f"cannot list {path}: {e.strerror or e}") from None
+        if entries:
+            os.close(fd)
+            raise WriteError(f"{path} is not empty; choose a new recording path")
+    return fd, created
+
+
+def prepare_directory(path: Path) -> Path:
+    """Create the recording directory (see ``open_directory``); returns its path."""
+    fd, created = open_directory(path)
+    try:
+        if created:
+            os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+    return Path(path)
 
 
 class _FdSink:
@@ -83,7 +140,8 @@ class _FdSink:
 class TableWriter:
     """Buffers rows of one table and appends them to ``<table>.arrow`` as record batches."""
 
-    def __init__(self, directory: Path, table: str, max_buffered_rows: int = 200_000) -> None:
+    def __init__(self, directory: Path, table: str, max_buffered_rows: int = 200_000, dir_fd: int | None = None,
+                 owner: tuple[int, int] | None = None) -> None:
         self.table = table
         self.schema = schema.schema_for(table)
         self.path = directory / f"{table}{schema.TABLE_SUFFIX}"
@@ -93,7 +151,10 @@ class TableWriter:
         self.rows_written = 0
         self.bytes_written = 0
         self._lock = threading.Lock()
-        self._sink = _FdSink(_open_new(self.path))
+        fd = _open_new(self.path, dir_fd=dir_fd)
+        if owner is not None:
+            _give(fd, owner)
+        self._sink = _FdSink(fd)
         # zstd buffer compression: about 4x smaller files; every Arrow reader (pyarrow, polars,
         # DuckDB through pyarrow) decompresses IPC streams transparently.
         self._writer = pa.ipc.new_stream(self._sink, self.schema, options=_IPC_OPTIONS)
@@ -176,11 +237,38 @@ class TableWriter:
                     pass
 
 
-class RecordingWriter:
-    """Owns a recording directory: a TableWriter per table (created on first use) and the manifest."""
+def _finite(v: Any) -> Any:
+    """``v`` with every NaN/infinite float as null: a manifest is strict JSON (a NaN in it made
+    manifest.json unreadable by every JSON parser but Python's)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
-    def __init__(self, directory: Path | str, manifest: dict[str, Any], tables: Iterable[str] = ()) -> None:
-        self.directory = prepare_directory(Path(directory))
+
+def _give(fd: int, owner: tuple[int, int]) -> None:
+    try:
+        os.fchown(fd, *owner)
+    except OSError:
+        pass  # not root: the files are ours already
+
+
+class RecordingWriter:
+    """Owns a recording directory: a TableWriter per table (created on first use) and the manifest.
+    ``owner`` (uid, gid): who the recording is given to (root recording for a sudo user)."""
+
+    def __init__(self, directory: Path | str, manifest: dict[str, Any], tables: Iterable[str] = (),
+                 owner: tuple[int, int] | None = None) -> None:
+        self.directory = Path(directory)
+        self.owner = owner
+        self._dir_fd, self.created = open_directory(self.directory)
+        if self.created:
+            if owner is not None:
+                _give(self._dir_fd, owner)
+            os.fchmod(self._dir_fd, 0o755)
         self.manifest = manifest
         self._tables: dict[str, TableWriter] = {}
         self._lock = threading.Lock()
@@ -193,7 +281,7 @@ class RecordingWriter:
         with self._lock:
             w = self._tables.get(table)
             if w is None:
-                w = self._tables[table] = TableWriter(self.directory, table)
+                w = self._tables[table] = TableWriter(self.directory, table, dir_fd=self._dir_fd, owner=self.owner)
             return w
 
     def emit(self, table: str, rows: list[Mapping[str, Any]]) -> None:
@@ -232,22 +320,27 @@ class RecordingWriter:
     def write_manifest(self) -> None:
         """Replace manifest.json atomically (write a new file, then rename over the old one)."""
         tmp = self.directory / f".{schema.MANIFEST_NAME}.{os.getpid()}.tmp"
+        dfd = self._dir_fd
         try:
-            if tmp.exists() or tmp.is_symlink():
-                tmp.unlink()
-            fd = _open_new(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp.name, dir_fd=dfd)  # a leftover (or a planted link: removed, not followed)
+            fd = _open_new(tmp, dir_fd=dfd)
+            if self.owner is not None:
+                _give(fd, self.owner)
             with os.fdopen(fd, "w") as f:
-                json.dump(self.manifest, f, indent=2, sort_keys=True, default=str)
+                json.dump(_finite(self.manifest), f, indent=2, sort_keys=True, default=str, allow_nan=False)
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.directory / schema.MANIFEST_NAME)
-        except OSError as e:
+            os.replace(tmp.name, schema.MANIFEST_NAME, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except (OSError, ValueError) as e:
             with contextlib.suppress(OSError):
-                tmp.unlink()  # never leave a half-written temporary beside the last good manifest
-            raise WriteError(f"cannot write the manifest: {e.strerror or e}") from None
+                os.unlink(tmp.name, dir_fd=dfd)  # never leave a half-written temporary beside the last good manifest
+            raise WriteError(f"cannot write the manifest: {getattr(e, 'strerror', None) or e}") from None
 
     def close(self) -> None:
+        """Close every table; the directory fd stays open for a last ``write_manifest``
+        (``release()`` closes it)."""
         errors = []
         for w in list(self._tables.values()):
             try:
@@ -257,10 +350,11 @@ class RecordingWriter:
         if errors and self.failed is None:
             self.failed = errors[0]
 
-    def chown(self, uid: int, gid: int) -> None:
-        """Give the recording to the user who ran sudo (never following links)."""
-        for p in [self.directory, *self.directory.iterdir()]:
-            try:
-                os.chown(p, uid, gid, follow_symlinks=False)
-            except OSError:
-                pass
+    def release(self) -> None:
+        fd, self._dir_fd = self._dir_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.release()

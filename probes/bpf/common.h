@@ -62,6 +62,22 @@ static __always_inline u64 task_u64(void *task, u32 off)
     return v;
 }
 
+/* pid and tgid of a task that is not `current`: one read when they are adjacent, as they are in
+ * every task_struct (include/linux/sched.h: pid_t pid; pid_t tgid;) -- a helper call saved on
+ * every context switch. */
+static __always_inline void task_ids(void *task, u32 *tid, u32 *tgid)
+{
+#if OFF_TASK_TGID == OFF_TASK_PID + 4
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (char *)task + OFF_TASK_PID);
+    *tid = (u32)v;
+    *tgid = v >> 32;
+#else
+    *tid = task_u32(task, OFF_TASK_PID);
+    *tgid = task_u32(task, OFF_TASK_TGID);
+#endif
+}
+
 static __always_inline void task_comm(void *task, char *dst)
 {
     bpf_probe_read_kernel(dst, TASK_COMM_LEN, (char *)task + OFF_TASK_COMM);

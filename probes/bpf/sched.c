@@ -13,6 +13,12 @@
  * Counting rule (kernel/sched/core.c __schedule): the kernel bumps prev->nivcsw unless the switch
  * is not a preemption and prev_state != TASK_RUNNING, in which case it bumps prev->nvcsw. We use
  * the same test, so the counts compare with /proc/PID/status voluntary/nonvoluntary_ctxt_switches.
+ *
+ * Cost per switch (measured by bench/bench_sched_profile.py): counters are plain adds, not atomics.
+ * Each field has one writer at a time: a thread's switch-out and switch-in fields are written on
+ * the CPU it leaves / enters under that runqueue's lock, its sleep fields by the one wakeup that
+ * ends the sleep, its migrations under the task's pi_lock (kernel/sched/core.c set_task_cpu); and a
+ * preempt_agg entry is keyed by the CPU that writes it. Task ids are read once per task per switch.
  */
 
 #define TASK_RUNNING 0x0000
@@ -31,7 +37,7 @@ struct thread_state {
     u64 ts_out;  /* switched out at */
     u64 ts_wait; /* runnable since (wakeup or preemption); 0: not waiting */
     u32 out;     /* OUT_* */
-    u32 pad;
+    u32 tgid;    /* whose thread this state is (a reused tid of another process does not match) */
 };
 
 struct sched_val {
@@ -83,12 +89,21 @@ static __always_inline struct sched_val *sched_slot(u64 now, u32 tid, u32 tgid, 
     return sched_agg.lookup(&key);
 }
 
-static __always_inline struct thread_state *thread_slot(u32 tid)
+/* The state of a target thread, or NULL for a thread outside the target. States are created for
+ * target threads only (and deleted at thread exit, proc.c), so a state with the same tgid means
+ * "in the target" without a second lookup in target_tgids: one hash lookup per task per switch. */
+static __always_inline struct thread_state *target_thread(u32 tid, u32 tgid, int is_current)
 {
     struct thread_state *st = thread_states.lookup(&tid);
-    if (st)
+    if (st && st->tgid == tgid)
         return st;
-    struct thread_state zero = {};
+    if (!(is_current ? current_in_target(tgid) : tgid_in_target(tgid)))
+        return NULL;
+    struct thread_state zero = {.tgid = tgid};
+    if (st) {  /* the tid was reused by another target process */
+        *st = zero;
+        return st;
+    }
     if (thread_states.update(&tid, &zero) != 0) {
         count_drop(FAM_SCHED);
         return NULL;
@@ -96,14 +111,14 @@ static __always_inline struct thread_state *thread_slot(u32 tid)
     return thread_states.lookup(&tid);
 }
 
-static __always_inline void charge_preemptor(u64 now, u32 tgid, void *ptask, u32 cpu, u64 count,
-                                             u64 wait)
+static __always_inline void charge_preemptor(u64 now, u32 tgid, void *ptask, u32 ptid, u32 ptgid,
+                                             u32 cpu, u64 count, u64 wait)
 {
     struct preempt_key key = {
         .bucket = bucket_of(now),
         .tgid = tgid,
-        .ptid = task_u32(ptask, OFF_TASK_PID),
-        .ptgid = task_u32(ptask, OFF_TASK_TGID),
+        .ptid = ptid,
+        .ptgid = ptgid,
         .cpu = cpu,
     };
     struct preempt_val *v = preempt_agg.lookup(&key);
@@ -119,8 +134,8 @@ static __always_inline void charge_preemptor(u64 now, u32 tgid, void *ptask, u32
         if (!v)
             return;
     }
-    __sync_fetch_and_add(&v->count, count);
-    __sync_fetch_and_add(&v->wait_ns, wait);
+    v->count += count;
+    v->wait_ns += wait;
 }
 
 RAW_TRACEPOINT_PROBE(sched_switch)
@@ -134,26 +149,26 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 
     u64 id = bpf_get_current_pid_tgid();   /* current == prev */
     u32 prev_tid = (u32)id, prev_tgid = id >> 32;
-    u32 next_tid = task_u32(next, OFF_TASK_PID);
-    u32 next_tgid = task_u32(next, OFF_TASK_TGID);
+    u32 next_tid, next_tgid;
+    task_ids(next, &next_tid, &next_tgid);
 
     /* --- prev leaves the CPU --- */
-    if (prev_tid != 0 && current_in_target(prev_tgid)) {
+    struct thread_state *st = prev_tid != 0 ? target_thread(prev_tid, prev_tgid, 1) : NULL;
+    if (st) {
         count_event(FAM_SCHED);
-        struct thread_state *st = thread_slot(prev_tid);
         struct sched_val *v = sched_slot(now, prev_tid, prev_tgid, prev);
-        if (st && v) {
+        if (v) {
             if (st->ts_in && now > st->ts_in)
-                __sync_fetch_and_add(&v->oncpu_ns, now - st->ts_in);
+                v->oncpu_ns += now - st->ts_in;
             st->ts_in = 0;
             st->ts_out = now;
             if (preempt || prev_state == TASK_RUNNING) {
-                __sync_fetch_and_add(&v->invol, 1);
+                v->invol += 1;
                 st->out = OUT_PREEMPTED;
                 st->ts_wait = now;
-                charge_preemptor(now, prev_tgid, next, cpu, 1, 0);
+                charge_preemptor(now, prev_tgid, next, next_tid, next_tgid, cpu, 1, 0);
             } else {
-                __sync_fetch_and_add(&v->vol, 1);
+                v->vol += 1;
                 st->out = ((prev_state & TASK_UNINTERRUPTIBLE) && !(prev_state & TASK_NOLOAD))
                               ? OUT_DSTATE : OUT_SLEEP;
                 st->ts_wait = 0;
@@ -162,26 +177,24 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     }
 
     /* --- next gets the CPU --- */
-    if (next_tid != 0 && tgid_in_target(next_tgid)) {
+    st = next_tid != 0 ? target_thread(next_tid, next_tgid, 0) : NULL;
+    if (st) {
         count_event(FAM_SCHED);
-        struct thread_state *st = thread_slot(next_tid);
-        if (!st)
-            return 0;
         if (st->ts_wait && now > st->ts_wait) {
             u64 wait = now - st->ts_wait;
             struct sched_val *v = sched_slot(now, next_tid, next_tgid, next);
             if (v) {
-                __sync_fetch_and_add(&v->runq_count, 1);
-                __sync_fetch_and_add(&v->runq_wait_ns, wait);
+                v->runq_count += 1;
+                v->runq_wait_ns += wait;
                 if (wait > v->runq_max_ns)
                     v->runq_max_ns = wait;
                 u32 slot = log2_slot(wait / 1000) & (LOG2_SLOTS - 1);
-                __sync_fetch_and_add(&v->hist[slot], 1);
+                v->hist[slot] += 1;
                 if (st->out == OUT_PREEMPTED && st->ts_out && now > st->ts_out)
-                    __sync_fetch_and_add(&v->off_preempted_ns, now - st->ts_out);
+                    v->off_preempted_ns += now - st->ts_out;
             }
             /* The task that held the CPU until now is charged with the wait. */
-            charge_preemptor(now, next_tgid, prev, cpu, 0, wait);
+            charge_preemptor(now, next_tgid, prev, prev_tid, prev_tgid, cpu, 0, wait);
         }
         st->ts_in = now;
         st->ts_wait = 0;
@@ -192,22 +205,20 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 
 static __always_inline int on_wakeup(void *p)
 {
-    u32 tid = task_u32(p, OFF_TASK_PID);
-    u32 tgid = task_u32(p, OFF_TASK_TGID);
-    if (tid == 0 || !tgid_in_target(tgid))
+    u32 tid, tgid;
+    task_ids(p, &tid, &tgid);
+    struct thread_state *st = tid != 0 ? target_thread(tid, tgid, 0) : NULL;
+    if (!st)
         return 0;
     u64 now = bpf_ktime_get_ns();
     count_event(FAM_SCHED);
-    struct thread_state *st = thread_slot(tid);
-    if (!st)
-        return 0;
     if (st->out == OUT_SLEEP || st->out == OUT_DSTATE) {
         struct sched_val *v = sched_slot(now, tid, tgid, p);
         if (v && st->ts_out && now > st->ts_out) {
             if (st->out == OUT_DSTATE)
-                __sync_fetch_and_add(&v->off_dstate_ns, now - st->ts_out);
+                v->off_dstate_ns += now - st->ts_out;
             else
-                __sync_fetch_and_add(&v->off_sleep_ns, now - st->ts_out);
+                v->off_sleep_ns += now - st->ts_out;
         }
         st->out = OUT_WOKEN;
         st->ts_wait = now;
@@ -232,13 +243,13 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 RAW_TRACEPOINT_PROBE(sched_migrate_task)
 {
     void *p = (void *)ctx->args[0];
-    u32 tid = task_u32(p, OFF_TASK_PID);
-    u32 tgid = task_u32(p, OFF_TASK_TGID);
+    u32 tid, tgid;
+    task_ids(p, &tid, &tgid);
     if (tid == 0 || !tgid_in_target(tgid))
         return 0;
     count_event(FAM_SCHED);
     struct sched_val *v = sched_slot(bpf_ktime_get_ns(), tid, tgid, p);
     if (v)
-        __sync_fetch_and_add(&v->migrations, 1);
+        v->migrations += 1;
     return 0;
 }

@@ -101,11 +101,13 @@ RAW_TRACEPOINT_PROBE(sched_waking)
         u64 id = bpf_get_current_pid_tgid();
         key.waker_tid = (u32)id;
         key.waker_pid = id >> 32;
-        if (key.waker_tid != 0 && tgid_in_target(key.waker_pid)) {
+        /* sched.c keeps a state for the target's threads only: one lookup says both whether the
+         * waker is in the target and since when it has been on CPU. */
+        u32 wtid = key.waker_tid;
+        struct thread_state *ws = wtid ? thread_states.lookup(&wtid) : NULL;
+        if (ws) {
             in_target = 1;
-            u32 wtid = key.waker_tid;
-            struct thread_state *ws = thread_states.lookup(&wtid);
-            if (ws && ws->ts_in && now > ws->ts_in)
+            if (ws->ts_in && now > ws->ts_in)
                 oncpu = now - ws->ts_in < sleep ? now - ws->ts_in : sleep;
         }
     }

@@ -49,7 +49,8 @@ def test_record_a_child_and_match_its_own_proc_counters(cli, tmp_path):
     own = tmp_path / "own.json"
     rec_dir = tmp_path / "rec"
     r = run(cli, "record", "-q", "--no-bpf", "--no-gpu", "-o", str(rec_dir), "--", sys.executable, str(script), str(own))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 7, r.stderr  # the child exits 3: recorded, and the status says it failed
+    assert "exited with status 3" in r.stderr
     assert "child done" in r.stderr  # the child's stderr is teed, never swallowed
     truth = json.loads(own.read_text())
 

@@ -180,8 +180,9 @@ def test_receiver_counts_client_drops_and_malformed(tmp_path):
         path = rx.target_env()[span_client.ENV_VAR]
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         s.sendto(b"garbage", path)
-        s.sendto(span_client.encode("a", 1, 2, pid=777, dropped=5), path)
-        s.sendto(span_client.encode("b", 3, 4, pid=777, dropped=7), path)
+        t0 = time.monotonic_ns()
+        s.sendto(span_client.encode("a", t0 + 1, t0 + 2, pid=777, tid=777, dropped=5), path)
+        s.sendto(span_client.encode("b", t0 + 3, t0 + 4, pid=777, tid=777, dropped=7), path)
         s.close()
         deadline = time.time() + 5
         while time.time() < deadline and len(sink.rows.get("spans", [])) < 2:

@@ -2,7 +2,10 @@
 then `analyze` / `oom` as a user runs them. Each scenario checks that the diagnosis names the right
 cause kind and the right culprit process -- and that a clean run blames nothing.
 
-These are end-to-end (about 35 s each) and need root + BPF: the culprit data (who preempted us, who
+The in-tree scenarios (the server's own child process or thread is the culprit) and the expected
+kinds live in tests/scenarios/cases.py, shared with the accuracy table (`make scenarios-accuracy`).
+
+These are end-to-end (about 35-45 s each) and need root + BPF: the culprit data (who preempted us, who
 did I/O, who stalled in reclaim, who was OOM-killed) comes from the kernel probes.
 """
 
@@ -16,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import autoglm_trace_cmd
+from tests.scenarios import cases
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
 
@@ -114,8 +118,36 @@ def test_oom_kill_post_mortem(tmp_path_factory):
 
 
 def test_clean_run_blames_nothing(tmp_path_factory):
-    s = _scenario(tmp_path_factory, "none")
+    s = _scenario(tmp_path_factory, "none", *cases.IN_TREE_ARGS)
     blamed = [c for c in _causes(s["analysis"]) if c["kind"] != "unexplained" and c.get("culprits")
               and any(u["comm"] == HOG for u in c["culprits"])]
     assert not blamed, _explain(s)
+    # Nothing of the server's own (a thread, a child) is blamed either.
+    v = cases.judge(cases.CASES["clean"], s)
+    assert v["right_culprit"], v["verdict"] + "\n" + _explain(s)
     assert not [k for k in s["oom"]["kills"] if k["in_target"]]
+
+
+@pytest.mark.parametrize("name", ["child-cpu", "child-io", "gil-thread", "lock-holder"])
+def test_culprit_inside_the_tree_is_named_first(tmp_path, name):
+    """The server's own child process / background thread takes the CPU, the disk, the GIL or a lock:
+    the first cause of the right kind names it (pid of the child, tid of the thread) first, labelled
+    with where it stands, and with no 0 % culprit listed."""
+    case = cases.CASES[name]
+    s = cases.record(case, tmp_path)
+    v = cases.judge(case, s, case.kinds + case.tolerated)
+    assert v["right_kind"] and v["right_culprit"], v["verdict"] + "\n" + cases.explain(s)
+    top = max((c for c in cases.firsts(s["analysis"]) if c["kind"] in case.kinds + case.tolerated),
+              key=lambda c: c.get("score") or 0)
+    first = top["culprits"][0]
+    if case.culprit == "child":
+        assert first["where"] == "child" and "(child of the target" in first["label"], first
+    else:
+        assert first["where"] == "target_thread" and first["label"].startswith(f"tid {first['tid']} "), first
+        expected_name = {"gil-thread": "gil-hog", "lock-holder": "kv-snapshot"}[name]
+        assert first.get("thread_name") == expected_name, first  # the Python name, from the span API
+    for c in cases.firsts(s["analysis"]):
+        assert all(u["share"] >= 0.05 for u in c.get("culprits", [])), c["culprits"]
+        rest = (c.get("attribution") or {}).get("remainder")
+        if c.get("culprits") and rest:
+            assert abs(sum(u["share"] for u in c["culprits"]) + rest["share"] - 1) < 0.02 or rest["share"] == 0

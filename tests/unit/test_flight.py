@@ -1,4 +1,4 @@
-"""Flight recorder logic (tracer/flight.py) without root: parsing, triggers, snapshots, retention.
+"""Flight recorder logic (tracer/flight/) without root: parsing, triggers, snapshots, retention.
 
 The trigger loop is driven with a real RingSink and a real (not started) Recorder whose manifest is
 built as ``Recorder.run`` builds it; snapshots are read back with the ordinary ``Recording`` reader.
@@ -288,8 +288,7 @@ def test_retention_deletes_the_oldest_by_count_and_bytes(tmp_path: Path):
 
 
 def test_record_cli_ring_options(tmp_path: Path):
-    from autoglm_trace.tracer.commands.record import parse_options
-    from autoglm_trace.tracer.flight import flight_options
+    from autoglm_trace.tracer.commands.record import flight_options, parse_options
 
     args, opts = parse_options(["--ring", "5m", "-o", str(tmp_path / "f"), "--trigger", "oom,signal",
                                 "--trigger-expr", "gpu_mem_used_frac>0.97", "--keep", "3", "--keep-bytes", "1G"])

@@ -66,7 +66,7 @@ def test_encode_decode_roundtrip():
     d = sc.decode(data)
     assert d == {"start_ns": 10, "end_ns": 25, "ttft_ns": 7, "pid": 4, "tid": 5, "prompt_tokens": 100,
                  "output_tokens": None, "ok": False, "dropped": 3, "name": "generate",
-                 "attrs": '{"model":"m"}'}
+                 "attrs": '{"model":"m"}', "threads": False}
     with pytest.raises(ValueError):
         sc.decode(b"AGS2short")
     with pytest.raises(ValueError):
@@ -218,3 +218,20 @@ def test_forked_child_sends_with_its_own_pid(receiver_sock):
     assert os.waitstatus_to_exitcode(status) == 0
     d = sc.decode_all(s.recv(65536))[0]
     assert d["name"] == "child" and d["pid"] == pid
+
+
+def test_thread_names_records_split_and_are_read_back_as_rows():
+    from autoglm_trace.probes.span_receiver import thread_name_rows
+
+    names = {1000 + i: f"tok-worker-{i:03d}-" + "x" * 40 for i in range(120)}
+    recs = sc.thread_names_records(names, 77, pid=42)
+    assert len(recs) > 1  # split to fit MAX_ATTRS each
+    rows = []
+    for r in recs:
+        d = sc.decode(r)
+        assert d["threads"] and len(r) - sc.HEADER.size <= sc.MAX_ATTRS + 20
+        rows += thread_name_rows(d, 99)
+    assert {(x["tid"], x["name"]) for x in rows} == {(k, v[:64]) for k, v in names.items()}
+    assert all(x["pid"] == 42 and x["ts_ns"] == 99 for x in rows)
+    bad = sc.decode(sc.encode("threads", 1, 1, pid=42, attrs={"not-a-tid": "x"}, flags=sc.FLAG_THREADS))
+    assert thread_name_rows(bad, 99) is None

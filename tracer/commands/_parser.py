@@ -39,7 +39,7 @@ def int_in(lo: int, hi: int, unit: str = "") -> Callable[[str], int]:
         try:
             v = int(text, 10)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
         if not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}{unit}, got {v}")
         return v
@@ -53,7 +53,7 @@ def float_in(lo: float, hi: float, unit: str = "", lo_open: bool = False) -> Cal
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
         low_ok = v > lo if lo_open else v >= lo
         if not math.isfinite(v) or not low_ok or v > hi:
             side = f"more than {lo:g}" if lo_open else f"at least {lo:g}"

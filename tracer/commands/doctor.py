@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoglm_trace import procfs
+from autoglm_trace.printable import printable
 from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "doctor"
@@ -184,17 +185,29 @@ def check_psi() -> tuple[str, str, str]:
     return WARN, "PSI not available", "boot with psi=1 (CONFIG_PSI) for host pressure columns"
 
 
+def _guarded(name: str, fn: Callable[[], Any], many: bool = False) -> list[tuple[str, str, str, str]]:
+    """One check's rows; a check that cannot even look (tracefs is root-only, a /sys file unreadable
+    as this user) is a warning row saying so, never a traceback that hides every other check."""
+    try:
+        got = fn()
+    except OSError as e:
+        where = f" ({printable(e.filename)})" if e.filename else ""
+        fix = "run as root (sudo)" if isinstance(e, PermissionError) else ""
+        return [(name, WARN, f"cannot check: {e.strerror or e}{where}", fix)]
+    return list(got) if many else [(name, *got)]
+
+
 def run_checks() -> list[dict[str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     for name, fn in (("root", check_root), ("BPF", check_bpf_syscall), ("tracefs", check_tracefs)):
-        rows.append((name, *fn()))
-    rows += check_tracepoints()
-    rows.append(("kernel headers", *check_headers()))
-    rows.append(("bcc", *check_bcc()))
-    rows += check_probe_families()
-    rows.append(("NVML", *check_nvml()))
-    rows.append(("cgroups", *check_cgroups()))
-    rows.append(("PSI", *check_psi()))
+        rows += _guarded(name, fn)
+    rows += _guarded("tracepoints", check_tracepoints, many=True)
+    rows += _guarded("kernel headers", check_headers)
+    rows += _guarded("bcc", check_bcc)
+    rows += _guarded("probe families", check_probe_families, many=True)
+    rows += _guarded("NVML", check_nvml)
+    rows += _guarded("cgroups", check_cgroups)
+    rows += _guarded("PSI", check_psi)
     return [{"check": c, "status": s, "detail": d, "fix": f} for c, s, d, f in rows]
 
 

@@ -8,11 +8,14 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoglm_trace.errors import TargetError, UsageError
 from autoglm_trace.tracer.commands._parser import CommandParser, float_in, http_url, int_in
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
+
+if TYPE_CHECKING:
+    from autoglm_trace.tracer.flight import FlightOptions
 
 NAME = "record"
 SUMMARY = "record a process tree (-p PID | -- CMD), a cgroup or the host into a recording"
@@ -31,6 +34,11 @@ EPILOG = """examples:
 
 The target runs as the user who invoked sudo (SUDO_UID/SUDO_GID), never through a shell; the
 recording is owned by that user too. Ctrl-C ends the recording cleanly (a second Ctrl-C aborts).
+If the recorder is killed, the target it started is killed too (it never runs on unwatched).
+
+exit status: 0 recorded (and a started target exited 0); 7 the recording is complete but the started
+target exited non-zero or was killed by a signal; 2 bad options; 5 the target cannot be traced or
+started; 6 the recording could not be written; 130 aborted by a second Ctrl-C.
 """
 
 
@@ -45,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--interval", type=int_in(1, 60_000, " ms"), default=100, metavar="MS", help="sampling interval (default 100 ms)")
     p.add_argument("--bucket", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="kernel aggregation bucket (default: the interval)")
     p.add_argument("--no-bpf", action="store_true", help="no kernel probes (the /proc sampler still runs)")
+    p.add_argument("--probes", metavar="LIST", default=None,
+                   help="kernel probe families, comma-separated (default all: sched,wakeups,faults,io,memory,oom,"
+                        "proc); -NAME leaves one out, e.g. --probes=-wakeups")
     p.add_argument("--no-gpu", action="store_true", help="no NVML sampling")
     p.add_argument("--no-spans", action="store_true", help="do not listen for span API datagrams")
     p.add_argument("--gpu-interval", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="NVML sampling interval (default: the interval)")
@@ -63,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Hidden: print the generated BPF program and exit (tested without root).
     p.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]: start and record a command")
-    # Flight recorder (tracer/flight.py): --ring keeps the last DURATION in memory and writes
+    # Flight recorder (tracer/flight/): --ring keeps the last DURATION in memory and writes
     # DIR/<time>-<trigger>/ per incident; without a target it watches the whole host.
     fl = p.add_argument_group("flight recorder (always-on; see docs/flight-recorder.md)")
     fl.add_argument("--ring", metavar="DURATION", help="keep the last DURATION (e.g. 5m) in memory and save it on a trigger")
@@ -109,6 +120,8 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
             raise UsageError("record: --probe-body is not valid JSON") from None
     out = Path(args.output or datetime.now().strftime("autoglm-%Y%m%d-%H%M%S"))
     copts: dict[str, Any] = {"bucket_ms": args.bucket or args.interval}
+    if args.probes is not None:
+        copts["families"] = probe_families(args.probes)
     if args.gpu_interval:
         copts["gpu_interval_ms"] = args.gpu_interval
     if args.perf_pages:
@@ -126,8 +139,6 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
         # A FIFO or device would block the recorder in open() before the first sample.
         raise UsageError(f"record: latency log {opts.latency_log} is not a regular file")
     if args.ring:
-        from autoglm_trace.tracer.flight import flight_options
-
         flight_options(args, opts)  # the --ring family is checked before anything starts, too
     return args, opts
 
@@ -141,8 +152,6 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(bpf_program.generate_program({**opts.collector_options, "filter": mode}))
         return 0
     if args.ring:
-        from autoglm_trace.tracer.flight import main_ring
-
         return main_ring(args, opts)
 
     from autoglm_trace.tracer.live_status import StatusLine
@@ -186,4 +195,126 @@ def _report(manifest: dict[str, Any], out: Path, as_json: bool) -> int:
         from autoglm_trace.errors import WriteError
 
         raise WriteError(manifest["error"])
+    failed = target_failure(manifest)
+    if failed:
+        from autoglm_trace.errors import TargetFailed
+
+        raise TargetFailed(f"the target {failed} (recording complete at {out})")
     return 0
+
+
+def target_failure(manifest: dict[str, Any]) -> str | None:
+    """How a started target failed -- non-zero exit, killed by a signal -- or None. A target ended by
+    the recorder's own stop (Ctrl-C, SIGTERM, SIGHUP to the recorder) has not failed."""
+    t = manifest.get("target") or {}
+    if t.get("mode") != "command" or manifest.get("stop_reason") != "target exited":
+        return None
+    if t.get("signal") is not None:
+        import signal
+
+        try:
+            return f"was killed by {signal.Signals(t['signal']).name}"
+        except ValueError:
+            return f"was killed by signal {t['signal']}"
+    if t.get("exit_code") not in (None, 0):
+        return f"exited with status {t['exit_code']}"
+    return None
+
+
+# The flight recorder (--ring): the Namespace ends here; tracer/flight/ takes FlightOptions.
+def flight_options(args: argparse.Namespace, opts: RecordOptions) -> FlightOptions:
+    """Validate the --ring family of options (UsageError on anything wrong)."""
+    from autoglm_trace.signals import parse_duration, parse_size
+    from autoglm_trace.tracer.flight import (
+        DEFAULT_COOLDOWN_S,
+        DEFAULT_RING_BYTES,
+        DEFAULT_TAIL_S,
+        DEFAULT_TRIGGERS,
+        TRIGGERS,
+        FlightOptions,
+        parse_expr,
+    )
+
+    def bad(msg: str) -> UsageError:
+        return UsageError(f"record: {msg}")
+
+    try:
+        ring_s = parse_duration(args.ring)
+    except ValueError as e:
+        raise bad(f"--ring: {e}") from None
+    if ring_s < 1:
+        raise bad("--ring must be at least 1 s")
+    try:
+        ring_bytes = parse_size(args.ring_bytes) if args.ring_bytes else DEFAULT_RING_BYTES
+        keep_bytes = parse_size(args.keep_bytes) if args.keep_bytes else None
+        tail_s = parse_duration(args.tail) if args.tail is not None else DEFAULT_TAIL_S
+        cooldown_s = parse_duration(args.cooldown) if getattr(args, "cooldown", None) is not None else DEFAULT_COOLDOWN_S
+    except ValueError as e:
+        raise bad(str(e)) from None
+    if ring_bytes < 1 << 20:
+        raise bad("--ring-bytes must be at least 1M")
+    if args.keep is not None and args.keep < 1:
+        raise bad("--keep must be at least 1")
+    if keep_bytes is not None and keep_bytes <= 0:
+        raise bad("--keep-bytes must be positive")
+    thresholds = []
+    for text in args.trigger_expr or []:
+        try:
+            thresholds.append(parse_expr(text))
+        except ValueError as e:
+            raise bad(f"--trigger-expr: {e}") from None
+    if args.trigger:
+        trig = [t.strip() for t in args.trigger.split(",") if t.strip()]
+        unknown = [t for t in trig if t not in TRIGGERS and t != "all"]
+        if unknown:
+            raise bad(f"--trigger: unknown trigger {unknown[0]!r}; choose from {', '.join(TRIGGERS)}")
+        if "all" in trig:
+            trig = list(TRIGGERS)
+        if "threshold" in trig and not thresholds:
+            if args.trigger.strip() != "all":
+                raise bad("--trigger threshold needs --trigger-expr METRIC>VALUE")
+            trig.remove("threshold")
+        if thresholds and "threshold" not in trig:
+            trig.append("threshold")
+    else:
+        trig = list(DEFAULT_TRIGGERS) + (["threshold"] if thresholds else [])
+    out = Path(args.output) if args.output else Path("autoglm-flight")
+    return FlightOptions(out_dir=out, ring_s=ring_s, ring_bytes=ring_bytes, triggers=tuple(trig),
+                         thresholds=thresholds, tail_s=tail_s, cooldown_s=cooldown_s, keep=args.keep,
+                         keep_bytes=keep_bytes)
+
+
+def main_ring(args: argparse.Namespace, opts: RecordOptions) -> int:
+    """``record --ring``: the options checked (before anything starts), then the flight session."""
+    fo = flight_options(args, opts)
+    if getattr(args, "live", False):
+        raise UsageError("record: --live does not combine with --ring (the flight recorder logs one line per "
+                         "event); run 'autoglm-trace top' beside it")
+    from autoglm_trace.tracer.flight import run_ring
+
+    extra: list[Any] = []
+    if args.prometheus:  # a service can export metrics while it flight-records
+        from autoglm_trace.tracer.live_view import side_outputs
+
+        extra, _, _ = side_outputs(False, args.prometheus)  # the recorder closes its sinks
+    return run_ring(fo, opts, extra)
+
+
+def probe_families(spec: str) -> list[str]:
+    """``--probes``: a list of families, or ``-NAME`` items leaving families out of all of them."""
+    from autoglm_trace.probes.bpf_program import FAMILIES
+
+    items = [x.strip() for x in spec.split(",") if x.strip()]
+    if not items:
+        raise UsageError("record: --probes needs at least one family")
+    drop = [x[1:] for x in items if x.startswith("-")]
+    keep = [x for x in items if not x.startswith("-")]
+    unknown = [x for x in drop + keep if x not in FAMILIES]
+    if unknown:
+        raise UsageError(f"record: unknown probe families {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+    if drop and keep:
+        raise UsageError("record: --probes takes either families or -NAME exclusions, not both")
+    chosen = [f for f in FAMILIES if f not in drop] if drop else [f for f in FAMILIES if f in keep]
+    if not chosen:
+        raise UsageError("record: --probes leaves no kernel probe family")
+    return chosen

@@ -1,0 +1,93 @@
+"""Anomaly shapes: a hog that starts mid-run and stays is ONE sustained-shift incident measured against
+the time before it; a periodic stall is ONE periodic incident with its period; noise is neither."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autoglm_trace.analysis import shapes
+from autoglm_trace.analysis.diagnosis import diagnose
+from autoglm_trace.analysis.reader import Recording
+from tests.fakes.synthetic import CULPRITS, Scenario, write_recording
+
+S = 1_000_000_000
+
+
+def _diag(tmp_path, sc: Scenario) -> dict:
+    write_recording(tmp_path / "rec", sc)
+    return diagnose(Recording(tmp_path / "rec"))
+
+
+@pytest.mark.parametrize("kind,cause", [("cpu", "cpu_contention"), ("io", "io_wait")])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hog_to_the_end_is_one_shift(tmp_path, kind, cause, seed):
+    d = _diag(tmp_path, Scenario(kind=kind, incident_start_s=25, incident_len_s=60, slowdown=2.0, seed=seed))
+    assert len(d["incidents"]) == 1, [i["headline"] for i in d["incidents"]]
+    inc = d["incidents"][0]
+    assert inc["shape"] == "shift" and inc["shape_info"]["to_end"]
+    assert 23 <= inc["shape_info"]["from_s"] <= 27
+    info = inc["shape_info"]
+    assert info["ratio"] == pytest.approx(2.0, rel=0.2)  # size-normalised; raw p50s move with the mix
+    assert info["p50_after_ms"] > 1.4 * info["p50_before_ms"]
+    assert "sustained shift from +2" in inc["headline"] and "to the end" in inc["headline"]
+    top = inc["causes"][0]
+    assert top["kind"] == cause, inc["headline"]
+    assert top["culprits"][0]["pid"] == CULPRITS[kind][0]
+
+
+def test_mild_shift_is_found_and_the_baseline_is_before_it(tmp_path):
+    d = _diag(tmp_path, Scenario(kind="cpu", incident_start_s=30, incident_len_s=60, slowdown=1.5))
+    (inc,) = d["incidents"]
+    assert inc["shape"] == "shift"
+    ev = inc["causes"][0]["evidence"]["runq_wait"]
+    # the baseline is the run-queue wait before the hog, not a mix with the hog's windows
+    assert ev["ratio"] > 20
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_periodic_stall_is_one_finding_with_its_period_and_culprit(tmp_path, seed):
+    sc = Scenario(kind="cpu", incident_start_s=3, incident_len_s=56, extra={"period_s": 2.0, "stall_s": 0.3},
+                  seed=seed)
+    d = _diag(tmp_path, sc)
+    per = [i for i in d["incidents"] if i["shape"] == "periodic"]
+    assert len(per) == 1, [i["headline"] for i in d["incidents"]]
+    assert len(d["incidents"]) == 1, [i["headline"] for i in d["incidents"]]
+    info = per[0]["shape_info"]
+    assert info["period_s"] == pytest.approx(2.0, abs=0.1)
+    assert info["jitter_s"] < 0.2
+    assert 150 <= info["stall_ms"] <= 450
+    assert "periodic stalls every 2.0 s" in per[0]["headline"]
+    top = per[0]["causes"][0]
+    assert top["kind"] == "cpu_contention", per[0]["headline"]
+    assert top["culprits"][0]["pid"] == CULPRITS["cpu"][0]
+
+
+def test_a_six_second_hog_stays_a_spike(tmp_path):
+    d = _diag(tmp_path, Scenario(kind="cpu"))
+    assert [i["shape"] for i in d["incidents"]] == ["spike"]
+
+
+def test_shapes_reject_noise():
+    rng = np.random.default_rng(3)
+    fp_shift = fp_periodic = 0
+    for _ in range(30):
+        t = np.sort(rng.uniform(0, 60, 400))
+        lat = 0.15 * rng.lognormal(0, 0.25, len(t))
+        lat *= np.where(rng.uniform(size=len(t)) < 0.05, 1.8, 1.0)  # random slow requests
+        x = np.log(lat / np.median(lat))
+        s, e = (t * S).astype(np.int64), ((t + lat) * S).astype(np.int64)
+        fp_shift += shapes.find_shift(s, e, x) is not None
+        fp_periodic += shapes.find_periodic(s, e, x, int(0.15 * S)) is not None
+    assert fp_shift == 0 and fp_periodic <= 1
+
+
+def test_shift_that_comes_back_is_bounded():
+    rng = np.random.default_rng(4)
+    t = np.sort(rng.uniform(0, 100, 800))
+    lat = 0.1 * rng.lognormal(0, 0.1, len(t)) * np.where((t > 30) & (t < 70), 2.0, 1.0)
+    x = np.log(lat / 0.1)
+    sh = shapes.find_shift((t * S).astype(np.int64), ((t + lat) * S).astype(np.int64), x)
+    assert sh is not None and not sh.to_end
+    assert 29 <= sh.start_ns / S <= 31 and 69 <= sh.end_ns / S <= 71.5
+    assert sh.ratio == pytest.approx(2.0, rel=0.1)
