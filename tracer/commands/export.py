@@ -29,7 +29,7 @@ with host, boot_id and recording_id on every row and UTC timestamps beside ts_ns
 Exporting the same recording again replaces its files."""
 
 
-def _labels(items: list[str]) -> dict[str, str]:
+def parse_labels(items: list[str]) -> dict[str, str]:
     from autoglm_trace.analysis.parquet_export import check_label
 
     out: dict[str, str] = {}
@@ -91,8 +91,8 @@ def _parquet(args) -> int:
     if args.host is not None and not dataset.SAFE_VALUE.match(args.host):
         raise UsageError(f"export: --host {args.host!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
     if args.build is not None:
-        _labels([f"build={args.build}"])
-    labels = _labels(args.label)
+        parse_labels([f"build={args.build}"])
+    labels = parse_labels(args.label)
     if out.is_symlink():
         raise UsageError(f"export: {out} is a symbolic link; give the directory itself")
     if out.exists() and not out.is_dir():

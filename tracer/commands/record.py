@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoglm_trace.errors import TargetError, UsageError
 from autoglm_trace.tracer.commands._parser import CommandParser, float_in, http_url, int_in
+from autoglm_trace.tracer.commands.export import parse_labels as export_labels
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
 
 if TYPE_CHECKING:
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--cooldown", metavar="S", help="ignore new triggers for S after one (default 60s; SIGUSR1 always works)")
     fl.add_argument("--keep", type=int_in(1, 1_000_000), metavar="N", help="keep at most N snapshots (oldest deleted)")
     fl.add_argument("--keep-bytes", metavar="SIZE", help="keep at most SIZE of snapshots (oldest deleted)")
+    fl.add_argument("--export-parquet", metavar="DIR",
+                    help="also export each saved snapshot into the Parquet fleet dataset at DIR (see 'fleet')")
+    fl.add_argument("--export-host", metavar="NAME", help="with --export-parquet: host name to file snapshots under")
+    fl.add_argument("--export-build", metavar="LABEL", help="with --export-parquet: build of the served software")
+    fl.add_argument("--export-label", action="append", metavar="KEY=VALUE",
+                    help="with --export-parquet: extra label stored with each snapshot (repeatable)")
     return p
 
 
@@ -97,7 +104,8 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
     args = build_parser().parse_args(argv)
     if args.command:
         raise UsageError(f"record: unexpected argument {args.command[0]!r} (put the command after '--')")
-    flight_only = [n for n in ("ring_bytes", "trigger", "trigger_expr", "tail", "cooldown", "keep", "keep_bytes")
+    flight_only = [n for n in ("ring_bytes", "trigger", "trigger_expr", "tail", "cooldown", "keep", "keep_bytes",
+                                "export_parquet", "export_host", "export_build", "export_label")
                    if getattr(args, n) is not None]
     if flight_only and not args.ring:
         raise UsageError(f"record: --{flight_only[0].replace('_', '-')} needs --ring DURATION")
@@ -257,6 +265,26 @@ def flight_options(args: argparse.Namespace, opts: RecordOptions) -> FlightOptio
         raise bad("--keep must be at least 1")
     if keep_bytes is not None and keep_bytes <= 0:
         raise bad("--keep-bytes must be positive")
+    export_args: list[str] = []
+    if args.export_parquet and Path(args.export_parquet).exists() and not Path(args.export_parquet).is_dir():
+        raise bad(f"--export-parquet: {args.export_parquet} exists and is not a directory")
+    if (args.export_host or args.export_build or args.export_label) and not args.export_parquet:
+        raise bad("--export-host, --export-build and --export-label need --export-parquet DIR")
+    if args.export_host:
+        from autoglm_trace.analysis import dataset
+
+        if not dataset.SAFE_VALUE.match(args.export_host):
+            raise bad(f"--export-host {args.export_host!r}: use letters, digits, '.', '_' and '-'")
+        export_args += ["--host", args.export_host]
+    try:
+        export_labels([f"build={args.export_build}"] if args.export_build else [])
+        export_labels(args.export_label or [])
+    except UsageError as e:
+        raise bad(str(e).removeprefix("export: ").replace("--label", "--export-label")) from None
+    if args.export_build:
+        export_args += ["--build", args.export_build]
+    for item in args.export_label or []:
+        export_args += ["--label", item]
     thresholds = []
     for text in args.trigger_expr or []:
         try:
@@ -281,7 +309,9 @@ def flight_options(args: argparse.Namespace, opts: RecordOptions) -> FlightOptio
     out = Path(args.output) if args.output else Path("autoglm-flight")
     return FlightOptions(out_dir=out, ring_s=ring_s, ring_bytes=ring_bytes, triggers=tuple(trig),
                          thresholds=thresholds, tail_s=tail_s, cooldown_s=cooldown_s, keep=args.keep,
-                         keep_bytes=keep_bytes)
+                         keep_bytes=keep_bytes,
+                         export_parquet=Path(args.export_parquet) if args.export_parquet else None,
+                         export_args=tuple(export_args))
 
 
 def main_ring(args: argparse.Namespace, opts: RecordOptions) -> int:

@@ -71,6 +71,8 @@ class FlightOptions:
     cooldown_s: float = DEFAULT_COOLDOWN_S
     keep: int | None = None
     keep_bytes: int | None = None
+    export_parquet: Path | None = None  # each saved snapshot is also exported into this fleet dataset
+    export_args: tuple[str, ...] = ()     # checked `export --parquet` options: --host, --build, --label
 
 
 class FlightRecorder:
@@ -96,7 +98,8 @@ class FlightRecorder:
         except ValueError:
             self._status_every_s = STATUS_EVERY_S
         self._watched = self.triggers.tables
-        self.writer = SnapshotWriter(fo.out_dir, fo.keep, fo.keep_bytes, log)
+        self.writer = SnapshotWriter(fo.out_dir, fo.keep, fo.keep_bytes, log, fo.export_parquet,
+                                     fo.export_args)
         self.recorder: Recorder | None = None
 
     @property

@@ -14,6 +14,8 @@ import os
 import queue
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -106,13 +108,17 @@ class SnapshotWriter:
     """Writes snapshots on its own thread (at most two waiting: a third is dropped and logged, the
     recorder never blocks) into ``out_dir``, applying the retention after each."""
 
-    def __init__(self, out_dir: Path, keep: int | None, keep_bytes: int | None, log: Callable[[str], None]) -> None:
+    def __init__(self, out_dir: Path, keep: int | None, keep_bytes: int | None, log: Callable[[str], None],
+                 export_parquet: Path | None = None, export_args: tuple[str, ...] = ()) -> None:
         self.out_dir = out_dir
+        self.export_parquet = export_parquet
+        self.export_args = export_args
         self.keep = keep
         self.keep_bytes = keep_bytes
         self.log = log
         self.names: list[Path] = []  # every path handed out (written or still queued)
         self.saved: list[Path] = []
+        self.exported: list[Path] = []
         self._queue: queue.Queue[tuple[Path, dict[str, Any], dict[str, pa.Table]] | None] = queue.Queue(maxsize=2)
         self._thread = threading.Thread(target=self._loop, name="flight-writer", daemon=True)
         self._thread.start()
@@ -161,12 +167,37 @@ class SnapshotWriter:
                 self.saved.append(path)
                 self.log(f"saved {path} ({rows} rows, {human_bytes(size)}, "
                          f"{manifest['duration_s']:.1f} s of data, written in {time.monotonic() - t0:.1f} s)")
+                if self.export_parquet is not None:
+                    self._export(path)
                 self.apply_retention(keep_path=path)
             except Exception as e:  # noqa: BLE001 - a failed snapshot never stops the flight recorder
                 self.log(f"writing {path} failed: {e}")
             finally:
                 del tables
                 self._queue.task_done()
+
+
+    def _export(self, path: Path) -> None:
+        """``export SNAPSHOT --parquet DIR`` in a child process: the analysis it runs (findings tables)
+        never grows the long-lived recorder, and a failure is logged, never fatal."""
+        cmd = [sys.executable, "-m", "autoglm_trace.tracer.cli", "export", str(path),
+               "--parquet", str(self.export_parquet), *self.export_args]
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, errors="replace", timeout=EXPORT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.log(f"exporting {path.name} to {self.export_parquet} timed out after {EXPORT_TIMEOUT_S} s")
+            return
+        if r.returncode == 0:
+            self.exported.append(path)
+            self.log(f"exported {path.name} to {self.export_parquet} in {time.monotonic() - t0:.1f} s")
+        else:
+            last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+            self.log(f"exporting {path.name} to {self.export_parquet} failed (exit {r.returncode}): {last}")
+
+
+EXPORT_TIMEOUT_S = 300
 
 
 def write_snapshot(path: Path, manifest: dict[str, Any], tables: dict[str, pa.Table]) -> int:
