@@ -23,10 +23,12 @@ lint: setup
 ## The main job: record the bundled demo inference server with one injected incident (a CPU hog
 ## outside its process tree, pinned to its CPU), then print the diagnosis. Needs root for the probes.
 DEMO_INCIDENT ?= cpu-hog
+## DEMO_METRICS=vllm: the recording gets the server's vLLM-format histograms alone (no spans, no log).
+DEMO_METRICS ?= all
 DEMO_REC ?= recordings/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: setup
 	@mkdir -p recordings
-	$(AT) demo --incident $(DEMO_INCIDENT) --record $(DEMO_REC)
+	$(AT) demo --incident $(DEMO_INCIDENT) --record $(DEMO_REC) --metrics $(DEMO_METRICS)
 	@echo "report: $(AT) report $(DEMO_REC) -o $(DEMO_REC).html"
 
 ## The scenario accuracy table in docs/analysis.md: every scenario (tests/scenarios/cases.py) run
@@ -58,3 +60,7 @@ bench-capacity: setup
 BENCH_RECORDER_S ?= 60
 bench-recorder: setup
 	$(PY) bench/bench_recorder.py --duration $(BENCH_RECORDER_S) --doc docs/benchmarks-overhead.md
+
+## Issue 15: run the cpu-hog demo 10 times beside a steady load; tally into docs/demo.md.
+demo-tally: setup
+	$(PY) bench/demo_tally.py --metrics $(DEMO_METRICS)

@@ -109,6 +109,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for record (repeatable), e.g. --record-arg=--no-bpf")
     p.add_argument("--no-analyze", action="store_true", help="with --record: do not print the analysis")
+    p.add_argument("--metrics", choices=("all", "vllm"), default="all",
+                   help="with --record: the latency the recording gets -- all (spans, the request journal and "
+                        "the /metrics scrape; default) or vllm (the server's vLLM-format histograms alone, as "
+                        "from a real vLLM server that cannot send spans)")
     p.add_argument("--rate", type=_positive, default=3.0, help="requests per second (default 3)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at most (default 4)")
     p.add_argument("--workers", type=int, default=2, help="server decode threads (default 2)")
@@ -264,9 +268,10 @@ class Demo:
         if self.a.cpus:
             cmd += ["--cpus", ",".join(map(str, self.a.cpus))]
         if self.a.record:
+            latency = (["--no-spans"] if getattr(self.a, "metrics", "all") == "vllm"
+                       else ["--latency-log", str(self.journal)])
             cmd = _cli() + ["record", "-o", self.a.record, "--scrape", self.url + "/metrics",
-                            "--scrape-interval", "1", "--latency-log", str(self.journal), "-q",
-                            *self.a.record_arg, "--", *cmd]
+                            "--scrape-interval", "1", *latency, "-q", *self.a.record_arg, "--", *cmd]
         print(f"demo: starting {'record + ' if self.a.record else ''}server on {self.url}", flush=True)
         self.top = subprocess.Popen(cmd, start_new_session=False)
         deadline = time.monotonic() + (120 if self.a.record else 60)

@@ -246,6 +246,13 @@ class Metrics:
                              buckets=TOKEN_BUCKETS, registry=r).labels(MODEL_NAME)
         self.queue = Histogram("vllm:request_queue_time_seconds", "Time waiting for a worker", lab,
                                buckets=LATENCY_BUCKETS, registry=r).labels(MODEL_NAME)
+        # vLLM's per-request phase histograms (vllm/v1/metrics/loggers.py): prefill, decode, both.
+        self.prefill = Histogram("vllm:request_prefill_time_seconds", "Prefill time", lab,
+                                 buckets=LATENCY_BUCKETS, registry=r).labels(MODEL_NAME)
+        self.decode = Histogram("vllm:request_decode_time_seconds", "Decode time", lab,
+                                buckets=LATENCY_BUCKETS, registry=r).labels(MODEL_NAME)
+        self.inference = Histogram("vllm:request_inference_time_seconds", "Prefill + decode time", lab,
+                                   buckets=LATENCY_BUCKETS, registry=r).labels(MODEL_NAME)
         self.running = Gauge("vllm:num_requests_running", "Requests decoding", lab, registry=r).labels(MODEL_NAME)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests queued", lab, registry=r).labels(MODEL_NAME)
         self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache bytes in use / budget (1 = full)", lab,
@@ -352,6 +359,7 @@ class DemoServer:
     def _run(self, job: Job, rng: np.random.Generator) -> None:
         cache = KVCache(self.cfg.layers, self.cfg.hidden)
         before = 0
+        started = time.monotonic()
         try:
             prompt = rng.integers(0, self.cfg.vocab, job.prompt_tokens)
             tok = self.model.prefill(prompt, cache)
@@ -374,6 +382,10 @@ class DemoServer:
                     self._kv_update(grown)
                     before = cache.nbytes
             self.metrics.gen.inc(job.output_tokens)
+            done = time.monotonic()
+            self.metrics.prefill.observe(job.first_token_at - started)
+            self.metrics.decode.observe(done - job.first_token_at)
+            self.metrics.inference.observe(done - started)
         finally:
             grown = cache.nbytes - before
             if grown:
