@@ -57,7 +57,13 @@ FAMILIES: dict[str, Family] = {
             },
         ),
         Family("faults", 2, "faults.c", (("exceptions", "page_fault_user"),)),
-        Family("io", 3, "io.c", (("block", "block_rq_issue"), ("block", "block_rq_complete"))),
+        Family(
+            "io", 3, "io.c", (("block", "block_rq_issue"), ("block", "block_rq_complete")),
+            optional={
+                "HAVE_TP_BLOCK_IO_START": ("block", "block_io_start"),
+                "HAVE_TP_BLOCK_RQ_REQUEUE": ("block", "block_rq_requeue"),
+            },
+        ),
         Family(
             "memory", 4, "memory.c",
             (("vmscan", "mm_vmscan_direct_reclaim_begin"), ("vmscan", "mm_vmscan_direct_reclaim_end")),
