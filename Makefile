@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 AT := $(VENV)/bin/autoglm-trace
 PYTEST_ARGS ?=
 
-.PHONY: docs setup test unit lint demo scenarios-accuracy bench-wakeups bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean
+.PHONY: docs setup test unit lint demo scenarios-accuracy bench-wakeups bench bench-overhead bench-capacity bench-recorder bench-analysis bench-nvml bench-span clean bench-fleet
 
 setup:
 	@bash scripts/setup.sh
@@ -64,3 +64,7 @@ bench-recorder: setup
 ## Issue 15: run the cpu-hog demo 10 times beside a steady load; tally into docs/demo.md.
 demo-tally: setup
 	$(PY) bench/demo_tally.py --metrics $(DEMO_METRICS)
+
+## Issue-17 benchmark: the fleet report over 1,000 hosts' one-hour exports (docs/benchmarks-fleet.md).
+bench-fleet: setup
+	$(PY) bench/bench_fleet.py --hosts 1000 --repeat 3 --doc docs/benchmarks-fleet.md
