@@ -105,7 +105,7 @@ def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int,
 
 
 def culprit_sentence(kind: str, c: dict[str, Any]) -> str:
-    if c.get("label"):
+    if c.get("label") and not c.get("container"):  # a container's process is named as operators know it
         who = c["label"]
     else:
         who = containers.who(c)
