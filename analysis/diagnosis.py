@@ -236,7 +236,7 @@ def _findings(rec: Recording, tl: Timeline, sc: Any, incidents: list[dict[str, A
         if failed:
             add("failed_requests", "warning", f"{failed} of {len(sc.ok)} requests failed", count=failed)
     for name, c in rec.collectors.items():
-        if isinstance(c, dict) and c.get("status") not in (None, "ok"):
+        if isinstance(c, dict) and c.get("status") not in (None, "ok", "off"):
             add("collector", "info", f"collector {name} {c.get('status')}: {c.get('reason') or ''}".strip(),
                 collector=name)
     for name, err in rec.truncated.items():

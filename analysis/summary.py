@@ -238,7 +238,7 @@ def render_summary(s: dict[str, Any], file: IO[str] | None = None) -> None:
         tab.add_row(esc(name), f"{n:,}")
     con.print(tab)
     for name, c in s["collectors"].items():
-        if c["status"] != "ok":
+        if c["status"] not in ("ok", "off"):
             con.print(f"[yellow]{esc(name)}: {esc(c['status'])}[/] -- {esc(c['reason'])}")
     lost = s["lost_events"]
     con.print(f"lost events: {'[green]0[/]' if not lost else f'[bold red]{lost:,}[/]'}")

@@ -225,35 +225,15 @@ def _missing(rec: Recording, tl: Timeline, table: str, signals: list[str]) -> bo
     return True
 
 
-# Which collector names plausibly own a table, when the manifest does not list its tables.
-_OWNER_HINTS = {
-    "gpu": ("gpu", "nvml"),
-    "kernel": ("bpf", "bcc", "kernel", "sched", "block", "reclaim", "oom", "fault", "probe"),
-    "proc": ("proc", "psutil", "sampler"),
-    "host": ("host", "proc", "psutil", "sampler"),
-}
-
-
 def collector_reason(rec: Recording, table: str) -> str:
-    """Why the collector owning ``table`` did not run, from the manifest (or "")."""
-    if table.startswith("gpu"):
-        hints = _OWNER_HINTS["gpu"]
-    elif table.startswith("host"):
-        hints = _OWNER_HINTS["host"]
-    elif table in ("proc_samples", "processes"):
-        hints = _OWNER_HINTS["proc"]
-    else:
-        hints = _OWNER_HINTS["kernel"]
-    fallback = ""
+    """Why the collector owning ``table`` did not run, from the manifest (which lists every
+    collector's tables), or "". One that failed outranks one that was simply not asked for."""
+    found: list[tuple[bool, str]] = []
     for cname, c in rec.collectors.items():
-        if not isinstance(c, dict) or c.get("status") in (None, "ok"):
+        if not isinstance(c, dict) or c.get("status") in (None, "ok") or table not in (c.get("tables") or []):
             continue
-        what = f"collector {cname} {c.get('status')}: {c.get('reason') or 'no reason given'}"
-        if table in (c.get("tables") or []):
-            return what
-        if not fallback and any(h in cname.lower() for h in hints):
-            fallback = what
-    return fallback
+        found.append((c.get("status") == "off", f"collector {cname} {c.get('status')}: {c.get('reason') or 'no reason given'}"))
+    return min(found)[1] if found else ""
 
 
 def victim_pids(rec: Recording) -> set[int]:

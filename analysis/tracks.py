@@ -546,9 +546,12 @@ def missing_signals(rec) -> list[dict[str, str]]:
 def collector_status(rec) -> list[dict[str, Any]]:
     """The manifest's ``collectors`` normalised to [{name, ok, reason, tables}]. Accepts a
     collector entry as a dict (``status``/``state``/``ok``/``available`` and ``reason``/
-    ``error``, optional ``tables``) or a plain string (its reason, or "ok")."""
+    ``error``, optional ``tables``) or a plain string (its reason, or "ok"). Collectors that were
+    not asked for (status "off": no --scrape URL ...) are left out: nothing is missing there."""
     out = []
     for name, v in sorted(rec.collectors.items()):
+        if isinstance(v, dict) and v.get("status") == "off":
+            continue
         ok, reason, tables = True, "", []
         if isinstance(v, dict):
             st = v.get("status", v.get("state"))
@@ -572,41 +575,16 @@ def collector_status(rec) -> list[dict[str, Any]]:
     return out
 
 
-# When a collector's manifest entry does not list its tables, guess them from its name.
-_COLLECTOR_HINTS: dict[str, tuple[str, ...]] = {
-    "sched": ("sched", "preemptions"),
-    "fault": ("faults",),
-    "block": ("block_io",),
-    "bio": ("block_io",),
-    "reclaim": ("reclaim",),
-    "oom": ("oom_kills",),
-    "kernel": ("sched", "preemptions", "faults", "block_io", "reclaim", "oom_kills", "proc_events"),
-    "bpf": ("sched", "preemptions", "faults", "block_io", "reclaim", "oom_kills", "proc_events"),
-    "probe": ("spans",),
-    "scrape": ("scrape_samples",),
-    "nvml": ("gpu_devices", "gpu_processes", "gpu_events"),
-    "gpu": ("gpu_devices", "gpu_processes", "gpu_events"),
-    "span": ("spans",),
-    "latency": ("spans",),
-    "psutil": ("proc_samples", "host_samples", "host_cpu", "processes"),
-    "proc": ("proc_samples", "processes"),
-    "host": ("host_samples", "host_cpu"),
-}
-
-
 def collector_reasons(rec) -> dict[str, str]:
-    """table -> "<collector>: <reason>" for collectors that did not run (their listed tables, or
-    tables guessed from the collector's name)."""
+    """table -> "<collector>: <reason>" for the tables of collectors that did not run (the manifest
+    lists every collector's tables); a table that a running collector owns has no such reason."""
+    status = collector_status(rec)
+    running = {t for c in status if c["ok"] for t in c["tables"]}
     out: dict[str, str] = {}
-    for c in collector_status(rec):
+    for c in status:
         if c["ok"]:
             continue
-        tables = list(c["tables"])
-        if not tables:
-            low = c["name"].lower()
-            for hint, ts in _COLLECTOR_HINTS.items():
-                if hint in low:
-                    tables += ts
-        for t in tables:
-            out.setdefault(t, f"{c['name']}: {c['reason'] or 'unavailable'}")
+        for t in c["tables"]:
+            if t not in running:
+                out.setdefault(t, f"{c['name']}: {c['reason'] or 'unavailable'}")
     return out

@@ -84,3 +84,70 @@ class Collector(ABC):
     def info(self) -> dict[str, Any]:
         """Static facts for the manifest (e.g. GPU names, attached tracepoints)."""
         return {}
+
+
+# The registry's contract ----------------------------------------------------------------------
+# Every collector is declared once (probes/collectors/<name>.py): its name, the tables it owns, its
+# command-line options and how it starts. The session, the record / top parsers and the manifest
+# loop over these declarations; nothing else names a collector.
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option of a collector, shown by ``record`` and ``top``. Its value lands in
+    ``RecordOptions.collector_options[dest]`` (typed by ``type``: autoglm_trace/options.py), which
+    every collector also sees as ``ctx.options``. ``dest`` names are unique across collectors."""
+
+    flags: tuple[str, ...]
+    dest: str
+    help: str = ""
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    action: str | None = None  # "store_true", "store_false", "append"
+    metavar: str | None = None
+    hidden: bool = False  # accepted, not shown in --help
+    in_manifest: bool = True  # recorded under the manifest's "options" (False for request bodies)
+
+    def argparse_kwargs(self) -> dict[str, Any]:
+        import argparse
+
+        kw: dict[str, Any] = {"dest": self.dest, "help": argparse.SUPPRESS if self.hidden else self.help}
+        if self.action:
+            kw["action"] = self.action
+        if self.type is not None:
+            kw["type"] = self.type
+        if self.metavar is not None:
+            kw["metavar"] = self.metavar
+        kw["default"] = list(self.default) if isinstance(self.default, (list, tuple)) else self.default
+        return kw
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a declaration knows when the session plans its collectors."""
+
+    is_root: bool
+    interval_ms: int
+    # Every collector's option values (defaults filled in) plus the session's shared ones
+    # (interval_ms, target_uid / target_gid when the target runs as the sudo user).
+    options: Mapping[str, Any]
+    flight: bool = False  # an always-on flight recorder (record --ring), not a one-off recording
+    host_mode: bool = False  # no target filter: the whole host
+
+
+# One planned instance: its manifest name and a factory, or the reason it does not run.
+Planned = tuple[str, "Callable[[], Collector] | str"]
+
+
+@dataclass(frozen=True)
+class CollectorSpec:
+    """A collector's declaration. ``plan`` returns the instances to start -- none when the collector
+    was not asked for (``off_reason`` then says how to ask), one reason string when it cannot run."""
+
+    name: str
+    tables: tuple[str, ...]
+    plan: Callable[[Setup], list[Planned]]
+    options: tuple[Option, ...] = ()
+    title: str = ""  # the --help group heading
+    off_reason: str = "not requested"
+    order: int = 100  # start order (the /proc sampler first: the others key on its identities)

@@ -21,15 +21,15 @@ thread-safe (nvml.h: "NVML is thread-safe so it is safe to make simultaneous NVM
 multiple threads"). ``gpu_slow_thread=False`` reads them inline on every slow tick instead
 (deterministic; the unit tests use it).
 
-The backend is the ``nvml`` object handed to the constructor: the real ``pynvml`` module, or the
-simulated driver (``probes.nvml_sim``) when ``AUTOGLM_TRACE_NVML=simulated`` -- the same code runs
-against both.
+The backend is the ``nvml`` object handed to the constructor, or the one probes/nvml_backend.py
+chooses at start: the real ``pynvml`` module, or the simulated driver (``probes.nvml_sim``) when
+``AUTOGLM_TRACE_NVML=simulated``. Both sit behind the same interface (``NvmlBackend``), so the code
+below never asks which one it has.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from collections import deque
@@ -39,10 +39,8 @@ from typing import Any
 
 from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 from autoglm_trace.probes.growth import GrowthEstimator
+from autoglm_trace.probes.nvml_backend import ENV_BACKEND, as_backend, load_nvml
 from autoglm_trace.signals import CLOCK_EVENTS
-
-ENV_BACKEND = "AUTOGLM_TRACE_NVML"
-ENV_SCENARIO = "AUTOGLM_TRACE_NVML_SCENARIO"
 
 # nvmlReturn_t codes (nvml.h); read from the backend when it defines them.
 _ERROR_CODES = {
@@ -80,32 +78,6 @@ def reason_names(mask: int | None) -> list[str]:
     if rest:
         out.append(hex(rest))
     return out
-
-
-def load_nvml() -> Any:
-    """The NVML backend: the simulated driver when ``AUTOGLM_TRACE_NVML=simulated``, else
-    ``pynvml``. Raises CollectorUnavailable with the fix when neither can be had."""
-    mode = os.environ.get(ENV_BACKEND, "").strip().lower()
-    if mode in ("sim", "simulated"):
-        from autoglm_trace.probes import nvml_sim
-
-        try:
-            return nvml_sim.from_env()
-        except (OSError, ValueError, KeyError) as e:
-            raise CollectorUnavailable(
-                f"simulated NVML: cannot load scenario {os.environ.get(ENV_SCENARIO)!r}: {e}"
-            ) from None
-    if mode in ("off", "none", "0", "no"):
-        raise CollectorUnavailable(f"GPU sampling turned off by {ENV_BACKEND}={mode}")
-    if mode not in ("", "real", "pynvml", "auto"):
-        raise CollectorUnavailable(f"{ENV_BACKEND}={mode!r} is not understood (use 'simulated', or unset it)")
-    try:
-        import pynvml
-    except ImportError:
-        raise CollectorUnavailable(
-            "the nvidia-ml-py package (pynvml) is not installed: pip install nvidia-ml-py"
-        ) from None
-    return pynvml
 
 
 def _text(v: Any) -> str:
@@ -202,8 +174,7 @@ class NvmlSampler(Collector):
 
     def start(self, ctx: SessionContext) -> None:
         self.ctx = ctx
-        if self.nvml is None:
-            self.nvml = load_nvml()
+        self.nvml = as_backend(self.nvml if self.nvml is not None else load_nvml())
         nvml = self.nvml
         err_cls = nvml.NVMLError
         try:
@@ -239,9 +210,8 @@ class NvmlSampler(Collector):
         if not self.devices:
             self._shutdown()
             raise CollectorUnavailable(f"NVML reports {count} GPU(s) but none could be opened")
-        hook = getattr(nvml, "sim_set_target", None)
-        if callable(hook) and ctx.target is not None:
-            hook(self._target_pids)
+        if ctx.target is not None:
+            nvml.set_target(self._target_pids)
         if self.options.get("gpu_events", True):
             self._start_events()
         else:
@@ -279,7 +249,7 @@ class NvmlSampler(Collector):
         dev.off.pop("identity", None)
 
     def _target_pids(self) -> list[int]:
-        """For the simulated backend's hook: the target's pids, root first."""
+        """The target's pids, root first (the backend's ``set_target``)."""
         t = self.ctx.target if self.ctx is not None else None
         if t is None:
             return []
@@ -625,16 +595,9 @@ class NvmlSampler(Collector):
         return out
 
     def info(self) -> dict[str, Any]:
-        backend = "simulated" if hasattr(self.nvml, "sim_set_target") else "pynvml"
-        out: dict[str, Any] = {}
-        if backend == "simulated":
-            # What a test needs to recompute what the simulation served (a testing aid only).
-            out["simulation"] = {
-                "t0_ns": getattr(self.nvml, "t0_ns", None),
-                "scenario": os.environ.get(ENV_SCENARIO) or "default",
-            }
+        out: dict[str, Any] = dict(self.nvml.backend_info()) if self.nvml is not None else {}
         return out | {
-            "backend": backend,
+            "backend": self.nvml.backend_kind if self.nvml is not None else None,
             "driver_version": self._driver_version,
             "nvml_version": self._nvml_version,
             "interval_ms": self._interval_ns / 1e6,
@@ -683,8 +646,8 @@ def nvml_check(nvml: Any = None) -> tuple[bool, str]:
             f"GPU{d['index']} {d['name']} ({(d['memory_total_bytes'] or 0) / gib:.0f} GiB, {d['pci_bus_id']})"
             for d in info["devices"]
         )
-        sim = " [SIMULATED backend: AUTOGLM_TRACE_NVML=simulated, a testing aid]" if info["backend"] == "simulated" else ""
-        msg = f"NVML {info['nvml_version'] or '?'}, driver {info['driver_version'] or '?'}: {len(info['devices'])} GPU(s): {devs}{sim}"
+        msg = (f"NVML {info['nvml_version'] or '?'}, driver {info['driver_version'] or '?'}: "
+               f"{len(info['devices'])} GPU(s): {devs}{s.nvml.backend_notice}")
         if ctx.notes:
             msg += " (" + "; ".join(ctx.notes) + ")"
         return True, msg

@@ -30,10 +30,10 @@ CLOCK_MONOTONIC ns by default), so a test that drives the clock can compare what
 Top level: ``library: false`` (libnvidia-ml.so missing -> LIBRARY_NOT_FOUND at init),
 ``driver_loaded: false`` (DRIVER_NOT_LOADED), ``devices: []`` (a driver with no GPU).
 
-Making the simulated processes the real target (sim-only hooks, documented): the sampler calls
-``sim_set_target(pids_fn)`` when the backend has it, ``pids_fn()`` returning the target's pids
-with the root first; the first is reported as the model process, so demo recordings show
-``in_target = true``. Without the hook, ``AUTOGLM_TRACE_NVML_SIM_PIDS=123,456`` (or the scenario's
+Making the simulated processes the real target: the sampler calls every backend's
+``set_target(pids_fn)`` (probes/nvml_backend.py; a no-op for the real driver), ``pids_fn()``
+returning the target's pids with the root first; the first is reported as the model process, so demo recordings show
+``in_target = true``. Without it, ``AUTOGLM_TRACE_NVML_SIM_PIDS=123,456`` (or the scenario's
 ``main_pid``) names them; failing both, a fixed fake pid is used.
 """
 
@@ -47,6 +47,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from autoglm_trace.probes.nvml_backend import ENV_SCENARIO, NvmlBackend
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -237,7 +239,7 @@ _DEVICE_DEFAULTS: dict[str, Any] = {
     "unsupported": [],  # NVML function names raising NOT_SUPPORTED
     "errors": [],  # [{"fn", "start_s", "end_s", "code"}]
     "lost_at_s": None,
-    "main_pid": None,  # the model process; null: the target's root (sim_set_target) or a fake pid
+    "main_pid": None,  # the model process; null: the target's root (set_target) or a fake pid
     "main_share": 1.0,  # fraction of weights + KV cache charged to the model process
     "foreign": [],  # [{"pid", "used_bytes"}]: other tenants of the GPU
     "supported_events": nvmlEventTypeXidCriticalError
@@ -333,8 +335,12 @@ def _env_pids() -> list[int]:
     return [int(p) for p in raw.replace(",", " ").split() if p.strip().isdigit()]
 
 
-class SimulatedNvml:
-    """One simulated driver. Pass it wherever the ``pynvml`` module would go."""
+class SimulatedNvml(NvmlBackend):
+    """One simulated driver. Pass it wherever the ``pynvml`` module would go; it is an NvmlBackend
+    (probes/nvml_backend.py) like the real one."""
+
+    backend_kind = "simulated"
+    backend_notice = " [SIMULATED backend: AUTOGLM_TRACE_NVML=simulated, a testing aid]"
 
     NVMLError = NVMLError
     FAKE_MAIN_PID = 31337
@@ -343,8 +349,10 @@ class SimulatedNvml:
         self,
         scenario: str | dict[str, Any] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        label: str = "default",
     ) -> None:
         self.scenario = load_scenario(scenario)
+        self.label = label  # the scenario's name, for the manifest
         self.clock = clock
         self.t0_ns = clock()
         self._init_count = 0
@@ -354,10 +362,16 @@ class SimulatedNvml:
         self._event_sets: list[dict[str, Any]] = []
         self.calls = 0  # every NVML call served (the benchmark counts these)
 
-    # sim-only hooks ------------------------------------------------------------------------------
-    def sim_set_target(self, pids_fn: Callable[[], list[int]] | None) -> None:
+    # The NvmlBackend interface ---------------------------------------------------------------------
+    def set_target(self, pids_fn: Callable[[], list[int]] | None) -> None:
         """Report the target's first pid (its root) as each GPU's model process."""
         self._target_fn = pids_fn
+
+    sim_set_target = set_target  # the name tests and benchmarks rebuilding a run use
+
+    def backend_info(self) -> dict[str, Any]:
+        # What a test needs to recompute what the simulation served (a testing aid only).
+        return {"simulation": {"t0_ns": self.t0_ns, "scenario": self.label}}
 
     def now_s(self) -> float:
         return (self.clock() - self.t0_ns) / 1e9
@@ -711,4 +725,5 @@ for _name, _value in list(globals().items()):
 
 def from_env(clock: Callable[[], int] = time.monotonic_ns) -> SimulatedNvml:
     """The simulated backend as ``AUTOGLM_TRACE_NVML_SCENARIO`` (built-in name or JSON path) asks."""
-    return SimulatedNvml(os.environ.get("AUTOGLM_TRACE_NVML_SCENARIO") or None, clock=clock)
+    name = os.environ.get(ENV_SCENARIO) or None
+    return SimulatedNvml(name, clock=clock, label=name or "default")

@@ -26,16 +26,9 @@ from typing import Any
 import psutil
 
 from autoglm_trace import clock, procfs
-from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
+from autoglm_trace.collector import Collector, CollectorUnavailable, Planned, SessionContext, Setup
 from autoglm_trace.errors import TargetError, TraceError, WriteError
-from autoglm_trace.probes.http_probe import HttpProbe
-from autoglm_trace.probes.identity import IdentitySampler
-from autoglm_trace.probes.kernel import KernelProbes
-from autoglm_trace.probes.latency_log import LatencyLogTail
-from autoglm_trace.probes.nvml import NvmlSampler
-from autoglm_trace.probes.procsampler import ProcSampler
-from autoglm_trace.probes.scrape import Scraper
-from autoglm_trace.probes.span_receiver import SpanReceiver
+from autoglm_trace.probes.collectors import option_defaults, registry
 from autoglm_trace.sinks import Sink
 from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer import spawn
@@ -52,6 +45,9 @@ MAX_COLLECTOR_ERRORS = 20
 
 @dataclass
 class RecordOptions:
+    """What to record and how: the session's own options, and every collector's option values
+    (``collector_options``, by the ``dest`` its declaration gives: probes/collectors/)."""
+
     output: Path
     pid: int | None = None
     command: list[str] | None = None
@@ -59,32 +55,43 @@ class RecordOptions:
     host: bool = False
     duration_s: float | None = None
     interval_ms: int = 100
-    bpf: bool = True
-    gpu: bool = True
-    spans: bool = True
-    scrape: list[str] = field(default_factory=list)
-    scrape_interval_s: float = 1.0
-    probe: list[str] = field(default_factory=list)
-    probe_interval_s: float = 1.0
-    probe_body: str | None = None
-    latency_log: str | None = None
+    # Collector option values (missing ones take the declared default) and free-form extras that
+    # every collector sees in ctx.options (e.g. "families" for the kernel probes).
     collector_options: dict[str, Any] = field(default_factory=dict)
     drop_privileges: bool = True
 
+    def option(self, dest: str) -> Any:
+        """A collector option's value, or its declared default."""
+        if dest in self.collector_options:
+            return self.collector_options[dest]
+        return option_defaults().get(dest)
+
+    def __getattr__(self, name: str) -> Any:
+        # A collector's option reads like a field (opts.scrape_interval_s, opts.latency_log).
+        copts = self.__dict__.get("collector_options")
+        defaults = option_defaults()
+        if copts is not None and (name in copts or name in defaults):
+            return copts.get(name, defaults.get(name))
+        raise AttributeError(name)
+
     def manifest_view(self) -> dict[str, Any]:
+        hidden = {o.dest for spec in registry() for o in spec.options if not o.in_manifest}
+        values = {**option_defaults(), **self.collector_options}
         return {
             "interval_ms": self.interval_ms,
             "duration_s": self.duration_s,
-            "bpf": self.bpf,
-            "gpu": self.gpu,
-            "scrape": self.scrape,
-            "probe": self.probe,
-            "latency_log": self.latency_log,
-            **{k: v for k, v in self.collector_options.items() if isinstance(v, (int, float, str, bool))},
+            **{k: v for k, v in values.items() if k not in hidden and _plain(v)},
         }
 
 
+def _plain(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool)) or (
+        isinstance(v, list) and all(isinstance(x, (int, float, str, bool)) for x in v))
+
+
 class Recorder:
+    flight = False  # the flight recorder (tracer/flight) sets this: collectors it alone runs plan on it
+
     def __init__(self, opts: RecordOptions, on_tick: Callable[[Recorder], None] | None = None,
                  sinks: list[Sink] | None = None, write_files: bool = True) -> None:
         """``sinks`` receive every batch beside the file writer (ring, exporter, live view);
@@ -98,6 +105,7 @@ class Recorder:
         self._stop = threading.Event()
         self.child: spawn.HeldChild | None = None
         self.collectors: list[Collector] = []
+        self._planned_tables: dict[str, list[str]] = {}
         self.writer: RecordingWriter | None = None
         self.ctx: SessionContext | None = None
         self.started_ns = 0
@@ -136,39 +144,24 @@ class Recorder:
             return TargetTree.for_cgroup(path), {"mode": "cgroup", "cgroup": path, "pid": None, "comm": None, "command": None}
         return TargetTree.for_host(), {"mode": "host", "pid": None, "comm": None, "command": None}
 
-    def _build_collectors(self) -> list[tuple[str, Callable[[], Collector] | str]]:
+    def setup(self) -> Setup:
+        """What the collector declarations plan from (probes/collectors/)."""
         o = self.opts
-        copts = dict(o.collector_options)
-        copts.setdefault("interval_ms", o.interval_ms)
+        opts: dict[str, Any] = {**option_defaults(), **o.collector_options, "interval_ms": o.interval_ms}
         if self.run_as:
-            copts.setdefault("target_uid", self.run_as[0])
-            copts.setdefault("target_gid", self.run_as[1])
-        wanted: list[tuple[str, Callable[[], Collector] | str]] = []
-        wanted.append(("proc", lambda: ProcSampler(copts)))
-        wanted.append(("identity", lambda: IdentitySampler(copts)))
-        if o.bpf:
-            if not self.is_root:
-                wanted.append(("kernel", "not running as root: kernel probes need root (run with sudo); "
-                                         "recording with the /proc sampler alone"))
-            else:
-                wanted.append(("kernel", lambda: KernelProbes(copts)))
-        else:
-            wanted.append(("kernel", "disabled with --no-bpf"))
-        if o.gpu:
-            wanted.append(("gpu", lambda: NvmlSampler(copts)))
-        else:
-            wanted.append(("gpu", "disabled with --no-gpu"))
-        if o.spans:
-            wanted.append(("spans", lambda: SpanReceiver(copts)))
-        for i, url in enumerate(o.scrape):
-            wanted.append((f"scrape{i}" if i else "scrape",
-                           lambda u=url: Scraper(u, interval_s=o.scrape_interval_s)))
-        for i, url in enumerate(o.probe):
-            wanted.append((f"probe{i}" if i else "probe",
-                           lambda u=url: HttpProbe(u, interval_s=o.probe_interval_s, body=o.probe_body)))
-        if o.latency_log:
-            path = o.latency_log
-            wanted.append(("latency_log", lambda: LatencyLogTail(path)))
+            opts.setdefault("target_uid", self.run_as[0])
+            opts.setdefault("target_gid", self.run_as[1])
+        host_mode = o.pid is None and not o.command and not o.cgroup
+        return Setup(is_root=self.is_root, interval_ms=o.interval_ms, options=opts, flight=self.flight,
+                     host_mode=host_mode)
+
+    def _build_collectors(self) -> list[Planned]:
+        setup = self.setup()
+        wanted: list[Planned] = []
+        for spec in registry():
+            for name, factory in spec.plan(setup):
+                self._planned_tables[name] = list(spec.tables)
+                wanted.append((name, factory))
         return wanted
 
     # Run ---------------------------------------------------------------------------------------
@@ -229,10 +222,16 @@ class Recorder:
             pass
 
     def _start_collectors(self, ctx: SessionContext) -> None:
+        # Every declared collector is in the manifest with the tables it owns, also when it does
+        # not run: no reader has to guess a table's owner from its name.
+        for spec in registry():
+            self.manifest["collectors"][spec.name] = {"status": "off", "reason": spec.off_reason,
+                                                      "tables": list(spec.tables)}
         for name, factory in self._build_collectors():
             entry: dict[str, Any]
+            tables = self._planned_tables.get(name, [])
             if isinstance(factory, str):
-                entry = {"status": "unavailable", "reason": factory}
+                entry = {"status": "unavailable", "reason": factory, "tables": tables}
             else:
                 try:
                     c = factory()
@@ -245,9 +244,9 @@ class Recorder:
                     except Exception as e:  # noqa: BLE001
                         entry["info_error"] = str(e)
                 except CollectorUnavailable as e:
-                    entry = {"status": "unavailable", "reason": str(e)}
+                    entry = {"status": "unavailable", "reason": str(e), "tables": tables}
                 except Exception as e:  # noqa: BLE001 - a broken collector must not stop the recording
-                    entry = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+                    entry = {"status": "failed", "reason": f"{type(e).__name__}: {e}", "tables": tables}
             self.manifest["collectors"][name] = entry
         if self.writer is not None:
             self.writer.write_manifest()
@@ -324,7 +323,8 @@ class Recorder:
                 if n >= MAX_COLLECTOR_ERRORS:
                     self.collectors.remove(c)
                     self.manifest["collectors"][c.name] = {
-                        "status": "failed", "reason": f"stopped after {n} errors; last: {type(e).__name__}: {e}"}
+                        "status": "failed", "reason": f"stopped after {n} errors; last: {type(e).__name__}: {e}",
+                        "tables": list(c.tables)}
                     try:
                         c.stop()
                     except Exception:  # noqa: BLE001

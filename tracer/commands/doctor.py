@@ -11,6 +11,8 @@ from typing import Any
 
 from autoglm_trace import procfs
 from autoglm_trace.printable import printable
+from autoglm_trace.probes import headers, kernel_features
+from autoglm_trace.probes.nvml import nvml_check
 from autoglm_trace.tracer.commands._parser import CommandParser
 
 NAME = "doctor"
@@ -103,8 +105,6 @@ def check_tracepoints() -> list[tuple[str, str, str, str]]:
 
 
 def check_headers() -> tuple[str, str, str]:
-    from autoglm_trace.probes import headers
-
     h = headers.find()
     if h.how != "missing":
         return OK, f"{h.how}: {h.detail}", ""
@@ -123,8 +123,6 @@ def check_bcc() -> tuple[str, str, str]:
     try:
         from bcc import BPF
 
-        from autoglm_trace.probes import headers
-
         headers.apply()
         b = BPF(text="int probe(void *ctx) { return 0; }", cflags=["-w"])
         b.load_func("probe", BPF.SOCKET_FILTER)
@@ -137,13 +135,7 @@ def check_bcc() -> tuple[str, str, str]:
 
 
 def check_probe_families() -> list[tuple[str, str, str, str]]:
-    try:
-        from autoglm_trace.probes import kernel_features
-    except Exception as e:  # noqa: BLE001
-        return [("kernel probes", WARN, f"probe module unavailable: {e}", "")]
-    fr: Callable[[], Any] | None = getattr(kernel_features, "feature_report", None)
-    if fr is None:
-        return []
+    fr: Callable[[], Any] = kernel_features.feature_report
     out = []
     try:
         for family, ok, reason in fr():
@@ -154,10 +146,6 @@ def check_probe_families() -> list[tuple[str, str, str, str]]:
 
 
 def check_nvml() -> tuple[str, str, str]:
-    try:
-        from autoglm_trace.probes.nvml import nvml_check
-    except Exception as e:  # noqa: BLE001
-        return WARN, f"NVML sampler unavailable: {e}", ""
     try:
         ok, detail = nvml_check()
     except Exception as e:  # noqa: BLE001

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoglm_trace.errors import TargetError, UsageError
-from autoglm_trace.tracer.commands._parser import CommandParser, float_in, http_url, int_in
+from autoglm_trace.probes.collectors import registry
+from autoglm_trace.tracer.commands._parser import CommandParser, float_in, int_in
 from autoglm_trace.tracer.commands.export import parse_labels as export_labels
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
 
@@ -43,56 +44,63 @@ started; 6 the recording could not be written; 130 aborted by a second Ctrl-C.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(for_top: bool = False) -> argparse.ArgumentParser:
+    """record's parser. ``for_top``: the same target and collector options for ``top``, with the
+    options that only make sense when writing a recording accepted (so top can say why it refuses
+    them) but left out of --help."""
+    def record_only(text: str) -> str:
+        return argparse.SUPPRESS if for_top else text
+
     p = CommandParser(NAME, SUMMARY, EPILOG)
     tgt = p.add_argument_group("target (one of)")
     tgt.add_argument("-p", "--pid", type=int_in(1, 2**22), help="attach to a running process and its children")
     tgt.add_argument("--cgroup", help="a cgroup path (e.g. system.slice/x.service or /sys/fs/cgroup/...)")
     tgt.add_argument("--host", action="store_true", help="the whole host (no target filter)")
-    p.add_argument("-o", "--output", help="recording directory to create (default: ./autoglm-YYYYmmdd-HHMMSS)")
+    p.add_argument("-o", "--output", help=record_only("recording directory to create (default: ./autoglm-YYYYmmdd-HHMMSS)"))
     p.add_argument("-d", "--duration", type=float_in(0, MAX_DURATION_S, " s", lo_open=True), help="stop after S seconds")
     p.add_argument("-i", "--interval", type=int_in(1, 60_000, " ms"), default=100, metavar="MS", help="sampling interval (default 100 ms)")
-    p.add_argument("--bucket", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="kernel aggregation bucket (default: the interval)")
-    p.add_argument("--no-bpf", action="store_true", help="no kernel probes (the /proc sampler still runs)")
-    p.add_argument("--probes", metavar="LIST", default=None,
-                   help="kernel probe families, comma-separated (default all: sched,wakeups,faults,io,memory,oom,"
-                        "proc); -NAME leaves one out, e.g. --probes=-wakeups")
-    p.add_argument("--no-gpu", action="store_true", help="no NVML sampling")
-    p.add_argument("--no-spans", action="store_true", help="do not listen for span API datagrams")
-    p.add_argument("--gpu-interval", type=int_in(1, 60_000, " ms"), default=None, metavar="MS", help="NVML sampling interval (default: the interval)")
-    p.add_argument("--perf-pages", type=int_in(1, 1 << 16), default=None, help=argparse.SUPPRESS)
-    p.add_argument("--scrape", action="append", type=http_url, default=[], metavar="URL", help="poll a Prometheus /metrics endpoint (repeatable)")
-    p.add_argument("--scrape-interval", type=float_in(0.05, 3600, " s"), default=1.0, metavar="S")
-    p.add_argument("--probe", action="append", type=http_url, default=[], metavar="URL", help="send a synthetic request on an interval")
-    p.add_argument("--probe-body", metavar="JSON", help="POST this body with each --probe request (LLM servers want a POST)")
-    p.add_argument("--probe-interval", type=float_in(0.05, 3600, " s"), default=1.0, metavar="S")
-    p.add_argument("--latency-log", metavar="FILE", help="tail a JSONL/CSV latency log while recording")
-    p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
-    p.add_argument("--live", action="store_true", help="show the live view (as 'top') while recording")
+    add_collector_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help=record_only("no live status line"))
+    p.add_argument("--live", action="store_true", help=record_only("show the live view (as 'top') while recording"))
     p.add_argument("--prometheus", metavar="[ADDR:]PORT",
                    help="serve autoglm_trace_* metrics on http://ADDR:PORT/metrics (ADDR default 127.0.0.1)")
-    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--json", action="store_true", help=record_only("print the final summary as JSON"))
     # Hidden: print the generated BPF program and exit (tested without root).
     p.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]: start and record a command")
     # Flight recorder (tracer/flight/): --ring keeps the last DURATION in memory and writes
     # DIR/<time>-<trigger>/ per incident; without a target it watches the whole host.
-    fl = p.add_argument_group("flight recorder (always-on; see docs/flight-recorder.md)")
-    fl.add_argument("--ring", metavar="DURATION", help="keep the last DURATION (e.g. 5m) in memory and save it on a trigger")
-    fl.add_argument("--ring-bytes", metavar="SIZE", help="memory limit of the ring (default 256M)")
-    fl.add_argument("--trigger", metavar="LIST", help="oom,exit,spike,signal,threshold (default: oom,exit,spike,signal)")
-    fl.add_argument("--trigger-expr", action="append", metavar="EXPR", help="threshold trigger, e.g. 'gpu_mem_used_frac>0.97' (repeatable)")
-    fl.add_argument("--tail", metavar="S", help="keep recording S after a trigger before saving (default 10s)")
-    fl.add_argument("--cooldown", metavar="S", help="ignore new triggers for S after one (default 60s; SIGUSR1 always works)")
-    fl.add_argument("--keep", type=int_in(1, 1_000_000), metavar="N", help="keep at most N snapshots (oldest deleted)")
-    fl.add_argument("--keep-bytes", metavar="SIZE", help="keep at most SIZE of snapshots (oldest deleted)")
+    fl = p if for_top else p.add_argument_group("flight recorder (always-on; see docs/flight-recorder.md)")
+    fl.add_argument("--ring", metavar="DURATION", help=record_only("keep the last DURATION (e.g. 5m) in memory and save it on a trigger"))
+    fl.add_argument("--ring-bytes", metavar="SIZE", help=record_only("memory limit of the ring (default 256M)"))
+    fl.add_argument("--trigger", metavar="LIST", help=record_only("oom,exit,spike,signal,threshold (default: oom,exit,spike,signal)"))
+    fl.add_argument("--trigger-expr", action="append", metavar="EXPR", help=record_only("threshold trigger, e.g. 'gpu_mem_used_frac>0.97' (repeatable)"))
+    fl.add_argument("--tail", metavar="S", help=record_only("keep recording S after a trigger before saving (default 10s)"))
+    fl.add_argument("--cooldown", metavar="S", help=record_only("ignore new triggers for S after one (default 60s; SIGUSR1 always works)"))
+    fl.add_argument("--keep", type=int_in(1, 1_000_000), metavar="N", help=record_only("keep at most N snapshots (oldest deleted)"))
+    fl.add_argument("--keep-bytes", metavar="SIZE", help=record_only("keep at most SIZE of snapshots (oldest deleted)"))
     fl.add_argument("--export-parquet", metavar="DIR",
-                    help="also export each saved snapshot into the Parquet fleet dataset at DIR (see 'fleet')")
-    fl.add_argument("--export-host", metavar="NAME", help="with --export-parquet: host name to file snapshots under")
-    fl.add_argument("--export-build", metavar="LABEL", help="with --export-parquet: build of the served software")
+                    help=record_only("also export each saved snapshot into the Parquet fleet dataset at DIR (see 'fleet')"))
+    fl.add_argument("--export-host", metavar="NAME", help=record_only("with --export-parquet: host name to file snapshots under"))
+    fl.add_argument("--export-build", metavar="LABEL", help=record_only("with --export-parquet: build of the served software"))
     fl.add_argument("--export-label", action="append", metavar="KEY=VALUE",
-                    help="with --export-parquet: extra label stored with each snapshot (repeatable)")
+                    help=record_only("with --export-parquet: extra label stored with each snapshot (repeatable)"))
     return p
+
+
+def add_collector_options(p: argparse.ArgumentParser) -> None:
+    """Every collector's declared options (probes/collectors/), under its own heading."""
+    for spec in registry():
+        if not spec.options:
+            continue
+        group = p.add_argument_group(spec.title) if spec.title else p
+        for o in spec.options:
+            group.add_argument(*o.flags, **o.argparse_kwargs())
+
+
+def collector_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The declared options' values out of the Namespace (which stops here)."""
+    return {o.dest: getattr(args, o.dest) for spec in registry() for o in spec.options}
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
@@ -127,19 +135,9 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
         except ValueError:
             raise UsageError("record: --probe-body is not valid JSON") from None
     out = Path(args.output or datetime.now().strftime("autoglm-%Y%m%d-%H%M%S"))
-    copts: dict[str, Any] = {"bucket_ms": args.bucket or args.interval}
-    if args.probes is not None:
-        copts["families"] = probe_families(args.probes)
-    if args.gpu_interval:
-        copts["gpu_interval_ms"] = args.gpu_interval
-    if args.perf_pages:
-        copts["perf_pages"] = args.perf_pages
     opts = RecordOptions(
         output=out, pid=args.pid, command=cmd or None, cgroup=args.cgroup, host=args.host or (bool(args.ring) and not chosen),
-        duration_s=args.duration, interval_ms=args.interval, bpf=not args.no_bpf, gpu=not args.no_gpu,
-        spans=not args.no_spans, scrape=args.scrape, scrape_interval_s=args.scrape_interval,
-        probe=args.probe, probe_interval_s=args.probe_interval, probe_body=args.probe_body, latency_log=args.latency_log,
-        collector_options=copts,
+        duration_s=args.duration, interval_ms=args.interval, collector_options=collector_values(args),
     )
     if opts.latency_log and not os.path.exists(opts.latency_log):
         raise UsageError(f"record: latency log {opts.latency_log} does not exist")
@@ -157,7 +155,9 @@ def main(argv: list[str]) -> int:
         from autoglm_trace.probes import bpf_program
 
         mode = "cgroup" if opts.cgroup else "host" if opts.host else "tree"
-        sys.stdout.write(bpf_program.generate_program({**opts.collector_options, "filter": mode}))
+        kopts = {k: v for k, v in opts.collector_options.items() if v is not None}
+        kopts["bucket_ms"] = kopts.get("bucket_ms") or opts.interval_ms
+        sys.stdout.write(bpf_program.generate_program({**kopts, "filter": mode}))
         return 0
     if args.ring:
         return main_ring(args, opts)
@@ -328,23 +328,3 @@ def main_ring(args: argparse.Namespace, opts: RecordOptions) -> int:
 
         extra, _, _ = side_outputs(False, args.prometheus)  # the recorder closes its sinks
     return run_ring(fo, opts, extra)
-
-
-def probe_families(spec: str) -> list[str]:
-    """``--probes``: a list of families, or ``-NAME`` items leaving families out of all of them."""
-    from autoglm_trace.probes.bpf_program import FAMILIES
-
-    items = [x.strip() for x in spec.split(",") if x.strip()]
-    if not items:
-        raise UsageError("record: --probes needs at least one family")
-    drop = [x[1:] for x in items if x.startswith("-")]
-    keep = [x for x in items if not x.startswith("-")]
-    unknown = [x for x in drop + keep if x not in FAMILIES]
-    if unknown:
-        raise UsageError(f"record: unknown probe families {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
-    if drop and keep:
-        raise UsageError("record: --probes takes either families or -NAME exclusions, not both")
-    chosen = [f for f in FAMILIES if f not in drop] if drop else [f for f in FAMILIES if f in keep]
-    if not chosen:
-        raise UsageError("record: --probes leaves no kernel probe family")
-    return chosen

@@ -31,21 +31,12 @@ OOM kills, RSS and time-to-full, block I/O latency, GPU memory / utilisation / c
 and lost events. Ctrl-C quits. /metrics binds 127.0.0.1 unless ADDR is given.
 """
 
-# record options that make no sense without a recording.
-_HIDDEN = {"output", "quiet", "json", "live", "print_bpf"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     """record's parser (same target and collector options), presented as top's."""
-    p = record.build_parser()
+    p = record.build_parser(for_top=True)
     p.prog = "autoglm-trace top"
     p.description = SUMMARY
     p.epilog = EPILOG
-    # Hide record-only options (and the flight recorder's group) from top's help.
-    hidden = {id(a) for g in p._action_groups if (g.title or "").startswith("flight") for a in g._group_actions}
-    for a in p._actions:
-        if a.dest in _HIDDEN or id(a) in hidden:
-            a.help = argparse.SUPPRESS
     p.add_argument("-w", "--window", type=float_in(0.5, 3600, " s"), default=10.0, metavar="S",
                    help="seconds of data each figure covers (default 10)")
     return p

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -249,18 +248,10 @@ def _self_rss() -> int:
 
 
 class FlightSession(Recorder):
-    """The Recorder with the flight recorder's additions: in host mode, the top processes by RSS are
-    sampled (probes/toprss.py) so a snapshot shows the victim's growth before a kill."""
+    """The Recorder as a flight recorder: collectors declared for it alone run too (in host mode the
+    top processes by RSS, probes/collectors/toprss.py, so a snapshot shows the victim's growth)."""
 
-    def _build_collectors(self) -> list[tuple[str, Callable[[], Any] | str]]:
-        wanted = super()._build_collectors()
-        o = self.opts
-        if o.pid is None and not o.command and not o.cgroup:
-            copts = dict(o.collector_options)
-            from autoglm_trace.probes.toprss import TopRssSampler
-
-            wanted.append(("toprss", lambda: TopRssSampler(copts)))
-        return wanted
+    flight = True
 
 
 def run_ring(fo: FlightOptions, opts: RecordOptions, extra_sinks: list[Any] | None = None) -> int:
