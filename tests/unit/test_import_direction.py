@@ -21,7 +21,8 @@ ROOMS = {"tracer": "tracer", "probes": "probes", "analysis": "analysis", "demo":
 
 # Optional system / third-party packages whose absence is a stated reason, not a bug: bcc (Debian's
 # python3-bpfcc, root hosts only) and pynvml (nvidia-ml-py; the GPU sampler says so when missing).
-OPTIONAL_THIRD_PARTY = frozenset({"bcc", "pynvml"})
+# pyspark: the optional `spark` extra (fleet --engine spark), installed only where Java exists.
+OPTIONAL_THIRD_PARTY = frozenset({"bcc", "pynvml", "pyspark"})
 
 # What the demo may use besides the contract: the CLI's argument parser and the sudo-user lookup.
 DEMO_MAY_IMPORT = frozenset({f"{PKG}.tracer.commands._parser", f"{PKG}.tracer.spawn"})
