@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
+import socket
 import stat
 
 
@@ -56,6 +58,62 @@ def open_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None, fol
         os.close(fd)
         raise
     return fd
+
+
+def open_regular_as(path: str | os.PathLike[str], run_as: tuple[int, int] | None) -> int:
+    """``open_regular(path, follow=True)`` with the permissions of ``run_as`` (uid, gid).
+
+    Root opening a path a sudo user named would let that user read, through a symlink, what only
+    root may: the open is made in a forked child that drops to the user's uid, gid and groups first
+    (as ``HeldChild`` does for the target) and passes the fd back over a socketpair (SCM_RIGHTS). A
+    fork, not a helper program: the interpreter may sit in a directory the user cannot enter. The
+    child calls only the few syscalls below and ``_exit``s, so no lock another thread holds matters."""
+    if run_as is None or os.geteuid() != 0:
+        return open_regular(path, follow=True)
+    uid, gid = run_as
+    try:
+        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)  # resolved before the fork
+    except (KeyError, OSError):
+        groups = []
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pid = os.fork()
+    if pid == 0:  # child: always _exit
+        code = 0
+        try:
+            parent_sock.close()
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            fd = open_regular(path, follow=True)
+            socket.send_fds(child_sock, [b"0"], [fd])
+        except OSError as e:
+            try:
+                kind = b"N" if isinstance(e, NotRegularFile) else b"E"
+                child_sock.send(kind + str(e.errno or errno.EIO).encode() + b" " + (e.strerror or "").encode()[:200])
+            except OSError:
+                code = 1
+        except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+            code = 1
+        os._exit(code)
+    child_sock.close()
+    try:
+        parent_sock.settimeout(10.0)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 256, 1)
+        except (TimeoutError, OSError):
+            msg, fds = b"", []
+            os.kill(pid, 9)  # an open stuck on a dead network mount: give up, never hang the recorder
+    finally:
+        parent_sock.close()
+        os.waitpid(pid, 0)
+    if fds:
+        return fds[0]
+    if msg[:1] in (b"N", b"E"):
+        num, _, text = msg[1:].decode("utf-8", "replace").partition(" ")
+        if msg[:1] == b"N":
+            raise NotRegularFile(os.fsdecode(path), text.removeprefix("not a regular file (").removesuffix(")"))
+        raise OSError(int(num) if num.isdigit() else errno.EIO, text or "cannot open", os.fsdecode(path))
+    raise OSError(errno.EIO, "the opener child failed", os.fsdecode(path))
 
 
 def read_fd(fd: int, limit: int, name: str = "") -> bytes:

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from autoglm_trace import clock
 from autoglm_trace.collector import Collector, SessionContext
-from autoglm_trace.safefile import open_regular, read_regular
+from autoglm_trace.safefile import open_regular_as, read_regular
 
 START_KEYS = ("start", "start_time", "start_s")
 END_KEYS = ("end", "end_time", "end_s")
@@ -249,6 +249,7 @@ class LatencyLogTail(Collector):
         self.poll_s = poll_s
         self._f: io.BufferedReader | None = None
         self._ino: tuple[int, int] | None = None
+        self._refused: tuple[int, ...] | None = None
         self._buf = b""
         self._lineno = 0
         self._header: list[str] | None = None
@@ -282,10 +283,28 @@ class LatencyLogTail(Collector):
     def info(self) -> dict[str, Any]:
         return {"path": str(self.path)}
 
+    def _run_as(self) -> tuple[int, int] | None:
+        o = self.ctx.options if self.ctx is not None else {}
+        uid, gid = o.get("target_uid"), o.get("target_gid")
+        return (int(uid), int(gid)) if uid is not None and gid is not None else None
+
     def _open(self, initial: bool = False) -> None:
         try:
-            f = os.fdopen(open_regular(self.path, follow=True), "rb")  # kept open while tailing
-        except OSError:
+            st0 = os.stat(self.path)
+        except OSError:  # waiting for the log to appear: no opener child per poll
+            return
+        key = (st0.st_dev, st0.st_ino, st0.st_mode, st0.st_uid, st0.st_gid)
+        if key == self._refused:  # the same file refused before: retried once it changes
+            return
+        run_as = self._run_as()
+        try:
+            # With the sudo user's permissions: a link to a root-only file gives nothing away.
+            f = os.fdopen(open_regular_as(self.path, run_as), "rb")  # kept open while tailing
+        except OSError as e:
+            self._refused = key
+            if self.ctx is not None:
+                who = f" as uid {run_as[0]}" if run_as else ""
+                self.ctx.note(f"latency log {self.path}: cannot open{who}: {e.strerror or e}")
             return
         st = os.fstat(f.fileno())
         if initial and not self.from_start:

@@ -22,6 +22,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -177,3 +178,72 @@ def test_doctor_as_unprivileged_user(user: tuple[int, int]) -> None:  # noqa: F8
         code, err = _as_user_in_fork(uid, gid, argv)
         assert "Traceback" not in err, err
         assert code in (0, 1), (code, err)
+
+
+def _log_line(latency_ms: float) -> str:
+    return json.dumps({"end": time.time(), "latency_ms": latency_ms}) + "\n"
+
+
+def test_latency_log_is_opened_with_the_users_permissions(user: tuple[int, int], sticky_tmp: Path) -> None:  # noqa: F811
+    """``open_regular_as``: the user's own files open; a root-only file behind the user's symlink does
+    not (the recorder runs as root and would otherwise read it for them); FIFOs stay refused."""
+    from autoglm_trace.safefile import NotRegularFile, open_regular, open_regular_as
+
+    uid, gid = user
+    mine = sticky_tmp / "mine.jsonl"
+    mine.write_text(_log_line(12.0))
+    os.chown(mine, uid, gid)
+    os.chmod(mine, 0o600)
+    secret = sticky_tmp / "secret.jsonl"
+    secret.write_text(_log_line(34.0))
+    os.chmod(secret, 0o600)
+    link = sticky_tmp / "link.jsonl"
+    os.symlink(secret, link)
+    fifo = sticky_tmp / "fifo"
+    os.mkfifo(fifo, 0o666)
+
+    fd = open_regular_as(mine, (uid, gid))
+    with os.fdopen(fd, "rb") as f:
+        assert b"12.0" in f.read()
+    with pytest.raises(PermissionError):
+        open_regular_as(link, (uid, gid))
+    with pytest.raises(NotRegularFile):
+        open_regular_as(fifo, (uid, gid))
+    with pytest.raises(FileNotFoundError):
+        open_regular_as(sticky_tmp / "absent", (uid, gid))
+    os.close(open_regular(link, follow=True))  # root itself still can: the credentials made the difference
+
+
+def test_record_refuses_a_latency_log_the_user_cannot_read(user: tuple[int, int], sticky_tmp: Path,  # noqa: F811
+                                                           cli: list[str]) -> None:
+    uid, gid = user
+    secret = sticky_tmp / "secret.jsonl"
+    secret.write_text(_log_line(34.0))
+    os.chmod(secret, 0o600)
+    link = sticky_tmp / "link.jsonl"
+    os.symlink(secret, link)
+    r = subprocess.run([*cli, "record", "-q", "--no-bpf", "--no-gpu", "--latency-log", str(link), "-o",
+                        str(sticky_tmp / "rec"), "--", "/bin/true"],
+                       capture_output=True, text=True, env=_sudo_env(uid, gid), timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "cannot be read by uid" in lines[0] and "Permission denied" in lines[0], lines
+    assert "34.0" not in r.stderr and not (sticky_tmp / "rec").exists()
+
+
+def test_record_tails_the_users_own_latency_log(user: tuple[int, int], sticky_tmp: Path,  # noqa: F811
+                                                cli: list[str]) -> None:
+    uid, gid = user
+    log = sticky_tmp / "lat.jsonl"
+    log.write_text("")
+    os.chown(log, uid, gid)
+    os.chmod(log, 0o600)
+    line = _log_line(55.0).strip()
+    script = f"sleep 0.6; echo '{line}' >> {log}; sleep 0.8"
+    rec = sticky_tmp / "rec"
+    r = subprocess.run([*cli, "record", "-q", "--no-bpf", "--no-gpu", "-i", "100", "--latency-log", str(log),
+                        "-o", str(rec), "--", "/bin/sh", "-c", script],
+                       capture_output=True, text=True, env=_sudo_env(uid, gid), timeout=120)
+    assert r.returncode == 0, r.stderr
+    spans = Recording(rec).table("spans")
+    assert spans.num_rows == 1, spans

@@ -144,9 +144,25 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, RecordOptions]:
     if opts.latency_log and not os.path.isfile(opts.latency_log):
         # A FIFO or device would block the recorder in open() before the first sample.
         raise UsageError(f"record: latency log {opts.latency_log} is not a regular file")
+    if opts.latency_log:
+        _check_latency_log_readable(opts.latency_log)
     if args.ring:
         flight_options(args, opts)  # the --ring family is checked before anything starts, too
     return args, opts
+
+
+def _check_latency_log_readable(path: str) -> None:
+    """The log is opened with the permissions of the user who ran sudo (autoglm_trace/safefile.py):
+    say so now, before anything starts, when that user cannot read it."""
+    from autoglm_trace.safefile import open_regular_as
+    from autoglm_trace.tracer.spawn import sudo_user
+
+    run_as = sudo_user()
+    try:
+        os.close(open_regular_as(path, run_as))
+    except OSError as e:
+        who = f" by uid {run_as[0]} (it is opened with the permissions of the user who ran sudo)" if run_as else ""
+        raise UsageError(f"record: latency log {path} cannot be read{who}: {e.strerror or e}") from None
 
 
 def main(argv: list[str]) -> int:
