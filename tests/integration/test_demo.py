@@ -170,14 +170,31 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_cpu_hog_is_a_named_pinned_neighbour():
-    p = subprocess.Popen(CLI + ["demo", "hog", "--cpu", "--cpus", "0", "--duration", "2"])
+def _wait_for(what: str, cond, timeout: float = 30.0):
+    """Poll ``cond`` until it returns something true (CLI start-up is slow on a loaded box: never a
+    fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _comm(pid: int) -> str:
     try:
-        time.sleep(0.8)
-        kids = _children(p.pid)
-        assert len(kids) == 1
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_cpu_hog_is_a_named_pinned_neighbour():
+    p = subprocess.Popen(CLI + ["demo", "hog", "--cpu", "--cpus", "0", "--duration", "4"])
+    try:
+        kids = _wait_for("the hog's worker", lambda: [k for k in _children(p.pid) if _comm(k) == "noisy-hog"])
+        assert len(_children(p.pid)) == 1
         k = kids[0]
-        assert Path(f"/proc/{k}/comm").read_text().strip() == "noisy-hog"
         assert Path(f"/proc/{p.pid}/comm").read_text().strip() == "noisy-hog"
         assert os.sched_getaffinity(k) == {0}
         u0 = int(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[11])
@@ -192,12 +209,15 @@ def test_cpu_hog_is_a_named_pinned_neighbour():
 
 def test_io_hog_writes_and_cleans_up(tmp_path):
     d = Path("/var/tmp") if Path("/var/tmp").is_dir() else tmp_path
-    p = subprocess.Popen(CLI + ["demo", "hog", "--io", "--dir", str(d), "--duration", "1.5"])
-    try:
-        time.sleep(1.0)
-        assert Path(f"/proc/{p.pid}/comm").read_text().strip() == "noisy-hog"
+    p = subprocess.Popen(CLI + ["demo", "hog", "--io", "--dir", str(d), "--duration", "3"])
+
+    def written() -> bool:
         io = dict(line.split(": ") for line in Path(f"/proc/{p.pid}/io").read_text().splitlines())
-        assert int(io["write_bytes"]) >= 4 << 20  # fsync'ed to the device, not just the cache
+        return int(io["write_bytes"]) >= 4 << 20  # fsync'ed to the device, not just the cache
+
+    try:
+        _wait_for("the hog's name", lambda: _comm(p.pid) == "noisy-hog")
+        _wait_for("4 MiB written to the device", written, timeout=20)
         assert p.wait(timeout=10) == 0
         assert not list(d.glob(f".noisy-hog-{p.pid}.dat"))
     finally:
