@@ -7,6 +7,7 @@ built as ``Recorder.run`` builds it; snapshots are read back with the ordinary `
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from autoglm_trace import clock
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.collector import SessionContext
-from autoglm_trace.errors import UsageError
+from autoglm_trace.errors import UsageError, WriteError
 from autoglm_trace.sinks import rows_to_batch
 from autoglm_trace.target import TargetTree
 from autoglm_trace.tracer.fanout import FanOut
@@ -304,3 +305,18 @@ def test_record_cli_ring_options(tmp_path: Path):
                 ["--ring", "5m", "--ring-bytes", "1k"], ["--ring", "5m", "--trigger-expr", "x>1"]):
         with pytest.raises(UsageError):  # refused while parsing, before anything starts
             parse_options(bad)
+
+
+def test_out_dir_writable_by_others_is_refused(tmp_path: Path) -> None:
+    """Snapshots are written, renamed and deleted by name: a directory others can write is refused."""
+    from autoglm_trace.tracer.flight.snapshots import prepare_out_dir
+
+    for mode in (0o777, 0o1777, 0o775):
+        d = tmp_path / f"out-{mode:o}"
+        d.mkdir()
+        os.chmod(d, mode)
+        with pytest.raises(WriteError, match="can be written by other users"):
+            prepare_out_dir(d)
+    ok = tmp_path / "ok"
+    prepare_out_dir(ok)  # created fresh: ours, not writable by others
+    assert ok.is_dir()

@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -286,6 +287,12 @@ def prepare_out_dir(path: Path) -> None:
         raise WriteError(f"cannot create {path}: {e.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise WriteError(f"{path} is not writable")
+    # Snapshots are written, renamed and deleted (retention) by name in this directory: another user
+    # who can create entries there could plant or swap them (as sshd's StrictModes, refuse it).
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise WriteError(f"{path} can be written by other users (owner uid {st.st_uid}, mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); use a directory only uid {os.geteuid()} can write")
     # Half-written snapshots of a recorder that was killed mid-write.
     for p in path.glob(".partial-*"):
         shutil.rmtree(p, ignore_errors=True)
