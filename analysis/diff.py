@@ -24,6 +24,7 @@ from autoglm_trace.analysis import timesplit, wakers
 from autoglm_trace.analysis import tree as tree_mod
 from autoglm_trace.analysis.causes import CAUSES
 from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.analysis.requests import request_spans
 from autoglm_trace.analysis.timeline import Signal, Timeline, build_timeline, col
 
 SCHEMA_ID = "autoglm-trace.diff/1"
@@ -64,7 +65,7 @@ def histogram_quantile_ci(values: np.ndarray, counts: np.ndarray, q: float, z: f
 
 
 def _latencies(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
-    t = rec.table("spans")
+    t, _sources = request_spans(rec)  # each request once, as the diagnosis counts them
     if not t.num_rows:
         return np.empty(0), np.empty(0)
     lat = (col(t, "end_ns", np.int64) - col(t, "ts_ns", np.int64)) / 1e6

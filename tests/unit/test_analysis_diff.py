@@ -51,3 +51,27 @@ def test_diff_reports_signals_missing_on_one_side(tmp_path):
     missing = {n["signal"] for n in d["not_checked"]}
     assert "gpu_util" in missing
     assert all(not s["signal"].startswith("gpu_") for s in d["signals"])
+
+
+def test_a_request_in_both_the_span_api_and_the_latency_log_counts_once(tmp_path):
+    """The recorder stores the span API's requests and the server's latency log in one ``spans`` table;
+    diff counts each request once, as the diagnosis does (one derivation: analysis/requests.py)."""
+    import pyarrow as pa
+
+    from autoglm_trace.analysis.requests import request_spans
+
+    for name, seed in (("a", 3), ("b", 4)):
+        write_recording(tmp_path / name, Scenario(kind="clean", seed=seed))
+        rec = Recording(tmp_path / name)
+        api = rec.table("spans")
+        log = api.set_column(api.schema.get_field_index("source"), "source", pa.array(["log"] * api.num_rows))
+        both = pa.concat_tables([api, log])
+        path = rec.table_path("spans")
+        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, both.schema) as w:
+            w.write_table(both)
+    ra, rb = Recording(tmp_path / "a"), Recording(tmp_path / "b")
+    assert ra.table("spans").num_rows == 2 * request_spans(ra)[0].num_rows
+    d = diff_recordings(ra, rb)
+    assert d["base"]["requests"] == request_spans(ra)[0].num_rows
+    assert d["latency"]["base_count"] == d["base"]["requests"]
+    assert d["new"]["requests"] == request_spans(rb)[0].num_rows

@@ -71,7 +71,7 @@ def test_without_tokens_the_median_is_the_baseline():
 
 
 def test_dedupe_spans_drops_log_copies_of_api_spans():
-    from autoglm_trace.analysis.diagnosis import dedupe_spans
+    from autoglm_trace.analysis.requests import dedupe_spans
 
     api = _spans([1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [10, 10, 10])
     log = _spans([1.01, 2.5, 3.0], [0.5, 0.5, 0.9], [10, 10, 10])
