@@ -33,6 +33,7 @@ import numpy as np
 
 from autoglm_trace.analysis.spikes import Incident
 from autoglm_trace.analysis.timeline import Signal, Timeline
+from autoglm_trace.analysis.timesplit import PART_OF
 
 PRESENT = 0.5
 LISTED = 0.35
@@ -172,11 +173,16 @@ def _psi_fraction(tl: Timeline, name: str, mask: np.ndarray) -> float | None:
 
 
 def baseline_mask(tl: Timeline, incidents: list[Incident], margin: int = 1) -> np.ndarray:
-    m = np.ones(tl.n, dtype=bool)
-    for inc in incidents:
-        a = max(0, int(tl.index(np.array([inc.start_ns]))[0]) - margin)
-        b = int(tl.index(np.array([inc.end_ns]))[0]) + margin
-        m[a : b + 1] = False
+    for mg in range(margin, -1, -1):
+        # Without the margin before giving up on it: the incident's own windows must never be its
+        # baseline (a recording cut into many short incidents leaves few windows a margin away).
+        m = np.ones(tl.n, dtype=bool)
+        for inc in incidents:
+            a = max(0, int(tl.index(np.array([inc.start_ns]))[0]) - mg)
+            b = int(tl.index(np.array([inc.end_ns]))[0]) + mg
+            m[a : b + 1] = False
+        if m.sum() >= 3:
+            break
     if m.sum() < 3:  # everything is an incident: compare with the whole recording
         m[:] = True
     # With request timings, idle windows (start-up, after the load) are no baseline for a server
@@ -212,8 +218,11 @@ def _fmt(v: float, unit: str) -> str:
     return f"{v:.3g} {unit}"
 
 
-def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[str, Any]]:
-    """Ranked causes (dicts without culprits) for one incident."""
+def score_incident(tl: Timeline, inc: Incident, base: np.ndarray,
+                   split_shares: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Ranked causes (dicts without culprits) for one incident. ``split_shares``: the part of the slow
+    requests' extra latency each part of their time split accounts for (``timesplit.extra_shares``);
+    where given, the stall causes' shares are read from it."""
     im = tl.window_mask(inc.start_ns, inc.end_ns)
     stats: dict[str, Stat] = {}
     for name, sig in tl.signals.items():
@@ -237,6 +246,9 @@ def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[s
             conf = max(st.confidence for st in present)
         ev: dict[str, Any] = {n: stats[n].as_dict() for n in specific if n in stats}
         share = _share(kind, tl, stats, stall_names, im, base, lat_frac, ev)
+        if split_shares is not None and kind in PART_OF and share is not None:
+            share = _split_share(kind, split_shares, ev, "major_faults" in stats
+                                 and stats["major_faults"].confidence >= PRESENT)
         top = max(present, key=lambda st: st.confidence if kind not in ("gpu_memory",) else st.incident)
         summary = _summary(top)
         if kind in SHARE_CONFIDENT and share is not None:
@@ -291,6 +303,21 @@ def score_incident(tl: Timeline, inc: Incident, base: np.ndarray) -> list[dict[s
     return causes
 
 
+def _split_share(kind: str, split_shares: dict[str, float], ev: dict[str, Any], major_faults: bool) -> float:
+    """The share measured on the slow requests' own threads: how much their time in this kind's part
+    (run-queue wait, GIL wait, lock wait, D state, direct reclaim) grew, as a part of their extra latency. It replaces
+    the stall-fraction estimate, which sums every thread of the victim processes -- a busy culprit
+    thread of the same process among them (its CPU time dilutes the fraction), idle threads woken at
+    shutdown too."""
+    parts = (PART_OF[kind],)
+    if kind == "memory_pressure" and major_faults:
+        parts += ("dstate",)  # major faults sleep in D state waiting for the read
+    share = float(np.clip(sum(split_shares.get(p, 0.0) for p in parts), 0, 1))
+    ev["time_split_share"] = {"parts_used": list(parts), "share": round(share, 4),
+                              "parts": {k: round(v, 4) for k, v in sorted(split_shares.items())}}
+    return share
+
+
 def _share(kind: str, tl: Timeline, stats: dict[str, Stat], stall_names: tuple[str, ...], im: np.ndarray,
            base: np.ndarray, lat_frac: float | None, ev: dict[str, Any]) -> float | None:
     if lat_frac is None:
@@ -324,3 +351,33 @@ def _share(kind: str, tl: Timeline, stats: dict[str, Stat], stall_names: tuple[s
         ev["stall_fraction"]["z"] = round(float(zf), 2)
     ev["latency_extra_fraction"] = round(lat_frac, 4)
     return float(np.clip(extra / lat_frac, 0, 1))
+
+
+def fold_gil_holder_cpu(causes: list[dict[str, Any]]) -> None:
+    """A GIL holder that is also the one taking the waiters' CPU: one contention, ranked as such.
+
+    CPython's GIL holder keeps the GIL while it runs *and* while it waits for a CPU, so on the
+    waiters' CPU a thread running pure Python turns their GIL wait into run-queue wait and back: had
+    it run on another CPU, the time they spent behind it on the run queue would have been spent
+    waiting for the GIL. When the first culprit of the incident's ``cpu_contention`` is the thread that
+    ``gil_contention`` names first (same tid), the GIL cause accounts for its own share plus that
+    thread's part of the run-queue share; it is scored by the sum and says so (``holder_cpu``), and
+    the CPU cause stays listed, pointing at it. Nothing is folded for a lock holder (its CPU use does
+    not stand in for the lock) nor when the GIL cause was not listed on its own evidence."""
+    cpu = next((c for c in causes if c["kind"] == "cpu_contention"), None)
+    gil = next((c for c in causes if c["kind"] == "gil_contention"), None)
+    if cpu is None or gil is None or not cpu.get("culprits") or not gil.get("culprits"):
+        return
+    cu, gu = cpu["culprits"][0], gil["culprits"][0]
+    if cu.get("tid") is None or cu.get("tid") != gu.get("tid") or cpu.get("share") is None or gil.get("share") is None:
+        return
+    runq = float(cpu["share"]) * float(cu.get("share") or 0)
+    combined = min(1.0, float(gil["share"]) + runq)
+    gil["holder_cpu"] = {"tid": cu["tid"], "gil_share": gil["share"], "runq_share": round(runq, 3),
+                         "combined_share": round(combined, 3)}
+    gil["share"] = round(combined, 3)
+    gil["score"] = round(float(gil["confidence"]) * (0.3 + 0.7 * combined), 3)
+    gil["summary"] += (f"; the holder also took their CPU: {100 * runq:.0f}% of the extra latency was run-queue "
+                       f"wait behind it")
+    cpu["same_culprit_as"] = "gil_contention"
+    causes.sort(key=lambda c: c["score"], reverse=True)

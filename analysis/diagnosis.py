@@ -76,8 +76,10 @@ def culprit_sentence(kind: str, c: dict[str, Any]) -> str:
 def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np.ndarray,
                    eng: engine_mod.Engine | None = None) -> dict[str, Any]:
     slack = tl.width_ns
-    causes = causes_mod.score_incident(tl, inc, base)
     windows = [(tl.window_start(int(w)), tl.window_start(int(w)) + tl.width_ns) for w in np.flatnonzero(base)]
+    shares = timesplit_mod.extra_shares(timesplit_mod.fractions(rec, [(inc.start_ns, inc.end_ns)]),
+                                        timesplit_mod.fractions(rec, _runs(windows)), inc.latency_frac)
+    causes = causes_mod.score_incident(tl, inc, base, shares)
     for c in causes:
         if c["kind"] == "unexplained":
             continue
@@ -86,6 +88,7 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
         c["attribution"] = found
         if c["culprits"]:
             c["culprit_summary"] = culprit_sentence(c["kind"], c["culprits"][0])
+    causes_mod.fold_gil_holder_cpu(causes)
     d: dict[str, Any] = {
         "id": i + 1, "kind": inc.kind, "start": iso(rec, inc.start_ns), "end": iso(rec, inc.end_ns),
         "start_ns": inc.start_ns, "end_ns": inc.end_ns, "offset_s": round((inc.start_ns - tl.start_ns) / 1e9, 3),
@@ -103,6 +106,17 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
     d["time_split"] = timesplit_mod.time_split(rec, inc.start_ns, inc.end_ns, causes)
     d["headline"] = headline(d)
     return d
+
+
+def _runs(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent windows joined into runs (end exclusive, as closed ranges of bucket starts)."""
+    out: list[tuple[int, int]] = []
+    for a, b in windows:
+        if out and out[-1][1] + 1 >= a:
+            out[-1] = (out[-1][0], b - 1)
+        else:
+            out.append((a, b - 1))
+    return out
 
 
 def _f0(v: float | None) -> str:

@@ -306,12 +306,15 @@ def _preemptions(rec: Recording, tl: Timeline) -> None:
 
 
 def _wakeups(rec: Recording, tl: Timeline) -> None:
-    """Sleep of the target's threads spent waiting on other threads of the target (analysis/wakers.py)."""
-    from autoglm_trace.analysis import wakers  # noqa: PLC0415 - wakers reads the tree, not the timeline
+    """Sleep of the target's threads spent waiting on other threads of the target (analysis/wakers.py,
+    analysis/timesplit.py)."""
+    from autoglm_trace.analysis import timesplit, wakers  # noqa: PLC0415 - they read the tree, not the timeline
 
     if _missing(rec, tl, "wakeups", ["lock_wait", "gil_wait"]):
         return
-    got = wakers.wait_signals(rec, tl.index, tl.n, victim_pids(rec))
+    # The request threads' waits where spans name them (what the time split shows), else every
+    # victim thread's.
+    got = timesplit.request_waits(rec, tl.index, tl.n) or wakers.wait_signals(rec, tl.index, tl.n, victim_pids(rec))
     if got is None:
         return
     floor = 1e6 * tl.width_ns / 1e9

@@ -11,7 +11,7 @@ ended. A sleep is classed as
   waited for a CPU (it keeps the GIL while runnable);
 * ``handoff`` -- a wakeup by another thread of the target with which the pair goes both ways (the
   wakee's wakeups end at least a fifth as much of the waker's sleep), or where one side is a request thread (it
-  emitted request spans): a queue between a request thread and a worker, request and response.
+  emitted request spans; however long the sleep): a queue between a request thread and a worker, request and response.
   Waiting for work, or for the answer the worker computes, is being served, not contended: the time
   split follows it to the worker's own time;
 * ``lock`` -- any other wakeup by another thread of the target tree (a mutex / futex released by a
@@ -78,8 +78,10 @@ def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | No
     mean = sleep / cnt
     gil_timer = ((ctx == "hrtimer") & py & (mean >= GIL_TIMED_WAIT_NS[0]) & (mean <= GIL_TIMED_WAIT_NS[1])
                  & (sib >= SIBLING_ONCPU * bucket))
-    # A thread parked for seconds (an idle pool thread, a thread woken at shutdown) waited for work.
-    lock = task & inn & ~gil_task & (sleep / cnt <= PARKED_NS)
+    # A thread parked for seconds (an idle pool thread, a thread woken at shutdown) waited for work --
+    # unless a request thread is one side: a request waiting seconds for its answer is still served.
+    near = task & inn & ~gil_task
+    lock = near & (sleep / cnt <= PARKED_NS)
     # Both directions between a pair: a hand-off (see the module docstring), not a held lock.
     # By sleep time: a holder woken back now and then for a moment (taking the lock while a waiter
     # released it, a GIL hand-over) is still the one they wait on.
@@ -93,8 +95,10 @@ def classify(rec: Recording, tree: tree_mod.Tree | None = None) -> pa.Table | No
     req = tree_mod.request_threads(rec)
     if req:
         # A request thread waking another hands it work; a request thread woken by a worker got its
-        # answer (the worker's own time says what slowed it).
-        handoff |= lock & (np.isin(wtid, list(req)) | np.isin(tid, list(req)))
+        # answer (the worker's own time says what slowed it), however long it took.
+        by_req = near & (np.isin(wtid, list(req)) | np.isin(tid, list(req)))
+        handoff |= by_req
+        lock |= by_req
     cls = np.full(n, "other", dtype=object)
     cls[lock & ~handoff] = "lock"
     cls[lock & handoff] = "handoff"
