@@ -293,7 +293,7 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
         if inc.shape == "periodic":  # judged on a grid that separates the stalls from the gaps
             tli, inc.weights, basei = anomalies.periodic_grid(rec, tl, inc, [o for o in found if o is not inc], eng)
         incidents.append(_incident_dict(rec, tli, i, inc, basei, eng))
-    oom = oom_postmortem(rec)
+    oom = oom_postmortem(rec, latency_rows)
     for nc in oom["not_checked"]:
         if nc not in not_checked:
             not_checked.append(nc)

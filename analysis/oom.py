@@ -20,6 +20,7 @@ rate by least squares), who else grew, reclaim stalls and major faults just befo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,16 +57,107 @@ def _in_flight_at(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nd
     return np.searchsorted(s, ts, side="right") - np.searchsorted(e, ts, side="left")
 
 
-def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> dict[str, Any]:
-    """Leak vs KV-cache growth with load vs sudden allocation, with the numbers behind it."""
+@dataclass
+class EngineLoad:
+    """The serving engine's own view of its load (``record --scrape``): KV-cache usage (0-1) and
+    running requests, each a step series of (scrape time, value)."""
+
+    kv_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    kv: np.ndarray = field(default_factory=lambda: np.empty(0))
+    kv_metric: str | None = None
+    running_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    running: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    @staticmethod
+    def of(rec: Recording) -> EngineLoad | None:
+        from autoglm_trace.analysis.engine import gauge, load_engine
+
+        eng = load_engine(rec)
+        if eng is None:
+            return None
+        (kts, kv), (rts, run) = gauge(eng, "kv_cache_usage"), gauge(eng, "running")
+        if not len(kts) and not len(rts):
+            return None
+        return EngineLoad(kts, kv, eng.gauges.get("kv_cache_usage"), rts, run)
+
+
+def _held(sts: np.ndarray, sv: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """A gauge's value at each of ``ts``: the last scrape at or before it (NaN before the first
+    scrape or more than two scrape intervals after the last -- nothing is known there)."""
+    out = np.full(len(ts), np.nan)
+    if not len(sts):
+        return out
+    o = np.argsort(sts, kind="stable")
+    sts, sv = sts[o], sv[o]
+    i = np.searchsorted(sts, ts, side="right") - 1
+    gap = 2 * float(np.median(np.diff(sts))) if len(sts) >= 2 else 0.0
+    ok = (i >= 0) & (ts <= sts[-1] + gap)
+    out[ok] = sv[i[ok]]
+    return out
+
+
+KV_FLAT = 0.05  # KV-cache usage that moved less than 5 points of the pool did not drive memory
+
+
+def _kv_verdict(ts: np.ndarray, mem: np.ndarray, kv: np.ndarray, metric: str | None,
+                ev: dict[str, Any]) -> dict[str, Any] | None:
+    """Memory against the engine's KV-cache usage: growth that follows KV usage is load; growth
+    while KV usage is flat, or beyond what KV usage explains, is a leak. None: KV usage does not
+    decide (too few samples, or memory follows neither)."""
+    ok = np.isfinite(kv)
+    if ok.sum() < 8:
+        return None
+    ts, mem, kv = ts[ok], mem[ok], kv[ok]
+    t = (ts - ts[0]) / 1e9
+    name = metric or "KV-cache usage"
+    ev.update(kv_metric=metric, kv_usage_min=round(float(kv.min()), 3), kv_usage_max=round(float(kv.max()), 3),
+              kv_samples=int(len(kv)))
+    slope = _slope(ts, mem) or 0.0
+    trend = slope * float(t[-1])
+    floor = float(mem.min())
+    big = max(0.3 * float(np.ptp(mem)), 0.05 * floor)
+    if float(np.ptp(kv)) < KV_FLAT:
+        ev["trend_bytes"] = int(trend)
+        if trend > big:
+            return {"verdict": "leak", "reason": f"memory grew {trend / 2**20:.0f} MiB while the engine's KV-cache "
+                    f"usage stayed flat at {float(np.median(kv)):.0%} ({name}): not load", **ev}
+        return None
+    corr = float(np.corrcoef(kv, mem)[0, 1]) if np.ptp(mem) > 0 else 0.0
+    ev["kv_correlation"] = round(corr, 3)
+    # Growth beyond what KV usage explains: mem = a + b * kv + c * t. When KV usage itself rises
+    # steadily the two cannot be told apart, and memory that follows it is load.
+    kt = float(np.corrcoef(kv, t)[0, 1]) if np.ptp(t) > 0 else 1.0
+    if abs(kt) < 0.9:
+        coef = np.linalg.lstsq(np.c_[np.ones_like(t), kv, t], mem, rcond=None)[0]
+        beyond = float(coef[2] * t[-1])
+        ev.update(trend_beyond_kv_bytes=int(beyond), kv_explained_bytes=int(coef[1] * np.ptp(kv)))
+        if beyond > big:
+            return {"verdict": "leak", "reason": f"memory rose {beyond / 2**20:.0f} MiB beyond what the engine's "
+                    f"KV-cache usage ({name}, {kv.min():.0%}-{kv.max():.0%}) explains", **ev}
+    if corr > 0.5:
+        return {"verdict": "kv_cache_growth", "reason": f"memory tracked the engine's KV-cache usage ({name}, "
+                f"{kv.min():.0%}-{kv.max():.0%}, correlation {corr:.2f}): load, not a leak -- the limit is "
+                "too small for the peak load", **ev}
+    return None
+
+
+def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                   engine: EngineLoad | None = None) -> dict[str, Any]:
+    """Leak vs KV-cache growth with load vs sudden allocation, with the numbers behind it. Load comes
+    from the requests (``starts`` / ``ends``) and, from a scraped engine, its KV-cache usage and
+    running requests."""
     ok = np.isfinite(mem)
     ts, mem = ts[ok], mem[ok]
-    if len(starts):
+    running = _held(engine.running_ts, engine.running, ts) if engine is not None else np.full(len(ts), np.nan)
+    first = float(starts.min()) if len(starts) else None
+    if first is None and np.any(running > 0):
+        first = float(ts[np.flatnonzero(running > 0)[0]])
+    if first is not None:
         # Start-up (imports, weights, warm-up) is growth too, but neither a leak nor load: judge the
         # memory from the first request on.
-        serving = ts >= starts.min()
+        serving = ts >= first
         if serving.sum() >= 8:
-            ts, mem = ts[serving], mem[serving]
+            ts, mem, running = ts[serving], mem[serving], running[serving]
     if len(ts) < 8 or np.ptp(ts) <= 0:
         return {"verdict": "unknown", "reason": "fewer than 8 memory samples before the kill"}
     rise = float(mem[-1] - mem.min())
@@ -76,10 +168,20 @@ def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np
     if rise > 0 and float(mem[-1] - mem[~late].max(initial=mem[0])) > 0.7 * rise and late.sum() < len(ts) // 5:
         return {"verdict": "sudden_allocation",
                 "reason": "most of the growth came in the last tenth of the recording before the kill", **ev}
+    if engine is not None and len(engine.kv_ts):
+        kv = _kv_verdict(ts, mem, _held(engine.kv_ts, engine.kv, ts), engine.kv_metric, ev)
+        if kv is not None:
+            return kv
+    load = None
     if len(starts):
         load = _in_flight_at(ts, starts, ends)
+    elif np.isfinite(running).sum() >= 8:
+        known = np.isfinite(running)
+        ts, mem, load = ts[known], mem[known], running[known]
+        ev["load_from"] = "engine running requests"
+    if load is not None and first is not None:
         # Idle = no request in flight *after the first one*: before it the server is still starting.
-        idle = (load <= 0) & (ts > starts.min())
+        idle = (load <= 0) & (ts > first)
         # Distinct idle periods: runs of idle samples.
         runs = int(np.sum(np.diff(np.r_[0, idle.astype(int)]) == 1))
         ev.update(idle_samples=int(idle.sum()), idle_periods=runs)
@@ -111,17 +213,21 @@ def growth_verdict(ts: np.ndarray, mem: np.ndarray, starts: np.ndarray, ends: np
     floor_rise = float(mins[-1] - mins[0])
     ev.update(segment_floor_increases=ups, floor_rise_bytes=int(floor_rise))
     if ups >= len(mins) - 2 and floor_rise > 0.1 * float(mem.min()):
-        why = ("no request timings to tell a leak from load" if not len(starts) else
+        why = ("no request timings to tell a leak from load" if load is None else
                "requests never paused, so the idle floor that tells a leak from KV-cache growth was never seen")
         return {"verdict": "steady_growth", "reason": f"the rolling memory floor rose in {ups} of "
                 f"{len(mins) - 1} segments ({why})", **ev}
     return {"verdict": "unknown", "reason": "no steady floor rise and no load data to attribute the growth", **ev}
 
 
-def _spans_bounds(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
-    if not rec.has("spans") or not rec.table("spans").num_rows:
+def _request_bounds(rec: Recording, latency_rows: list[dict[str, Any]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of every request: spans, an ingested latency log and ``--latency`` rows (the
+    request set ``analyze`` and ``diff`` use)."""
+    from autoglm_trace.analysis.requests import request_spans
+
+    t, _ = request_spans(rec, latency_rows)
+    if not t.num_rows:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    t = rec.table("spans")
     return col(t, "ts_ns", np.int64), col(t, "end_ns", np.int64)
 
 
@@ -222,13 +328,18 @@ def _growth(ts: np.ndarray, v: np.ndarray, kill_ns: int) -> tuple[float | None, 
     return _slope(ts[m], v[m]), (int(v[m][-1]) if m.any() else None)
 
 
-def oom_postmortem(rec: Recording) -> dict[str, Any]:
+def oom_postmortem(rec: Recording, latency_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``latency_rows``: extra request timings (``--latency``) as ``spans``-table rows."""
     kills: list[dict[str, Any]] = []
     not_checked: list[dict[str, str]] = []
     checked: list[str] = []
-    starts, ends = _spans_bounds(rec)
-    if not len(starts):
-        not_checked.append({"signal": "load", "reason": "no request spans: leak vs load verdict uses the "
+    starts, ends = _request_bounds(rec, latency_rows)
+    engine = EngineLoad.of(rec)
+    if engine is not None:
+        checked.append("scrape_samples" + (f" ({engine.kv_metric})" if engine.kv_metric else ""))
+    if not len(starts) and (engine is None or not len(engine.kv_ts) and not len(engine.running_ts)):
+        not_checked.append({"signal": "load", "reason": "no request spans, --latency log or scraped engine "
+                            "metrics (KV-cache usage, running requests): leak vs load verdict uses the "
                             "rolling floor only"})
     if recorded(rec, "oom_kills"):
         checked.append("oom_kills")
@@ -250,9 +361,9 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
             ats, amem = _pid_series(rec, [pid], ts, anon=True)
             agrowth, alast = _growth(ats, amem, ts)
             if len(ats) >= 8:
-                verdict = growth_verdict(ats, amem, starts, ends)
+                verdict = growth_verdict(ats, amem, starts, ends, engine)
             elif r.get("in_target"):
-                verdict = growth_verdict(*_pid_series(rec, None, ts, anon=True), starts, ends)
+                verdict = growth_verdict(*_pid_series(rec, None, ts, anon=True), starts, ends, engine)
             else:
                 verdict = {"verdict": "unknown", "reason": "the victim is outside the target: its memory was "
                            "not sampled (only the kernel event is known)"}
@@ -274,7 +385,7 @@ def oom_postmortem(rec: Recording) -> dict[str, Any]:
     else:
         not_checked.append({"signal": "oom_kills", "reason": missing_reason(rec, "oom_kills")
                             + ": host and memcg OOM kills cannot be seen"})
-    cuda = _cuda_oom(rec, starts, ends)
+    cuda = _cuda_oom(rec, starts, ends, engine)
     if cuda is not None:
         kills.append(cuda)
     kills.sort(key=lambda k: k["ts_ns"])
@@ -296,7 +407,8 @@ def _series_summary(ts: np.ndarray, v: np.ndarray, kill_ns: int) -> dict[str, An
             "first_bytes": int(v[m][0]), "last_bytes": int(v[m][-1])}
 
 
-def _cuda_oom(rec: Recording, starts: np.ndarray, ends: np.ndarray) -> dict[str, Any] | None:
+def _cuda_oom(rec: Recording, starts: np.ndarray, ends: np.ndarray, engine: EngineLoad | None = None
+              ) -> dict[str, Any] | None:
     target = rec.target
     tail = target.get("stderr_tail") or []
     if isinstance(tail, str):
@@ -327,7 +439,7 @@ def _cuda_oom(rec: Recording, starts: np.ndarray, ends: np.ndarray) -> dict[str,
         return None
     tts, tmem = _gpu_series(rec, end, target_only=True)
     growth, last = _growth(tts, tmem, end)
-    verdict = growth_verdict(tts, tmem, starts, ends)
+    verdict = growth_verdict(tts, tmem, starts, ends, engine)
     return {
         "pid": root, "comm": target.get("comm"), "time": iso(rec, end), "ts_ns": int(end), "kind": "cuda",
         "in_target": True, "rss_bytes": None, "gpu_bytes": last if last is not None else (

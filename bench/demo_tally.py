@@ -3,7 +3,7 @@ unrelated steady load (50 % duty on another CPU) runs, analyse each, and count t
 injected hog is the first culprit of the first cause of the incident that covers it. The tally
 replaces the ``<!-- demo-tally -->`` section of docs/demo.md, with the host load.
 
-    sudo .venv/bin/python bench/demo_tally.py [--runs 10] [--metrics all|vllm] [--no-background]
+    sudo .venv/bin/python bench/demo_tally.py [--runs 10] [--metrics all|vllm] [--no-background] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--metrics", choices=("all", "vllm"), default="all")
     p.add_argument("--no-background", action="store_true")
+    p.add_argument("--keep", metavar="DIR", help="keep the recordings (runN) in DIR to inspect a failing run")
     a = p.parse_args()
     bg = None
     cpus = sorted(os.sched_getaffinity(0))
@@ -65,8 +66,10 @@ def main() -> int:
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="demo-tally-") as tmp:
+            keep = Path(a.keep) if a.keep else Path(tmp)
+            keep.mkdir(parents=True, exist_ok=True)
             for i in range(a.runs):
-                rows.append(one(i + 1, a.metrics, Path(tmp)))
+                rows.append(one(i + 1, a.metrics, keep))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         if bg is not None:

@@ -186,6 +186,8 @@ def write_recording(path: str | Path, sc: Scenario) -> dict[str, Any]:
                 "synthetic": {"kind": sc.kind, "seed": sc.seed}}
     if sc.labels:
         manifest["labels"] = dict(sc.labels)
+    if sc.extra.get("engine"):
+        collectors["scrape"] = {"status": "ok", "tables": ["scrape_samples"]}
     w = RecordingWriter(Path(path), manifest)
     emit = _Emitter(w, drop)
     truth: dict[str, Any] = {"kind": sc.kind, "incident": None, "culprit_pid": None}
@@ -213,6 +215,8 @@ def write_recording(path: str | Path, sc: Scenario) -> dict[str, Any]:
         if sc.spans:
             _spans(sc, rng, emit, t0, t1)
         t0 = t1
+    if sc.extra.get("engine"):
+        _scrapes(sc, w, end_s)
     if sc.kind in ("leak_oom", "kv_oom"):
         _oom_kill(sc, emit, truth)
     if sc.kind == "cuda_oom":
@@ -225,6 +229,30 @@ def write_recording(path: str | Path, sc: Scenario) -> dict[str, Any]:
     w.close()
     w.write_manifest()
     return truth
+
+
+def _scrapes(sc: Scenario, w: RecordingWriter, end_s: float) -> None:
+    """``record --scrape`` of a vLLM / SGLang engine every second (``extra['engine']``; names from
+    tests/fakes/engine_sim.py, copied from the engines' source, through the recorder's own parser):
+    running requests follow the load, KV-cache usage follows it too (``extra['kv'] == 'load'``, the
+    default) or stays flat (``'flat'``)."""
+    from prometheus_client import generate_latest
+
+    from autoglm_trace.probes.scrape import parse_samples
+    from tests.fakes.engine_sim import Metrics
+
+    m = Metrics(sc.extra["engine"], bool(sc.extra.get("old_names")))
+    ts = np.arange(0.0, end_s, 1.0)
+    rate = _rate(sc, ts)
+    peak = max(float(rate.max()), 1e-9)
+    rows: list[dict[str, Any]] = []
+    for t, r in zip(ts.tolist(), rate.tolist(), strict=True):
+        m.running.set(round(r))
+        m.kv.set(0.4 if sc.extra.get("kv") == "flat" else 0.1 + 0.8 * r / peak)
+        for name, labels, value in parse_samples(generate_latest(m.registry).decode()):
+            rows.append({"ts_ns": int(_ns(t)), "url": "http://127.0.0.1:8000/metrics", "metric": name,
+                         "labels": labels, "value": value})
+    w.writer("scrape_samples").append_batch(pa.RecordBatch.from_pylist(rows, schema=schema.schema_for("scrape_samples")))
 
 
 def _oom_kill(sc: Scenario, emit: _Emitter, truth: dict[str, Any]) -> None:

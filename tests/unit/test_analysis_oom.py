@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from autoglm_trace.analysis.oom import growth_verdict, oom_postmortem
+from autoglm_trace.analysis.oom import EngineLoad, growth_verdict, oom_postmortem
 from autoglm_trace.analysis.reader import Recording
 from tests.fakes.synthetic import MEMCG_LIMIT, WORKER_PID, Scenario, write_recording
 
@@ -86,3 +87,84 @@ def test_victim_outside_target_gets_no_invented_verdict(tmp_path):
     assert (k["pid"], k["kind"], k["in_target"]) == (8888, "host", False)
     assert k["verdict"] == "unknown" and "outside the target" in k["verdict_reason"]
     assert k["limit_bytes"] == 24 * 2**30  # host kill: MemTotal
+
+
+@pytest.mark.parametrize("engine,old", [("vllm", False), ("vllm", True), ("sglang", False)])
+def test_engine_kv_usage_decides_leak_vs_load_without_spans(tmp_path, engine, old):
+    """Only ``record --scrape`` tells the load: memory that follows the engine's KV-cache usage is
+    load; memory that grows beyond it (or while it stays flat) is a leak."""
+    ex = {"engine": engine, "old_names": old}
+    write_recording(tmp_path / "kv", Scenario(kind="kv_oom", duration_s=120, spans=False, extra=ex))
+    k = oom_postmortem(Recording(tmp_path / "kv"))["kills"][0]
+    assert k["verdict"] == "kv_cache_growth", k["verdict_reason"]
+    kv_name = {"vllm": "vllm:gpu_cache_usage_perc" if old else "vllm:kv_cache_usage_perc",
+               "sglang": "sglang:token_usage"}[engine]
+    assert k["verdict_evidence"]["kv_metric"] == kv_name and kv_name in k["verdict_reason"]
+    assert k["verdict_evidence"]["kv_correlation"] > 0.5
+    write_recording(tmp_path / "leak", Scenario(kind="leak_oom", duration_s=120, spans=False, extra=ex))
+    k = oom_postmortem(Recording(tmp_path / "leak"))["kills"][0]
+    assert k["verdict"] == "leak", k["verdict_reason"]
+    assert "beyond what the engine's KV-cache usage" in k["verdict_reason"]
+    write_recording(tmp_path / "flat", Scenario(kind="leak_oom", duration_s=120, spans=False,
+                                                extra={**ex, "kv": "flat"}))
+    k = oom_postmortem(Recording(tmp_path / "flat"))["kills"][0]
+    assert k["verdict"] == "leak" and "stayed flat at 40%" in k["verdict_reason"], k["verdict_reason"]
+    # without the scrape, the same recording only shows steady growth
+    write_recording(tmp_path / "none", Scenario(kind="leak_oom", duration_s=120, spans=False))
+    k = oom_postmortem(Recording(tmp_path / "none"))["kills"][0]
+    assert k["verdict"] == "steady_growth", k["verdict_reason"]
+
+
+def test_growth_verdict_with_engine_kv_usage():
+    t = (np.arange(400) * 250_000_000).astype(np.int64)
+    secs = t / 1e9
+    none = np.empty(0, np.int64)
+    # KV usage that rises steadily (no request ever finishes): memory following it is load, where
+    # the rolling floor alone could only say steady_growth
+    kv = 0.1 + 0.8 * secs / secs[-1]
+    mem = 1e9 + 2e9 * kv
+    assert growth_verdict(t, mem, none, none)["verdict"] == "steady_growth"
+    eng = EngineLoad(t[::4], kv[::4], "vllm:kv_cache_usage_perc")
+    assert growth_verdict(t, mem, none, none, eng)["verdict"] == "kv_cache_growth"
+    # KV usage going up and down while memory only climbs: a leak
+    wave = 0.5 + 0.3 * np.sin(secs / 5)
+    eng = EngineLoad(t[::4], wave[::4], "vllm:kv_cache_usage_perc")
+    leak = 1e9 + 2e7 * secs + 2e8 * wave
+    v = growth_verdict(t, leak, none, none, eng)
+    assert v["verdict"] == "leak" and v["trend_beyond_kv_bytes"] > 1.5e9, v
+    # memory that neither grows nor follows KV usage: no verdict invented from it
+    flat = 1e9 + np.random.default_rng(1).normal(0, 1e6, len(t))
+    assert growth_verdict(t, flat, none, none, eng)["verdict"] == "unknown"
+    # the engine's running requests are the load when there are no spans: idle floors from them
+    busy = (secs % 20) < 12
+    eng = EngineLoad(running_ts=t[::4], running=np.where(busy, 3.0, 0.0)[::4])
+    assert growth_verdict(t, 1e9 + np.where(busy, 5e8, 0), none, none, eng)["verdict"] == "kv_cache_growth"
+    assert growth_verdict(t, 1e9 + np.where(busy, 5e8, 0) + secs * 2e7, none, none, eng)["verdict"] == "leak"
+
+
+def test_oom_latency_option_is_analyzes(tmp_path, capsys):
+    """``oom --latency FILE`` takes the log ``analyze --latency`` takes (one option definition) and
+    uses its requests as the load; a bad log is one line, exit 2."""
+    from autoglm_trace.tracer.cli import main as cli
+    from autoglm_trace.tracer.commands import _latency, analyze, oom
+
+    assert oom.add_latency_option is analyze.add_latency_option is _latency.add_latency_option
+    write_recording(tmp_path / "r", Scenario(kind="kv_oom", duration_s=120, spans=False))
+    assert oom_postmortem(Recording(tmp_path / "r"))["kills"][0]["verdict"] == "unknown"  # no load known
+    # the same requests, as a server's latency log
+    write_recording(tmp_path / "with", Scenario(kind="kv_oom", duration_s=120))
+    rec = Recording(tmp_path / "with")
+    log = tmp_path / "requests.jsonl"
+    with log.open("w") as f:
+        for s in rec.table("spans").to_pylist():
+            f.write(json.dumps({"start": (s["ts_ns"] + rec.wall_offset_ns) / 1e9,
+                                "end": (s["end_ns"] + rec.wall_offset_ns) / 1e9}) + "\n")
+    assert cli(["oom", str(tmp_path / "r"), "--latency", str(log), "--json"]) == 0
+    k = json.loads(capsys.readouterr().out)["kills"][0]
+    assert k["verdict"] == "kv_cache_growth", k["verdict_reason"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    for cmd in ("oom", "analyze"):
+        rc = cli([cmd, str(tmp_path / "r"), "--latency", str(bad)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and f"error: {cmd}: --latency" in err, err

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
-from autoglm_trace.errors import UsageError
+from autoglm_trace.tracer.commands._latency import add_latency_option, load_latency, skipped_finding
 from autoglm_trace.tracer.commands._parser import CommandParser, float_in
 
 NAME = "analyze"
@@ -27,22 +26,10 @@ preemption, block-I/O, reclaim and GPU-process tables. The JSON is a stable cont
 docs/analysis.md."""
 
 
-def load_latency(path: str, wall_offset_ns: int) -> tuple[list[dict[str, Any]], list[str]]:
-    from autoglm_trace.probes.latency_log import parse_latency_file, to_spans
-
-    try:
-        rows, errors = parse_latency_file(path)
-    except OSError as e:
-        raise UsageError(f"analyze: cannot read --latency {path}: {e.strerror or e}") from None
-    if not rows and errors:
-        raise UsageError(f"analyze: --latency {path} has no usable requests ({errors[0]})")
-    return to_spans(rows, wall_offset_ns), errors
-
-
 def main(argv: list[str]) -> int:
     p = CommandParser(NAME, SUMMARY, EPILOG)
     p.add_argument("recording", help="recording directory")
-    p.add_argument("--latency", metavar="FILE", help="request latency log (JSONL or CSV) to analyse with the recording")
+    add_latency_option(p)
     p.add_argument("--window", type=float_in(0, MAX_WINDOW_S, " s", lo_open=True), default=1.0, metavar="S",
                    help="analysis window in seconds (default 1; never shorter than the kernel buckets)")
     p.add_argument("--json", action="store_true", help="machine-readable output (docs/analysis.md)")
@@ -53,11 +40,10 @@ def main(argv: list[str]) -> int:
     from autoglm_trace.analysis.render import print_markup, render_diagnosis
 
     rec = Recording(args.recording)
-    rows, errors = (load_latency(args.latency, rec.wall_offset_ns) if args.latency else (None, []))
+    rows, errors = load_latency(NAME, args.latency, rec.wall_offset_ns)
     d = diagnose(rec, latency_rows=rows, window_ns=int(args.window * 1e9))
-    if errors:
-        d["findings"].append({"kind": "latency_log", "severity": "warning",
-                              "message": f"{len(errors)} latency-log lines skipped (first: {errors[0]})"})
+    if (skipped := skipped_finding(errors)) is not None:
+        d["findings"].append(skipped)
     if args.json:
         json.dump(d, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
