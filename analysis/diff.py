@@ -124,11 +124,66 @@ def _normalised(tl: Timeline, sig: Signal, requests: int) -> tuple[float, str, s
 _KIND_OF = {s: kind for kind, (specific, stalls) in CAUSES.items() for s in specific + stalls}
 
 
+ENGINE_GAUGES = ("kv_cache_usage", "running", "waiting")
+
+
+def engine_diff(base: Recording, new: Recording) -> dict[str, Any] | None:
+    """The serving engines' own latency (``record --scrape``) compared phase by phase -- end-to-end,
+    time to first token, inter-token, queue, prefill, decode -- each quantile ``histogram_quantile``
+    over the whole recording (``EngineLatency.quantile_ci``, the windowed-quantile rule every view
+    uses) with its order-statistic interval; and the engine's state: KV-cache usage, running /
+    waiting requests (means) and preemptions per second. None unless both recordings scraped one."""
+    from autoglm_trace.analysis import engine as engine_mod
+
+    eb, en = engine_mod.load_engine(base), engine_mod.load_engine(new)
+    if eb is None or en is None:
+        return None
+    phases: dict[str, Any] = {}
+    for key, pb in eb.phases.items():
+        pn = en.phases.get(key)
+        if pn is None:
+            continue
+        (nb, sb), (nn, sn) = pb.summed(), pn.summed()
+        if not nb or not nn or nb[-1] < 1 or nn[-1] < 1:
+            continue
+        # _sum / _count: exact where the buckets are coarse (vLLM's request buckets start at 0.3 s).
+        mean = {"base": round(1e3 * sb / nb[-1], 4), "new": round(1e3 * sn / nn[-1], 4)}
+        mean["ratio"] = round(mean["new"] / mean["base"], 4) if mean["base"] > 0 else None
+        qb = lambda q, ph=pb: _ms(ph.quantile_ci(q))  # noqa: E731
+        qn = lambda q, ph=pn: _ms(ph.quantile_ci(q))  # noqa: E731
+        if all(qb(q / 100) is not None and qn(q / 100) is not None for q in QUANTILES):
+            phases[key] = {"metric": pn.metric, "describe": pn.describe, "mean": mean,
+                           **_compare(qb, qn, int(nb[-1]), int(nn[-1]), "ms")}
+    state: dict[str, Any] = {}
+    for role in ENGINE_GAUGES:
+        gb, gn = engine_mod.gauge_summary(eb, role), engine_mod.gauge_summary(en, role)
+        if gb is not None and gn is not None:
+            state[role] = {"metric": en.gauges.get(role), "base": gb, "new": gn}
+    pb_, pn_ = engine_mod.counter_rate_per_s(eb, "preemptions"), engine_mod.counter_rate_per_s(en, "preemptions")
+    if pb_ is not None and pn_ is not None:
+        state["preemptions_per_s"] = {"metric": en.gauges.get("preemptions"), "base": pb_, "new": pn_}
+    if not phases and not state:
+        return None
+    main = next((k for k in ("e2e", "ttft", "itl") if k in phases), None)
+    return {"base": eb.describe(), "new": en.describe(), "latency_phase": main, "phases": phases, "state": state}
+
+
+def _ms(v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+    return None if v is None else (v[0] * 1e3, v[1] * 1e3, v[2] * 1e3)
+
+
 def diff_recordings(base: Recording, new: Recording) -> dict[str, Any]:
     lb, tb = _latencies(base)
     ln, tn = _latencies(new)
     latency = _dist(lb, ln, "ms")
     per_token = _dist(tb, tn, "ms/token")
+    engine = engine_diff(base, new)
+    latency_source = "requests" if latency is not None else None
+    if latency is None and engine is not None and engine["latency_phase"]:
+        # No request timings on a side: the engine's own histograms are the request latency.
+        ph = engine["phases"][engine["latency_phase"]]
+        latency = {k: v for k, v in ph.items() if k not in ("metric", "describe", "mean")}
+        latency_source = f"engine:{ph['metric']}"
     tlb, tln = build_timeline(base), build_timeline(new)
     signals = []
     for name, sb in tlb.signals.items():
@@ -173,7 +228,8 @@ def diff_recordings(base: Recording, new: Recording) -> dict[str, Any]:
         "schema": SCHEMA_ID,
         "base": {"recording": str(base.path), "requests": len(lb), "duration_s": round(tlb.n * tlb.width_ns / 1e9, 3)},
         "new": {"recording": str(new.path), "requests": len(ln), "duration_s": round(tln.n * tln.width_ns / 1e9, 3)},
-        "latency": latency, "latency_per_token": per_token, "regressed": regressed,
+        "latency": latency, "latency_source": latency_source, "latency_per_token": per_token,
+        "engine": engine, "regressed": regressed,
         "likely_cause": likely, "culprits": who, "time_split": splits, "signals": signals,
         "not_checked": not_checked,
     }

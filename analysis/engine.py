@@ -47,6 +47,37 @@ class EngineLatency:
     p99: np.ndarray
     states: sm.HistogramStates | None = None
 
+    def summed(self, mask: np.ndarray | None = None) -> tuple[list[float] | None, float]:
+        """The cumulative bucket increases and the ``_sum`` increase over the windows in ``mask``
+        (all by default): one histogram of every request those windows finished."""
+        if self.states is None:
+            return None, 0.0
+        mask = np.ones(len(self.start), bool) if mask is None else mask
+        acc: list[float] | None = None
+        total = 0.0
+        for a, b in zip(self.start[mask].tolist(), self.end[mask].tolist(), strict=True):
+            d, s = self.states.delta(a, b)
+            acc = d if acc is None else [x + y for x, y in zip(acc, d, strict=True)]
+            total += s
+        return acc, total
+
+    def quantile_ci(self, q: float, mask: np.ndarray | None = None, z: float = 1.96
+                    ) -> tuple[float, float, float] | None:
+        """(estimate, low, high) in seconds of the q-quantile over ``mask``'s windows: the estimate is
+        ``histogram_quantile`` (the rule every view uses); the bounds are the same rule at the
+        distribution-free order-statistic ranks (``diff.ci_ranks``), so a bucket's width shows."""
+        from autoglm_trace.analysis.diff import ci_ranks
+
+        acc, _ = self.summed(mask)
+        if acc is None or self.states is None or acc[-1] < 1:
+            return None
+        n = int(round(acc[-1]))
+        lo, hi = ci_ranks(n, q, z)
+        est, a, b = (sm.bucket_quantile(x, self.states.bounds, acc) for x in (q, (lo + 0.5) / n, (hi + 0.5) / n))
+        if est is None or a is None or b is None:
+            return None
+        return est, min(a, est), max(b, est)
+
     @property
     def mean(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -55,15 +86,9 @@ class EngineLatency:
     def over(self, mask: np.ndarray) -> dict[str, float | None]:
         """Requests, mean and quantiles over a set of windows: the bucket increases summed first
         (one ``histogram_quantile`` over the whole span), never an average of window quantiles."""
-        if self.states is None or not mask.any():
+        acc, total = self.summed(mask)
+        if self.states is None or acc is None:
             return {"count": 0.0, "mean_s": None, "p50_s": None, "p90_s": None, "p99_s": None}
-        acc: list[float] | None = None
-        total = 0.0
-        for a, b in zip(self.start[mask].tolist(), self.end[mask].tolist(), strict=True):
-            d, s = self.states.delta(a, b)
-            acc = d if acc is None else [x + y for x, y in zip(acc, d, strict=True)]
-            total += s
-        assert acc is not None
         n = acc[-1]
         q = {f"p{int(p * 100)}_s": sm.bucket_quantile(p, self.states.bounds, acc) if n > 0 else None
              for p in (0.5, 0.9, 0.99)}
@@ -283,3 +308,21 @@ def _ms(d: dict[str, Any]) -> dict[str, Any]:
 
 def _r(v: float | None, nd: int = 1) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), nd)
+
+
+def gauge_summary(eng: Engine, role: str) -> dict[str, float] | None:
+    """Mean and maximum of a gauge over the recording (the KV-cache usage, running / waiting requests)."""
+    _ts, v = gauge(eng, role)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    return {"mean": round(float(v.mean()), 4), "max": round(float(v.max()), 4)}
+
+
+def counter_rate_per_s(eng: Engine, role: str) -> float | None:
+    """A counter's increase per second over the recording (preemptions), resets counted as restarts."""
+    ts, v = gauge(eng, role)
+    if len(ts) < 2 or np.ptp(ts) <= 0:
+        return None
+    _dts, d = counter_deltas(ts, np.zeros(len(ts), np.int64), v)
+    return round(float(d.sum()) / (float(np.ptp(ts)) / 1e9), 4)

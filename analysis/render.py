@@ -153,8 +153,11 @@ def render_oom(d: dict[str, Any]) -> str:
 
 
 def render_diff(d: dict[str, Any], top: int = 10) -> str:
-    out = [escape(f"base {d['base']['recording']} ({d['base']['requests']} requests) vs "
-                  f"new {d['new']['recording']} ({d['new']['requests']} requests)")]
+    eng = (d.get("latency_source") or "").startswith("engine:")
+    nb, nn = ((d["latency"]["base_count"], d["latency"]["new_count"]) if eng else
+              (d["base"]["requests"], d["new"]["requests"]))
+    out = [escape(f"base {d['base']['recording']} ({nb} requests{' (engine)' if eng else ''}) vs "
+                  f"new {d['new']['recording']} ({nn} requests{' (engine)' if eng else ''})")]
     lc = d.get("likely_cause")
     if d.get("regressed"):
         out.append("[bold red]Latency regressed.[/]" + (f" Likely cause: [cyan]{escape(lc['kind'])}[/]: "
@@ -175,6 +178,9 @@ def render_diff(d: dict[str, Any], top: int = 10) -> str:
             out.append(escape(f"  {label} p{q}: {p['base']:.2f} -> {p['new']:.2f} {dist['unit']} "
                               f"(95% CI {p['base_ci'][0]:.2f}-{p['base_ci'][1]:.2f} -> "
                               f"{p['new_ci'][0]:.2f}-{p['new_ci'][1]:.2f}){mark}"))
+    if (d.get("latency_source") or "").startswith("engine:"):
+        out.append(escape(f"  (latency from the engine's histogram {d['latency_source'][7:]})"))
+    out.extend(engine_diff_lines(d.get("engine")))
     for c in d.get("culprits") or []:
         out.append(escape(f"  grew into it: {c['who']}: {c['base']:.4g} -> {c['new']:.4g} {c['unit']}"))
     for side in ("base", "new"):
@@ -188,6 +194,29 @@ def render_diff(d: dict[str, Any], top: int = 10) -> str:
                                          f"{' (mean)' if s['normalised'] == 'mean' else ''} (x{s['ratio']:.2f})"
                                          + (f" [{s['cause_kind']}]" if s.get("cause_kind") else "")))
     return "\n".join(out)
+
+
+def engine_diff_lines(e: dict[str, Any] | None) -> list[str]:
+    """The engines' phases (p50 / p99 with a mark when significant) and state, base -> new."""
+    if not e:
+        return []
+    out = [escape(f"  engine ({e['new'].get('engine')}, scraped every {e['base']['scrape_interval_s']:.3g} s / "
+                  f"{e['new']['scrape_interval_s']:.3g} s):")]
+    for row in e["phases"].values():
+        cells = [f"p{q} {row[f'p{q}']['base']:.1f} -> {row[f'p{q}']['new']:.1f} ms"
+                 + (" *" if row[f"p{q}"]["significant"] else "") for q in (50, 99)]
+        cells.append(f"mean {row['mean']['base']:.1f} -> {row['mean']['new']:.1f} ms")
+        out.append(escape(f"    {row['describe'].split(' (')[0]}: " + ", ".join(cells)))
+    for role, v in e["state"].items():
+        if role == "preemptions_per_s":
+            out.append(escape(f"    preemptions: {v['base']:.3g} -> {v['new']:.3g} /s"))
+        else:
+            fmt = (lambda x: f"{x:.0%}") if role == "kv_cache_usage" else (lambda x: f"{x:.1f}")
+            label = {"kv_cache_usage": "KV-cache usage", "running": "running requests",
+                     "waiting": "waiting requests"}.get(role, role)
+            out.append(escape(f"    {label} (mean): {fmt(v['base']['mean'])} -> "
+                              f"{fmt(v['new']['mean'])}"))
+    return out
 
 
 def print_markup(text: str) -> None:

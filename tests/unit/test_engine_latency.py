@@ -178,3 +178,47 @@ def test_no_incident_on_a_steady_engine(tmp_path):
     d = diagnose(Recording(tmp_path / "rec"))
     assert d["incidents"] == []
     assert d["engine"]["latency"]["requests"] > 200
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_diff_compares_the_engines_latency_without_spans(tmp_path, engine):
+    """Two ``--scrape``-only recordings: diff's quantiles are histogram_quantile over the increase
+    across the whole recording (computed here independently), each phase separately, with the
+    engine's KV-cache usage beside them."""
+    from autoglm_trace.analysis.diff import diff_recordings
+    from autoglm_trace.analysis.render import render_diff
+
+    _record(tmp_path / "base", engine, None, "itl")
+    _record(tmp_path / "new", engine, 0.0, "itl", seed=1)
+    d = diff_recordings(Recording(tmp_path / "base"), Recording(tmp_path / "new"))
+    json.dumps(d)
+    e2e = "vllm:e2e_request_latency_seconds" if engine == "vllm" else "sglang:e2e_request_latency_seconds"
+    assert d["latency_source"] == f"engine:{e2e}" and d["regressed"] is True
+    e = d["engine"]
+    assert e["base"]["scrape_interval_s"] == pytest.approx(0.5)
+    for side in ("base", "new"):
+        rec = Recording(tmp_path / side)
+        rows: dict = defaultdict(list)
+        for r in rec.table("scrape_samples").to_pylist():
+            rows[(r["metric"], r["ts_ns"])].append(r)
+        times = sorted({ts for (_m, ts) in rows})
+        for key, row in e["phases"].items():
+            for q in (50, 90, 99):
+                exp = promql_histogram_quantile(q / 100, rows, row["metric"], times[0], times[-1])
+                assert row[f"p{q}"][side] == pytest.approx(1e3 * exp, abs=1e-3), (key, q, side)
+                lo, hi = row[f"p{q}"][f"{side}_ci"]
+                assert lo <= row[f"p{q}"][side] <= hi
+    itl = e["phases"]["itl"]
+    # the quantile reads the coarse buckets (0.01-0.025 s holds both); the mean is exact
+    assert itl["p50"]["significant"] and itl["p50"]["ratio"] > 1.15
+    assert itl["mean"]["ratio"] == pytest.approx(2.0, rel=0.1)
+    assert not e["phases"]["queue"]["p50"]["significant"]  # the queue did not change, only the service
+    kv = e["state"]["kv_cache_usage"]
+    assert kv["base"]["mean"] == pytest.approx(0.3, abs=0.01) and kv["new"]["mean"] == pytest.approx(0.8, abs=0.01)
+    text = render_diff(d)
+    assert "Latency regressed" in text and "scraped every 0.5 s" in text and "KV-cache usage (mean): 30% -> 79%" in text
+    assert "requests (engine)" in text
+    # the same workload: no regression claimed
+    _record(tmp_path / "again", engine, None, "itl", seed=2)
+    d = diff_recordings(Recording(tmp_path / "base"), Recording(tmp_path / "again"))
+    assert d["regressed"] is False
