@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(cases.CASES), help="comma-separated (default: all)")
     p.add_argument("--doc", type=Path, default=DOC)
     p.add_argument("--json", type=Path, help="also write every run's verdict here")
+    p.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                   help="write the table from the --json files of earlier runs (scenarios split over several "
+                        "shorter runs) instead of running")
     a = p.parse_args(argv)
+    if a.combine:
+        return _combine(a.combine, a.doc)
     names = [n for n in a.cases.split(",") if n]
     unknown = [n for n in names if n not in cases.CASES]
     if unknown:
@@ -60,25 +65,56 @@ def main(argv: list[str] | None = None) -> int:
             results[n].append(v)
             print(f"[{n} run {i + 1}] kind {'ok' if v['right_kind'] else 'WRONG'}, culprit "
                   f"{'ok' if v['right_culprit'] else 'WRONG'}: {v['verdict']}", flush=True)
-    section = render(results, a.runs, started, load0, _load())
-    text = a.doc.read_text()
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    a.doc.write_text(text)
+    load1 = _load()
+    _write_doc(a.doc, render(results, a.runs, started, load0, load1))
     if a.json:
-        a.json.write_text(json.dumps(results, indent=1))
+        a.json.write_text(json.dumps({"results": results, "runs": a.runs, "started": started.isoformat(),
+                                      "load": [load0, load1]}, indent=1))
     bad = sum(1 for rs in results.values() for r in rs if not (r["right_kind"] and r["right_culprit"]))
     print(f"{bad} of {sum(len(r) for r in results.values())} runs disagree; table written to {a.doc}")
     return 0
 
 
-def render(results: dict[str, list[dict]], runs: int, started: dt.datetime, load0: str, load1: str) -> str:
+def _write_doc(doc: Path, section: str) -> None:
+    text = doc.read_text()
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+def _combine(files: list[Path], doc: Path) -> int:
+    """One table from several runs' --json files (each a part of the scenarios), every run kept."""
+    parts = []
+    for f in files:
+        try:
+            d = json.loads(f.read_text())
+            parts.append((dt.datetime.fromisoformat(d["started"]), d))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"accuracy: cannot read {f}: {e}", file=sys.stderr)
+            return 2
+    parts.sort(key=lambda x: x[0])
+    results: dict[str, list[dict]] = {}
+    for n in cases.CASES:
+        for _t, d in parts:
+            if n in d["results"]:
+                results.setdefault(n, []).extend(d["results"][n])
+    loads = "; ".join(f"{d['load'][0]} before and {d['load'][1]} after" for _t, d in parts)
+    _write_doc(doc, render(results, max(d["runs"] for _t, d in parts), parts[0][0], loads, None,
+                           len(parts)))
+    print(f"table of {sum(len(r) for r in results.values())} runs ({len(parts)} parts) written to {doc}")
+    return 0
+
+
+def render(results: dict[str, list[dict]], runs: int, started: dt.datetime, load0: str, load1: str | None,
+           parts: int = 1) -> str:
     lines = [BEGIN, "### Scenario accuracy (latest run)", "",
              f"Command: `sudo make scenarios-accuracy` (`python -m tests.scenarios.accuracy --runs {runs}`), "
              f"{started:%Y-%m-%d %H:%M} UTC, {platform.node() and 'this VM'}: {os.cpu_count()} CPUs, "
-             f"load average {load0} before and {load1} after (1 / 5 / 15 min; other work shares this machine).",
+             + (f"load average {load0} before and {load1} after" if load1 is not None else
+                f"in {parts} consecutive parts (scenarios split to keep each run short), load average {load0}")
+             + " (1 / 5 / 15 min; other work shares this machine).",
              "",
              "| scenario | trouble | runs | right kind first | right culprit first | right kind |",
              "|---|---|---|---|---|---|"]
