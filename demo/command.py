@@ -143,6 +143,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-budget-mb", type=int, default=4, help="prefix-cache budget before LRU eviction")
     p.add_argument("--drop-cache", action="store_true",
                    help="drop the weights file's page cache at start, so that it is charged to --memcg")
+    p.add_argument("--weights", metavar="FILE",
+                   help="weights file to map (default: the shared one in $AUTOGLM_DEMO_DIR, made if missing)")
     return p
 
 
@@ -190,7 +192,7 @@ def main(argv: list[str]) -> int:
             return run_server(port=a.port, workers=a.workers, journal=a.journal, memcg=a.memcg, cpus=a.cpus,
                               incident=a.incident, incident_at=a.incident_at, duration=a.duration,
                               ready_file=a.ready_file, kv_budget_mb=a.kv_budget_mb,
-                              drop_cache=a.drop_cache)
+                              drop_cache=a.drop_cache, weights=a.weights)
         except OSError as e:
             raise TargetError(f"demo server: {e.strerror or e}") from None
     if sub == "load":
@@ -264,7 +266,9 @@ class Demo:
         if self.a.incident == "memory-pressure":
             # The weights' pages must belong to the cgroup the balloon squeezes. (Not for oom: there
             # the leak should hit the limit, not first thrash the weights out of the page cache.)
-            cmd += ["--drop-cache"]
+            # Pages of the shared file that another demo server maps cannot be dropped and stay
+            # charged to its cgroup, out of the balloon's reach: this server maps a copy of its own.
+            cmd += ["--weights", str(self._private_weights()), "--drop-cache"]
         if self.a.cpus:
             cmd += ["--cpus", ",".join(map(str, self.a.cpus))]
         if self.a.record:
@@ -293,6 +297,15 @@ class Demo:
                     pass
             time.sleep(0.1)
         raise TargetError("the demo server did not come up within the time limit")
+
+    def _private_weights(self) -> Path:
+        from autoglm_trace.demo.server import ModelConfig, default_weights_path, drop_page_cache
+
+        path = self.run_dir / "weights.bin"
+        shutil.copyfile(default_weights_path(ModelConfig()), path)
+        os.chmod(path, 0o644)  # read by a server that may run as the sudo user
+        drop_page_cache(path)  # the copy's pages are charged to us; the server faults them in anew
+        return path
 
     # Incident ----------------------------------------------------------------------------------
     def inject(self, remaining_s: float) -> None:

@@ -83,11 +83,7 @@ class TinyMoE:
         if drop_cache:
             # Page cache is charged to the cgroup that first faults a page in: drop what an earlier
             # run cached so this server's memory cgroup owns (and can be squeezed on) its weights.
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            drop_page_cache(path)
         self.mm = np.memmap(path, dtype=np.float32, mode="r", shape=(n,))
         h, f, e = cfg.hidden, cfg.ffn, cfg.experts
         off = 0
@@ -177,6 +173,21 @@ class TinyMoE:
 def default_weights_path(cfg: ModelConfig) -> Path:
     workdir = Path(os.environ.get("AUTOGLM_DEMO_DIR", "/var/tmp/autoglm-demo"))
     return workdir / f"weights-{cfg.n_floats()}.bin"
+
+
+def drop_page_cache(path: Path) -> None:
+    """Evict ``path``'s pages from the page cache as far as the kernel lets us. POSIX_FADV_DONTNEED
+    (mm/fadvise.c -> mapping_try_invalidate() -> mapping_evict_folio() in mm/truncate.c) leaves dirty
+    folios, folios under writeback and folios some process maps: so write back first; a page another
+    process maps stays, charged to whichever memory cgroup first faulted it in. A server whose
+    weights must be charged to its own cgroup needs a file nobody else maps (``demo run`` gives it a
+    private copy)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def _weights_ready(path: Path, n: int) -> bool:
@@ -498,7 +509,7 @@ def join_memcg(path: str) -> None:
 def run_server(port: int = 0, workers: int = 2, journal: str | None = None, memcg: str | None = None,
                cpus: list[int] | None = None, incident: str = "none", incident_at: float | None = None,
                duration: float | None = None, ready_file: str | None = None, kv_budget_mb: int = 4,
-               drop_cache: bool = False) -> int:
+               drop_cache: bool = False, weights: str | None = None) -> int:
     """Run until SIGTERM / SIGINT / ``duration``. Prints one line with the URL when ready."""
     from autoglm_trace.demo.hog import set_comm
 
@@ -508,7 +519,8 @@ def run_server(port: int = 0, workers: int = 2, journal: str | None = None, memc
     if cpus:
         os.sched_setaffinity(0, cpus)
     srv = DemoServer(port=port, workers=workers, journal=Path(journal) if journal else None,
-                     kv_budget_bytes=kv_budget_mb << 20, drop_cache=drop_cache)
+                     weights=Path(weights) if weights else None, kv_budget_bytes=kv_budget_mb << 20,
+                     drop_cache=drop_cache)
 
     def stop(*_a: Any) -> None:
         srv.shutdown()
