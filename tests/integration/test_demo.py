@@ -259,12 +259,10 @@ def _incident_ts(r: Recording) -> int:
     return first + 3_000_000_000
 
 
-# memory-pressure: open finding -- every demo server maps one shared weights file, and pages another
-# process has mapped stay charged to its memcg, out of the balloon's reach (major faults then rise by
-# fewer than 10); the private-copy fix was not verified on a quiet machine in time.
-@pytest.mark.parametrize("incident", ["cpu-hog", "io-hog", pytest.param("memory-pressure", marks=pytest.mark.xfail(
-    reason="open finding: shared weights mapping keeps pages out of the incident's memcg", strict=False)),
-    "leak", "oom"])
+# memory-pressure: `demo run` gives the server a private copy of the weights, so that another demo
+# server mapping the shared file (whose pages would stay charged to its memcg, out of the balloon's
+# reach) cannot keep the major faults from rising; verified with such a mapping held.
+@pytest.mark.parametrize("incident", ["cpu-hog", "io-hog", "memory-pressure", "leak", "oom"])
 @pytest.mark.root
 @pytest.mark.bpf
 @pytest.mark.slow
