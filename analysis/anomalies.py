@@ -11,6 +11,12 @@ From request spans (``SpanScores``) or, without spans, from the engine's scraped
    stall event, weighted to the windows the affected requests were in flight, its baseline the
    windows between the stalls;
 3. **spikes**: what is left of the per-request (or per-window) slow tests, as before.
+
+Without any request latency (no spans, no latency log, no scrape) the same shapes are found on the
+stall signals themselves (``resource_shapes``: run-queue wait, D-state time, reclaim, ...), so a hog
+that starts mid-run and stays is one shift, not a row of spikes. With request latency, a shift a
+stall signal located is tested on the requests at that point (``corroborated_shift``): one tested
+split, not a search, so a milder slowdown (>= 1.1x, statistic >= 3) counts.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ import numpy as np
 from autoglm_trace.analysis import causes as causes_mod
 from autoglm_trace.analysis import shapes
 from autoglm_trace.analysis.engine import Engine, EngineLatency, spike_windows, window_series
-from autoglm_trace.analysis.spikes import DEFAULT_GAP_NS, Incident, SpanScores, latency_incidents
+from autoglm_trace.analysis.spikes import (
+    DEFAULT_GAP_NS,
+    RESOURCE_WATCH,
+    Incident,
+    SpanScores,
+    latency_incidents,
+    resource_incidents,
+)
 from autoglm_trace.analysis.timeline import Timeline, in_flight
 
 
@@ -42,6 +55,8 @@ def span_incidents(sc: SpanScores, tl: Timeline, gap_ns: int = DEFAULT_GAP_NS) -
     covered = np.zeros(n, bool)
     out: list[Incident] = []
     sh = shapes.find_shift(sc.start[order], sc.end[order], lr[order], span_ns=(tl.start_ns, tl.end_ns))
+    if sh is None:
+        sh = corroborated_shift(sc, tl)
     if sh is not None:
         members = order[sh.first : sh.stop]
         before = np.r_[order[: sh.first], order[sh.stop :]]
@@ -67,6 +82,109 @@ def span_incidents(sc: SpanScores, tl: Timeline, gap_ns: int = DEFAULT_GAP_NS) -
     return sorted(out + spikes, key=lambda i: i.start_ns)
 
 
+RESOURCE_SHIFT_RATIO = 2.0  # a stall signal is jumpy: its level must at least double
+CORROBORATED_STAT = 3.0
+CORROBORATED_RATIO = 1.1
+
+
+def _window_series(tl: Timeline, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    sig = tl.get(name)
+    if sig is None or tl.n < 6:
+        return None
+    v = np.nan_to_num(sig.values, nan=0.0)
+    floor = max(float(sig.floor), 1e-12)
+    x = np.log((v + floor) / (float(np.median(v)) + floor))
+    s = tl.start_ns + np.arange(tl.n, dtype=np.int64) * tl.width_ns
+    return s, s + tl.width_ns, x
+
+
+def resource_shift(tl: Timeline) -> tuple[shapes.Shift, str] | None:
+    """The strongest sustained shift among the stall signals (level at least doubled), with its signal."""
+    best: tuple[shapes.Shift, str] | None = None
+    for name in RESOURCE_WATCH:
+        ser = _window_series(tl, name)
+        if ser is None:
+            continue
+        sh = shapes.find_shift(*ser, span_ns=(tl.start_ns, tl.end_ns), min_ratio=RESOURCE_SHIFT_RATIO)
+        if sh is not None and (best is None or sh.stat > best[0].stat):
+            best = (sh, name)
+    return best
+
+
+def _resource_info(tl: Timeline, name: str) -> dict[str, Any]:
+    sig = tl.signals[name]
+    return {"signal": name, "describe": sig.describe, "unit": sig.unit}
+
+
+def resource_shapes(tl: Timeline, gap_windows: int = 2) -> list[Incident]:
+    """Incidents from the stall signals alone (no request latency of any kind): a sustained shift
+    (one incident from the change point, its baseline before it), periodic stalls of the strongest
+    periodic signal, and what is left as spikes (``spikes.resource_incidents``)."""
+    out: list[Incident] = []
+    covered = np.zeros(tl.n, bool)
+    found = resource_shift(tl)
+    if found is not None:
+        sh, name = found
+        sig = tl.signals[name]
+        v = np.nan_to_num(sig.values, nan=0.0)
+        before, after = v[: sh.first], v[sh.first : sh.stop]
+        info = {"from_s": round((sh.start_ns - tl.start_ns) / 1e9, 3), "to_end": sh.to_end,
+                "until_s": None if sh.to_end else round((sh.end_ns - tl.start_ns) / 1e9, 3),
+                "ratio": round(sh.ratio, 3), "statistic": round(sh.stat, 2),
+                "level_before": round(float(np.median(before)), 3), "level_after": round(float(np.median(after)), 3),
+                **_resource_info(tl, name)}
+        end = tl.end_ns if sh.to_end else sh.end_ns
+        out.append(Incident(start_ns=sh.start_ns, end_ns=end, kind="resource", source="resource", shape="shift",
+                            shape_info=info, trigger={"signal": name, "ratio": round(sh.ratio, 3),
+                                                      "describe": sig.describe}))
+        covered |= tl.window_mask(sh.start_ns, end)
+    best: tuple[shapes.Periodic, str, np.ndarray] | None = None
+    rest = np.flatnonzero(~covered)
+    for name in RESOURCE_WATCH:
+        ser = _window_series(tl, name)
+        if ser is None or len(rest) < 10:
+            continue
+        s, e, x = ser
+        per = shapes.find_periodic(s[rest], e[rest], x[rest], 2 * tl.width_ns)
+        if per is not None and (best is None or len(per.events) > len(best[0].events)):
+            best = (per, name, x[rest])
+    if best is not None:
+        per, name, xr = best
+        hit = np.concatenate(per.members)
+        inc = Incident(start_ns=per.start_ns, end_ns=per.end_ns, kind="resource", source="resource",
+                       shape="periodic", shape_info={**_periodic_info(per, tl, None), **_resource_info(tl, name)},
+                       trigger={"signal": name, "describe": tl.signals[name].describe,
+                                "ratio": round(float(np.exp(np.median(xr[hit]))), 3)})
+        w = np.zeros(tl.n)
+        for a_, b_ in per.events:
+            w[tl.window_mask(a_, b_)] = 1.0
+        inc.weights = w
+        out.append(inc)
+        covered |= w > 0
+    for sp in resource_incidents(tl, gap_windows):
+        if not covered[tl.window_mask(sp.start_ns, sp.end_ns)].any():
+            out.append(sp)
+    return sorted(out, key=lambda i: i.start_ns)
+
+
+def corroborated_shift(sc: SpanScores, tl: Timeline) -> shapes.Shift | None:
+    """A shift in the requests' latency at the change point a stall signal located (within two
+    windows of it): the one split is tested, so a milder, noisier slowdown still counts as the one
+    regime change it is instead of a row of spikes."""
+    found = resource_shift(tl)
+    if found is None:
+        return None
+    rs, name = found
+    order = np.argsort(sc.start, kind="stable")
+    lr = np.log(np.maximum(sc.ratio, 1e-9))[order]
+    near = (rs.start_ns - 2 * tl.width_ns, rs.start_ns + 2 * tl.width_ns)
+    sh = shapes.find_shift(sc.start[order], sc.end[order], lr, span_ns=(tl.start_ns, tl.end_ns),
+                           min_stat=CORROBORATED_STAT, min_ratio=CORROBORATED_RATIO, near_ns=near)
+    if sh is not None:
+        sh.located_by = name
+    return sh
+
+
 def _shift_from_spans(sc: SpanScores, sh: shapes.Shift, members: np.ndarray, before: np.ndarray,
                       tl: Timeline) -> Incident:
     lat_b, lat_a = sc.latency[before] / 1e6, sc.latency[members] / 1e6
@@ -75,7 +193,8 @@ def _shift_from_spans(sc: SpanScores, sh: shapes.Shift, members: np.ndarray, bef
             "until_s": None if sh.to_end else round((sh.end_ns - tl.start_ns) / 1e9, 3),
             "p50_before_ms": round(_pct(lat_b, 50), 3), "p50_after_ms": round(_pct(lat_a, 50), 3),
             "p99_before_ms": round(_pct(lat_b, 99), 3), "p99_after_ms": round(_pct(lat_a, 99), 3),
-            "ratio": round(sh.ratio, 3), "statistic": round(sh.stat, 2), "requests_before": len(before)}
+            "ratio": round(sh.ratio, 3), "statistic": round(sh.stat, 2), "requests_before": len(before),
+            "located_by": sh.located_by}
     return Incident(
         start_ns=sh.start_ns, end_ns=sh.end_ns, kind="latency", n_requests=len(members), n_overlapping=len(members),
         n_failed=int((~sc.ok[members]).sum()), latency_ms=_pct(lat_a, 99), max_ms=float(lat_a.max()),

@@ -146,6 +146,14 @@ def headline(inc: dict[str, Any]) -> str:
     elif inc["kind"] == "latency":
         what = (f"{inc['requests']} slow request{'s' if inc['requests'] != 1 else ''}, p99 "
                 f"{inc['latency_ms']:.0f} ms vs {inc['baseline_ms']:.0f} ms expected")
+    elif shape == "shift":
+        until = "the end" if info.get("to_end") else f"+{info.get('until_s', 0):.1f} s"
+        what = (f"sustained shift from +{info.get('from_s', 0):.1f} s to {until}: {info.get('describe')} "
+                f"{info.get('ratio', 0):.1f}x (no request latency recorded)")
+    elif shape == "periodic":
+        what = (f"periodic {info.get('describe')} every {info.get('period_s', 0):.1f} s +- "
+                f"{info.get('jitter_s', 0):.2f} s ({info.get('events')} seen from +{info.get('first_s', 0):.1f} s "
+                f"to +{info.get('last_s', 0):.1f} s; no request latency recorded)")
     else:
         trig = inc.get("trigger") or {}
         what = f"{trig.get('describe', 'a resource signal')} spiked {trig.get('ratio', 0):.0f}x"
@@ -279,7 +287,7 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
     else:
         not_checked.append({"signal": "request_latency", "reason": "no spans, no --latency log and no scraped "
                             "latency histogram: incidents are found from resource signals alone"})
-        found = resource_incidents(tl)
+        found = anomalies.resource_shapes(tl)
     found, dropped = rank_and_cap(found)
     if sc is not None and found:
         w = in_flight(tl, sc.start[sc.slow], sc.end[sc.slow])

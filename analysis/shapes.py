@@ -58,6 +58,7 @@ class Shift:
     level_before: float  # weighted median of x before the change point
     level_after: float
     stat: float
+    located_by: str | None = None  # the stall signal that located the change point (corroborated_shift)
 
     @property
     def ratio(self) -> float:
@@ -103,8 +104,10 @@ def _wmedian(x: np.ndarray, w: np.ndarray) -> float:
     return float(x[o][np.searchsorted(c, 0.5 * c[-1])])
 
 
-def change_point(x: np.ndarray, w: np.ndarray, min_seg: int, sign: int = 1) -> tuple[int, float]:
-    """Best split k (x[:k] | x[k:]) and its statistic for a change of ``sign`` (+1 up, -1 down)."""
+def change_point(x: np.ndarray, w: np.ndarray, min_seg: int, sign: int = 1,
+                 allowed: np.ndarray | None = None) -> tuple[int, float]:
+    """Best split k (x[:k] | x[k:]) and its statistic for a change of ``sign`` (+1 up, -1 down);
+    ``allowed[k]``: only splits before point k are candidates (a change point known from elsewhere)."""
     n = len(x)
     if n < 2 * min_seg:
         return -1, 0.0
@@ -119,14 +122,21 @@ def change_point(x: np.ndarray, w: np.ndarray, min_seg: int, sign: int = 1) -> t
     ok = (wb > 0) & (wa > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         stat = sign * (sa / wa - sb / wb) / (sig * np.sqrt(1 / wb + 1 / wa))
+    if allowed is not None:
+        ok &= allowed[k]
     stat = np.where(ok, stat, -np.inf)
     i = int(np.argmax(stat))
+    if not np.isfinite(stat[i]):
+        return -1, 0.0
     return int(k[i]), float(stat[i])
 
 
 def find_shift(start: np.ndarray, end: np.ndarray, x: np.ndarray, w: np.ndarray | None = None,
-               span_ns: tuple[int, int] | None = None) -> Shift | None:
-    """The sustained shift in a series (points in time order by ``start``), or None."""
+               span_ns: tuple[int, int] | None = None, min_stat: float = SHIFT_STAT,
+               min_ratio: float = SHIFT_RATIO, near_ns: tuple[int, int] | None = None) -> Shift | None:
+    """The sustained shift in a series (points in time order by ``start``), or None. ``near_ns``:
+    the change point must start inside this interval (a change another signal located: one
+    tested split instead of a search over all of them, so ``min_stat`` can be lower)."""
     n = len(x)
     w = np.ones(n) if w is None else np.asarray(w, dtype=float)
     # Points are requests, or scrape windows weighted by their requests: count requests.
@@ -135,18 +145,19 @@ def find_shift(start: np.ndarray, end: np.ndarray, x: np.ndarray, w: np.ndarray 
     lo, hi = span_ns if span_ns is not None else (int(start[0]), int(end.max()))
     span = max(hi - lo, 1)
     min_seg = max(3, min(SHIFT_MIN_POINTS // 2, n // 4), n // 50)
-    k, stat = change_point(x, w, min_seg)
-    if k < 0 or stat < SHIFT_STAT:
+    allowed = None if near_ns is None else (start >= near_ns[0]) & (start <= near_ns[1])
+    k, stat = change_point(x, w, min_seg, allowed=allowed)
+    if k < 0 or stat < min_stat:
         return None
     before, after = _wmedian(x[:k], w[:k]), _wmedian(x[k:], w[k:])
-    if after - before < np.log(SHIFT_RATIO):
+    if after - before < np.log(min_ratio):
         return None
     stop = n
     # Did it come back? A downward change point inside the elevated part, back near the baseline.
     tail = x[k:]
     if len(tail) >= 2 * min_seg:
         k2, stat2 = change_point(tail, w[k:], min_seg, sign=-1)
-        if k2 > 0 and stat2 >= SHIFT_STAT:
+        if k2 > 0 and stat2 >= max(min_stat, SHIFT_STAT):
             back = _wmedian(tail[k2:], w[k:][k2:])
             if back <= before + 0.5 * (after - before):
                 stop = k + k2

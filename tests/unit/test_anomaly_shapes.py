@@ -91,3 +91,70 @@ def test_shift_that_comes_back_is_bounded():
     assert sh is not None and not sh.to_end
     assert 29 <= sh.start_ns / S <= 31 and 69 <= sh.end_ns / S <= 71.5
     assert sh.ratio == pytest.approx(2.0, rel=0.1)
+
+
+# ------------------------------------------------------------------------------------------------
+# resource-only recordings (no spans, no latency log, no scrape): shapes on the stall signals
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,cause", [("cpu", "cpu_contention"), ("io", "io_wait")])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_resource_only_hog_to_the_end_is_one_shift(tmp_path, kind, cause, seed):
+    d = _diag(tmp_path, Scenario(kind=kind, incident_start_s=25, incident_len_s=60, slowdown=2.0, seed=seed,
+                                 spans=False))
+    assert d["requests"] is None
+    assert len(d["incidents"]) == 1, [i["headline"] for i in d["incidents"]]
+    inc = d["incidents"][0]
+    assert (inc["shape"], inc["kind"], inc["latency_source"]) == ("shift", "resource", "resource")
+    info = inc["shape_info"]
+    assert info["to_end"] and 23 <= info["from_s"] <= 27 and info["ratio"] >= 2
+    assert "sustained shift from +2" in inc["headline"] and "no request latency" in inc["headline"]
+    top = inc["causes"][0]
+    assert top["kind"] == cause, inc["headline"]
+    assert top["culprits"][0]["pid"] == CULPRITS[kind][0]
+
+
+@pytest.mark.parametrize("period,stall", [(2.0, 0.3), (4.0, 0.6)])
+def test_resource_only_periodic_stall_is_one_finding(tmp_path, period, stall):
+    sc = Scenario(kind="cpu", incident_start_s=3, incident_len_s=56, extra={"period_s": period, "stall_s": stall},
+                  spans=False)
+    d = _diag(tmp_path, sc)
+    assert [i["shape"] for i in d["incidents"]] == ["periodic"], [i["headline"] for i in d["incidents"]]
+    inc = d["incidents"][0]
+    assert inc["shape_info"]["period_s"] == pytest.approx(period, abs=0.15)
+    assert f"every {period:.1f} s" in inc["headline"]
+    top = inc["causes"][0]
+    assert top["kind"] == "cpu_contention" and top["culprits"][0]["pid"] == CULPRITS["cpu"][0], inc["headline"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resource_only_clean_and_short_hog(tmp_path, seed):
+    assert _diag(tmp_path / "c", Scenario(kind="clean", spans=False, seed=seed))["incidents"] == []
+    d = _diag(tmp_path / "s", Scenario(kind="cpu", spans=False, seed=seed))
+    assert [i["shape"] for i in d["incidents"]] == ["spike"]
+
+
+def test_resource_shift_rejects_noisy_stall_signals():
+    from autoglm_trace.analysis.anomalies import resource_shift
+    from autoglm_trace.analysis.timeline import Signal, Timeline
+
+    rng = np.random.default_rng(7)
+    false = 0
+    for _ in range(200):
+        n = int(rng.integers(20, 120))
+        tl = Timeline(0, n * S, S, n)
+        # heavy-tailed run-queue wait with bursts: no regime change
+        v = rng.lognormal(np.log(2e7), 1.0, n) * np.where(rng.random(n) < 0.1, 8, 1)
+        tl.add(Signal("runq_wait", v, "ns/window", "sched", "target", "run-queue wait", floor=1e6, stall=True))
+        false += resource_shift(tl) is not None
+    assert false <= 4, false
+
+
+def test_mild_shift_located_by_a_stall_signal(tmp_path):
+    """1.2x slower from +30 s: too mild for the change-point search on the requests alone, but the
+    run-queue wait says when it began, and the requests are tested at that point."""
+    d = _diag(tmp_path, Scenario(kind="cpu", incident_start_s=30, incident_len_s=60, slowdown=1.2))
+    (inc,) = d["incidents"]
+    assert inc["shape"] == "shift" and inc["shape_info"]["located_by"] == "runq_wait"
+    assert 28 <= inc["shape_info"]["from_s"] <= 31
+    assert inc["causes"][0]["culprits"][0]["pid"] == CULPRITS["cpu"][0]
+    assert _diag(tmp_path / "c", Scenario(kind="clean"))["incidents"] == []
