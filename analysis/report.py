@@ -180,7 +180,7 @@ def build_figure(rec, incidents: list[dict], max_points: int = T.DEFAULT_MAX_POI
     fig = make_subplots(
         rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.045 if len(panels) < 5 else 0.03,
         row_heights=heights, specs=[[{"secondary_y": True}] for _ in panels],
-        subplot_titles=[T.PANELS[p] for p in panels],
+        subplot_titles=[T.panel_title(p, tracks) for p in panels],
     )
     row_of = {p: i + 1 for i, p in enumerate(panels)}
     drawn: list[str] = []
@@ -430,6 +430,21 @@ def _requests_line(diag: dict) -> str:
     return " · ".join(b for b in bits if b)
 
 
+def _engine_line(diag: dict) -> str:
+    """The engine's latency over the recording and the scrape interval that bounds its time resolution."""
+    e = diag.get("engine")
+    if not isinstance(e, dict):
+        return ""
+    bits = [f"engine: {e.get('engine')}"]
+    lat = e.get("latency") if isinstance(e.get("latency"), dict) else {}
+    if lat.get("requests"):
+        bits.append(f"{lat['requests']:,} requests in {lat.get('metric')}")
+        bits += [f"{q[:-3]} {lat[q]:,.1f} ms" for q in ("p50_ms", "p99_ms") if isinstance(lat.get(q), (int, float))]
+    if e.get("resolution_note"):
+        bits.append(str(e["resolution_note"]))
+    return " · ".join(bits)
+
+
 def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) -> dict[str, Any]:
     off = rec.wall_offset_ns
     if diag is None:
@@ -459,7 +474,8 @@ def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) ->
                              "text": f.get("message") or f.get("text") or f.get("summary") or json.dumps(f, default=str)})
         else:
             findings.append({"severity": None, "cls": "", "text": str(f)})
-    return {"available": True, "requests": _requests_line(diag), "incidents": incidents, "findings": findings}
+    return {"available": True, "requests": _requests_line(diag), "engine": _engine_line(diag),
+            "incidents": incidents, "findings": findings}
 
 
 def _oom(rec, oom: dict | None, why: str | None) -> dict[str, Any]:

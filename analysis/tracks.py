@@ -35,6 +35,8 @@ NS = 1_000_000_000
 # Panels, in the order the report draws them (top to bottom).
 PANELS: dict[str, str] = {
     "latency": "Request latency",
+    "engine_latency": "Engine latency (its own histograms)",
+    "engine": "Engine state",
     "cpu": "CPU wait",
     "faults": "Page faults",
     "io": "Block I/O",
@@ -391,12 +393,62 @@ def gpu_tracks(rec, max_points: int = DEFAULT_MAX_POINTS) -> list[Track]:
     return out
 
 
+ENGINE_QUANTILES = (("e2e", "end-to-end"), ("ttft", "time to first token"), ("itl", "inter-token latency"),
+                    ("queue", "queue time"))
+
+
+def engine_tracks(rec, max_points: int = DEFAULT_MAX_POINTS) -> list[Track]:
+    """The serving engine's own signals (``record --scrape``): p50 / p99 of each latency phase per
+    scrape window -- the windowed quantiles ``analyze`` finds incidents on (``analysis.engine``,
+    ``histogram_quantile`` over the increase between two scrapes) -- and its KV-cache usage,
+    running / waiting requests and preemptions. ``meta['scrape_interval_s']``: the time resolution."""
+    from autoglm_trace.analysis import engine as engine_mod
+
+    eng = engine_mod.load_engine(rec)
+    if eng is None:
+        return []
+    meta = {"scrape_interval_s": round(eng.interval_s, 3)}
+    out: list[Track] = []
+    for key, words in ENGINE_QUANTILES:
+        ph = eng.phases.get(key)
+        if ph is None:
+            continue
+        for q, vals in (("p50", ph.p50), ("p99", ph.p99)):
+            out.append(_track(f"engine.{key}_{q}", f"{words} {q} ({ph.metric})", "ms", "engine_latency", ph.end,
+                              vals * 1e3, "scrape_samples", max_points, meta=dict(meta),
+                              axis="y" if key != "queue" else "y2"))
+    for role, label, unit, axis in (("kv_cache_usage", "KV-cache usage", "fraction", "y"),
+                                    ("running", "requests running", "requests", "y2"),
+                                    ("waiting", "requests waiting", "requests", "y2")):
+        ts, v = engine_mod.gauge(eng, role)
+        if len(ts):
+            out.append(_track(f"engine.{role}", f"{label} ({eng.gauges[role]})", unit, "engine", ts, v,
+                              "scrape_samples", max_points, meta=dict(meta), axis=axis))
+    ts, v = engine_mod.gauge(eng, "preemptions")
+    if len(ts) >= 2:
+        from autoglm_trace.analysis.timeline import counter_deltas
+
+        dts, d = counter_deltas(ts, np.zeros(len(ts), np.int64), v)
+        out.append(_track("engine.preemptions", f"preemptions per scrape ({eng.gauges['preemptions']})", "count",
+                          "engine", dts, d, "scrape_samples", max_points, meta=dict(meta, hidden=True),
+                          mode="markers"))
+    return out
+
+
+def panel_title(panel: str, tracks: list[Track]) -> str:
+    """A panel's title; the engine's panels name their scrape interval, the finest time they resolve."""
+    title = PANELS.get(panel, panel)
+    iv = next((t.meta["scrape_interval_s"] for t in tracks if t.panel == panel and "scrape_interval_s" in t.meta),
+              None)
+    return f"{title}, scraped every {iv:g} s (the time resolution)" if iv else title
+
+
 def resource_tracks(rec, max_points: int = DEFAULT_MAX_POINTS) -> list[Track]:
     """Every resource track the recording supports, in panel order. A table that is absent or
     empty contributes nothing (see ``missing_signals`` for what that leaves unchecked)."""
     tracks: list[Track] = []
-    for fn in (sched_tracks, proc_tracks, host_cpu_tracks, fault_tracks, block_io_tracks, host_tracks,
-               reclaim_tracks, gpu_tracks):
+    for fn in (engine_tracks, sched_tracks, proc_tracks, host_cpu_tracks, fault_tracks, block_io_tracks,
+               host_tracks, reclaim_tracks, gpu_tracks):
         tracks += fn(rec, max_points)
     order = {p: i for i, p in enumerate(PANELS)}
     return sorted(tracks, key=lambda tr: order.get(tr.panel, 99))

@@ -222,3 +222,29 @@ def test_diff_compares_the_engines_latency_without_spans(tmp_path, engine):
     _record(tmp_path / "again", engine, None, "itl", seed=2)
     d = diff_recordings(Recording(tmp_path / "base"), Recording(tmp_path / "again"))
     assert d["regressed"] is False
+
+
+def test_report_shows_the_engines_signals_at_its_scrape_resolution(tmp_path):
+    """The HTML report plots the windowed quantiles analyze uses (the very arrays), KV-cache usage,
+    running / waiting requests, and names the scrape interval as the time resolution."""
+    from autoglm_trace.analysis import tracks
+    from autoglm_trace.analysis.report import render_html
+
+    _record(tmp_path / "rec", "vllm", 30.0, "itl")
+    rec = Recording(tmp_path / "rec")
+    eng = load_engine(rec)
+    got = {t.name: t for t in tracks.engine_tracks(rec)}
+    assert {"engine.e2e_p50", "engine.e2e_p99", "engine.ttft_p99", "engine.itl_p50", "engine.queue_p99",
+            "engine.kv_cache_usage", "engine.running", "engine.waiting", "engine.preemptions"} <= set(got)
+    ph = eng.phases["itl"]
+    np.testing.assert_array_equal(got["engine.itl_p99"].values, ph.p99 * 1e3)
+    np.testing.assert_array_equal(got["engine.itl_p99"].ts_ns, ph.end)
+    kv = got["engine.kv_cache_usage"].values
+    assert kv.max() == pytest.approx(0.8) and np.nanmedian(kv[:40]) == pytest.approx(0.3)
+    assert tracks.panel_title("engine_latency", list(got.values())).endswith(
+        "scraped every 0.5 s (the time resolution)")
+    html = render_html(rec)
+    assert "Engine latency (its own histograms), scraped every 0.5 s (the time resolution)" in html
+    assert "inter-token latency p99 (vllm:inter_token_latency_seconds)" in html
+    assert "KV-cache usage (vllm:kv_cache_usage_perc)" in html
+    assert "scraped every 0.5 s: incident times are accurate to about 0.5 s" in html
