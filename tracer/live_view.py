@@ -120,6 +120,7 @@ class Frame:
     lost_total: int = 0
     ring_dropped: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
+    engine: dict[str, Any] | None = None  # the serving engine's own latency and state (--scrape)
 
 
 def _target_label(manifest: dict[str, Any]) -> str:
@@ -155,6 +156,7 @@ def compute(source: Any, now_ns: int | None = None, window_s: float = DEFAULT_WI
             names[p] = c or "?"
 
     _spans(f, _window(source.table("spans"), since, "end_ns"))
+    _engine(f, source, since)
     _sched(f, source, since, names)
     _memory(f, source, since, names)
     _block_io(f, _window(source.table("block_io"), since))
@@ -184,6 +186,44 @@ def _spans(f: Frame, t: pa.Table) -> None:
             "p50": float(np.quantile(x, 0.5)), "p99": float(np.quantile(x, 0.99)), "max": float(x.max()),
             "errors": int((~ok[m]).sum()),
         })
+
+
+ENGINE_PHASES = (("e2e", "end-to-end"), ("ttft", "first token"), ("itl", "inter-token"), ("queue", "queue"))
+
+
+def _engine(f: Frame, source: Any, since: int) -> None:
+    """The engine's latency over the scrape windows that ended inside the window -- one
+    ``histogram_quantile`` over their summed bucket increases (``EngineLatency.over``, what
+    ``analyze`` and the report use) -- and its KV-cache usage, running / waiting requests and
+    preemptions."""
+    from autoglm_trace.analysis import engine as engine_mod
+    from autoglm_trace.analysis.timeline import counter_deltas
+
+    if not source.has("scrape_samples"):
+        return
+    eng = engine_mod.load_engine(source)
+    if eng is None:
+        return
+    phases = []
+    for key, words in ENGINE_PHASES:
+        ph = eng.phases.get(key)
+        if ph is None:
+            continue
+        o = ph.over(ph.end > since)
+        if o["count"]:
+            phases.append({"phase": words, "metric": ph.metric, "count": int(o["count"]), "p50": o["p50_s"],
+                           "p99": o["p99_s"], "mean": o["mean_s"]})
+    state: dict[str, Any] = {}
+    for role in ("kv_cache_usage", "running", "waiting"):
+        ts, v = engine_mod.gauge(eng, role)
+        m = (ts > since) & np.isfinite(v)
+        if m.any():
+            state[role] = {"last": float(v[m][-1]), "max": float(v[m].max())}
+    ts, v = engine_mod.gauge(eng, "preemptions")
+    if len(ts) >= 2:
+        dts, d = counter_deltas(ts, np.zeros(len(ts), np.int64), v)
+        state["preemptions"] = {"last": float(d[dts > since].sum())}
+    f.engine = {"engine": eng.engine, "interval_s": eng.interval_s, "phases": phases, "state": state}
 
 
 def _sched(f: Frame, source: Any, since: int, names: dict[int, str]) -> None:
@@ -379,7 +419,39 @@ def _kv(rows: list[tuple[str, str]]) -> Table:
     return t
 
 
+def _engine_body(e: dict[str, Any]) -> RenderableType:
+    head = Text(printable(f"engine {e['engine']} (its own histograms, scraped every {e['interval_s']:.3g} s: "
+                          "the time resolution)"), style="dim")
+    parts: list[RenderableType] = [head]
+    if e["phases"]:
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
+        for c in ("phase", "n", "p50", "p99", "mean"):
+            t.add_column(c, justify="left" if c == "phase" else "right", no_wrap=True)
+        for p in e["phases"]:
+            t.add_row(Text(printable(p["phase"])), str(p["count"]), fmt_s(p["p50"]), fmt_s(p["p99"]), fmt_s(p["mean"]))
+        parts.append(t)
+    st = e["state"]
+    bits = []
+    if "kv_cache_usage" in st:
+        bits.append(f"KV cache {st['kv_cache_usage']['last']:.0%} (max {st['kv_cache_usage']['max']:.0%})")
+    for role in ("running", "waiting"):
+        if role in st:
+            bits.append(f"{role} {st[role]['last']:.0f} (max {st[role]['max']:.0f})")
+    if "preemptions" in st:
+        bits.append(f"preemptions {st['preemptions']['last']:.0f}")
+    if bits:
+        parts.append(Text(printable(" · ".join(bits))))
+    return Group(*parts)
+
+
 def _requests_panel(f: Frame) -> Panel:
+    body = _spans_body(f)
+    if f.engine is not None:
+        body = Group(body, _engine_body(f.engine)) if f.spans else _engine_body(f.engine)
+    return Panel(body, title="Request latency", border_style="cyan")
+
+
+def _spans_body(f: Frame) -> RenderableType:
     if not f.spans:
         body: RenderableType = Text("no spans in the window (span API, --probe URL or --latency-log)", style="dim")
     else:
@@ -390,7 +462,7 @@ def _requests_panel(f: Frame) -> Panel:
             t.add_row(Text(printable(s["name"])), str(s["count"]), fmt_rate(s["rate"]), fmt_s(s["p50"]), fmt_s(s["p99"]),
                       fmt_s(s["max"]), Text(str(s["errors"]), style="red" if s["errors"] else ""))
         body = t
-    return Panel(body, title="Request latency", border_style="cyan")
+    return body
 
 
 def _cpu_panel(f: Frame) -> Panel:

@@ -248,3 +248,43 @@ def test_report_shows_the_engines_signals_at_its_scrape_resolution(tmp_path):
     assert "inter-token latency p99 (vllm:inter_token_latency_seconds)" in html
     assert "KV-cache usage (vllm:kv_cache_usage_perc)" in html
     assert "scraped every 0.5 s: incident times are accurate to about 0.5 s" in html
+
+
+def test_top_shows_the_engines_windowed_latency_and_kv_usage(tmp_path):
+    """``top --scrape URL``: the live view's engine figures are histogram_quantile over the scrape
+    windows that ended inside its window (computed here independently), from a recording or from
+    the recorder's ring alike."""
+    from rich.console import Console
+
+    from autoglm_trace.analysis.live import LiveRecording
+    from autoglm_trace.sinks import rows_to_batch
+    from autoglm_trace.tracer.live_view import compute, render_frame
+    from autoglm_trace.tracer.ring import RingSink
+
+    _record(tmp_path / "rec", "vllm", 30.0, "itl")
+    rec = Recording(tmp_path / "rec")
+    now = rec.end_ns
+    f = compute(rec, now, 10.0)
+    assert f.engine is not None and f.engine["interval_s"] == pytest.approx(0.5)
+    rows: dict = defaultdict(list)
+    for r in rec.table("scrape_samples").to_pylist():
+        rows[(r["metric"], r["ts_ns"])].append(r)
+    times = sorted({ts for (_m, ts) in rows})
+    since = now - 10 * S
+    first = max(t for t in times if t <= since)  # the windows that end inside span from this scrape
+    by = {p["phase"]: p for p in f.engine["phases"]}
+    for words, metric in (("inter-token", "vllm:inter_token_latency_seconds"),
+                          ("end-to-end", "vllm:e2e_request_latency_seconds")):
+        for q in (0.5, 0.99):
+            exp = promql_histogram_quantile(q, rows, metric, first, times[-1])
+            assert by[words][f"p{int(q * 100)}"] == pytest.approx(exp, rel=1e-9), (words, q)
+    assert f.engine["state"]["kv_cache_usage"]["last"] == pytest.approx(0.8)
+    con = Console(record=True, width=140)
+    con.print(render_frame(f))
+    text = con.export_text()
+    assert "engine vllm" in text and "scraped every 0.5 s" in text and "KV cache 80% (max 80%)" in text
+    assert "inter-token" in text and "queue" in text
+    ring = RingSink(duration_ns=600 * S)
+    ring.emit_batch("scrape_samples", rows_to_batch("scrape_samples", rec.table("scrape_samples").to_pylist()))
+    live = compute(LiveRecording(ring, dict(rec.manifest)), now, 10.0)
+    assert live.engine == f.engine

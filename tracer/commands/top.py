@@ -23,10 +23,12 @@ EPILOG = """examples:
   sudo autoglm-trace top -- python3 server.py --port 8000
   sudo autoglm-trace top --cgroup system.slice/vllm.service --prometheus 9464
   autoglm-trace top --no-bpf -p 4242 --window 30      # unprivileged: /proc only, 30 s window
+  sudo autoglm-trace top -p 4242 --scrape http://127.0.0.1:8000/metrics   # vLLM / SGLang's own latency
 
 Every number is computed from the last --window seconds of the recorded tables (nothing is
 written to disk; use 'record --live -o DIR' to keep a recording while watching). Panels: request
-latency from spans, run-queue latency and top preemptors, faults and D-state, reclaim stalls and
+latency from spans and, with --scrape URL, the serving engine's own (TTFT / inter-token / e2e / queue
+quantiles over the window, KV-cache usage, running / waiting, preemptions), run-queue latency and top preemptors, faults and D-state, reclaim stalls and
 OOM kills, RSS and time-to-full, block I/O latency, GPU memory / utilisation / clocks / throttling,
 and lost events. Ctrl-C quits. /metrics binds 127.0.0.1 unless ADDR is given.
 """
