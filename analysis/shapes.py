@@ -8,7 +8,8 @@ with ``x`` = log(latency / expected latency) -- 0 is typical, log 2 is twice as 
   statistic ``(mean after - mean before) / (sigma sqrt(1/w_before + 1/w_after))`` on winsorised
   ``x``, with ``sigma`` the point-to-point noise from first differences (a level shift adds one large
   difference, so it does not inflate its own noise estimate). It counts when the statistic is >= 6,
-  the medians differ by >= 1.25x and most points after the split lie above the midway level. A
+  the medians differ by >= 1.25x and most points after the split lie above the midway level
+  (>= 60 % after it, <= 50 % before it -- a slow warm-up is no level -- and >= 30 points apart). A
   second, downward change point inside the elevated part ends it if the level comes back to within
   half the step; otherwise the shift lasts to the end. It is reported as a shift (one incident,
   baseline taken before it) when it lasts to the end for >= 5 s and >= 10 % of the series, or when
@@ -164,7 +165,8 @@ def find_shift(start: np.ndarray, end: np.ndarray, x: np.ndarray, w: np.ndarray 
                 after = _wmedian(x[k:stop], w[k:stop])
     seg = x[k:stop]
     mid = before + 0.5 * (after - before)
-    if float(np.average(seg > mid, weights=w[k:stop])) < 0.6 or float(np.average(x[:k] > mid, weights=w[:k])) > 0.4:
+    above, above_before = float(np.average(seg > mid, weights=w[k:stop])), float(np.average(x[:k] > mid, weights=w[:k]))
+    if above < 0.6 or above_before > 0.5 or above - above_before < 0.3:
         return None  # not a level: a few large spikes dragged the mean
     if w[k:stop].sum() < SHIFT_MIN_POINTS or stop - k < 3:
         return None

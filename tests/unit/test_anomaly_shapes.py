@@ -158,3 +158,25 @@ def test_mild_shift_located_by_a_stall_signal(tmp_path):
     assert 28 <= inc["shape_info"]["from_s"] <= 31
     assert inc["causes"][0]["culprits"][0]["pid"] == CULPRITS["cpu"][0]
     assert _diag(tmp_path / "c", Scenario(kind="clean"))["incidents"] == []
+
+
+def test_a_slow_warm_up_does_not_hide_a_shift():
+    """The first requests of a server are slow (warm-up); a shift later is still one level change,
+    and short noisy series with random slow requests and a warm-up give no false shift."""
+    rng = np.random.default_rng(5)
+    t = np.sort(rng.uniform(0, 28, 80))
+    lat = 0.1 * rng.lognormal(0, 0.3, len(t)) * np.where(t > 10, 1.5, 1.0)
+    lat[:4] *= 2.0
+    x = np.log(lat / np.median(lat))
+    sh = shapes.find_shift((t * S).astype(np.int64), ((t + lat) * S).astype(np.int64), x)
+    assert sh is not None and sh.to_end and 9 <= sh.start_ns / S <= 11.5
+    false = 0
+    for _ in range(300):
+        n = int(rng.integers(40, 200))
+        t = np.sort(rng.uniform(0, 30, n))
+        lat = 0.1 * rng.lognormal(0, rng.uniform(0.15, 0.45), n)
+        lat *= np.where(rng.uniform(size=n) < 0.08, rng.uniform(1.5, 3.5, n), 1.0)
+        lat[:3] *= 1.5
+        x = np.log(lat / np.median(lat))
+        false += shapes.find_shift((t * S).astype(np.int64), ((t + lat) * S).astype(np.int64), x) is not None
+    assert false <= 3, false
