@@ -15,6 +15,7 @@ from autoglm_trace.analysis.perfetto import export_perfetto
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.timesplit import time_split
 from autoglm_trace.tracer.writer import RecordingWriter
+from tests.fakes.wakeups import wakeup_row
 
 NS = 1_000_000_000
 T0 = 1_000 * NS
@@ -61,10 +62,7 @@ def _write(path) -> Recording:
 
 
 def _w(ts, tid, waker, n, sleep, ctx="task"):
-    return {"ts_ns": ts, "bucket_ns": B, "pid": SERVER, "tid": tid, "waker_pid": SERVER if waker else 0,
-            "waker_tid": waker, "waker_comm": "python3" if waker else f"[{ctx}]", "waker_in_target": bool(waker),
-            "waker_context": ctx, "state": "S", "count": n, "sleep_ns": int(sleep), "sleep_max_ns": int(sleep / n),
-            "waker_oncpu_ns": 0}
+    return wakeup_row(ts, B, SERVER, tid, waker, n, sleep, ctx)
 
 
 @pytest.fixture(scope="module")
