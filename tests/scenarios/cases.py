@@ -43,7 +43,7 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("memory-pressure", "memory-pressure", ("memory_pressure",), "kind"),
     Case("child-cpu", "child-cpu", ("cpu_contention",), "child", IN_TREE_ARGS),
     Case("child-io", "child-io", ("io_wait", "cpu_contention"), "child", IN_TREE_ARGS),
-    Case("gil-thread", "gil-thread", ("gil_contention",), "thread", IN_TREE_ARGS, tolerated=("cpu_contention",)),
+    Case("gil-thread", "gil-thread", ("gil_contention",), "thread", IN_TREE_ARGS),
     Case("lock-holder", "lock-holder", ("lock_contention",), "thread", IN_TREE_ARGS),
     Case("clean", "none", (), "none", IN_TREE_ARGS),
 )}

@@ -69,7 +69,7 @@ def test_cpu_hog_is_named(tmp_path_factory):
     assert culprit["share"] > 0.2, _explain(s)
 
 
-@pytest.mark.xfail(reason="open finding: right kind 3/3 but right culprit 1/3 in the accuracy table "
+@pytest.mark.xfail(reason="open finding (machine artefact): right kind 3/3 but right culprit 1/3 in the accuracy table "
                    "(docs/analysis.md): on this fast virtual disk the hog harms through the CPU and its "
                    "share is split with other processes", strict=False)
 def test_io_hog_is_named(tmp_path_factory):
@@ -101,8 +101,6 @@ def test_io_hog_is_named(tmp_path_factory):
         assert not any(u.get("in_target") for u in c.get("culprits", [])), _explain(s)
 
 
-@pytest.mark.xfail(reason="open finding: 2/3 right in the accuracy table (docs/analysis.md); one run's "
-                   "first incident was unexplained", strict=False)
 def test_memory_pressure_is_named(tmp_path_factory):
     s = _scenario(tmp_path_factory, "memory-pressure")
     kinds = {c["kind"] for c in _causes(s["analysis"])}
@@ -133,17 +131,10 @@ def test_clean_run_blames_nothing(tmp_path_factory):
     assert not [k for k in s["oom"]["kills"] if k["in_target"]]
 
 
-# gil-thread and lock-holder are open findings (docs/analysis.md accuracy table: 0/3 right kind --
-# cpu_contention / run-queue wait outranks the GIL / lock cause on this 2-CPU VM). Kept running and
-# reported (xfail, not strict: a pass shows), not hidden.
-_OPEN = pytest.mark.xfail(reason="open finding: the GIL / lock cause is outranked by cpu_contention here "
-                          "(docs/analysis.md accuracy table)", strict=False)
-
-
+# gil-thread and lock-holder: 3/3 in the accuracy table (docs/analysis.md, 14:22 UTC run): strict.
 @pytest.mark.parametrize("name", ["child-cpu", pytest.param("child-io", marks=pytest.mark.xfail(
     reason="open finding: 2/3 right in the accuracy table (docs/analysis.md)", strict=False)),
-                                  pytest.param("gil-thread", marks=_OPEN),
-                                  pytest.param("lock-holder", marks=_OPEN)])
+                                  "gil-thread", "lock-holder"])
 def test_culprit_inside_the_tree_is_named_first(tmp_path, name):
     """The server's own child process / background thread takes the CPU, the disk, the GIL or a lock:
     the first cause of the right kind names it (pid of the child, tid of the thread) first, labelled
