@@ -96,7 +96,8 @@ def main() -> int:
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip() + "\n\n## Stability of the diagnosis\n\n" + block + "\n"
+        heading = "" if "## Stability of the diagnosis" in text else "## Stability of the diagnosis\n\n"
+        text = text.rstrip() + "\n\n" + heading + block + "\n"
     DOC.write_text(text)
     print(f"{hits}/{len(rows)}")
     return 0
