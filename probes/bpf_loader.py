@@ -16,6 +16,9 @@ kernel/events/core.c perf_event_release_kernel), so once the recorder holds them
 with ``os._exit``, skipping bcc's atexit cleanup, which would PERF_EVENT_IOC_DISABLE the shared perf
 events before closing its copies. Closing the recorder's fds (:meth:`Loaded.close`, or the recorder's
 exit) detaches everything and frees the maps.
+
+A warm run does not compile: the loader first looks in the compile cache (probes/bpf_cache.py) for the
+bytecode of the same program on the same kernel and loads that with the bpf syscall.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     helper_pid: int = 0
     helper_s: float = 0.0
+    cached: bool = False  # loaded from the compile cache (probes/bpf_cache.py), no clang run
 
     def close(self) -> None:
         fds = [m.fd for m in self.maps.values()] + list(self.progs.values()) + [fd for *_, fd in self.links]
@@ -120,7 +124,7 @@ def load(text: str, maps: list[str], perf_events: list[dict[str, Any]] | None = 
             proc.kill()
             proc.wait()
     it = iter(fds)
-    out = Loaded({}, {}, [], list(reply.get("notes", [])), proc.pid, time.monotonic() - t0)
+    out = Loaded({}, {}, [], list(reply.get("notes", [])), proc.pid, time.monotonic() - t0, bool(reply.get("cached")))
     try:
         for m in reply["maps"]:
             fd = next(it)
@@ -157,11 +161,19 @@ def _died(proc: subprocess.Popen, err: Any) -> str:
 def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     import bcc  # noqa: PLC0415 - only this process maps LLVM
 
-    from autoglm_trace.probes import headers  # noqa: PLC0415
+    from autoglm_trace.probes import bpf_cache, headers  # noqa: PLC0415
     from autoglm_trace.probes.bpf_maps import ctypes_dtype  # noqa: PLC0415
     from autoglm_trace.probes.libbpf import dtype_to_json  # noqa: PLC0415
 
+
     headers.apply()
+    k = bpf_cache.key(req, str(getattr(bcc, "__version__", "")))
+    entry = bpf_cache.read(k)
+    if entry is not None:
+        try:
+            return bpf_cache.load(entry, req.get("perf_events") or [])
+        except Exception:  # noqa: BLE001 - anything wrong with an entry: compile instead
+            bpf_cache.drop(k)  # stale or damaged: compile, and cache anew
     try:
         b = bcc.BPF(text=req["text"].encode(), cflags=list(req.get("cflags") or []))
     except Exception as e:  # bcc raises bare Exception on compile / load / attach failures
@@ -174,7 +186,7 @@ def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
                                 sample_period=pe.get("sample_period", 1))
         except Exception as e:  # noqa: BLE001 - reported, the rest still runs
             notes.append(f"perf event {pe['fn']}: {str(e).strip().splitlines()[-1]}")
-    maps, fds = [], []
+    maps, fds, map_fds = [], [], {}
     for name in req.get("maps") or []:
         try:
             t = b.get_table(name.encode())
@@ -183,6 +195,7 @@ def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         maps.append({"name": name, "key": dtype_to_json(_dtype(t.Key, ctypes_dtype)),
                      "value": dtype_to_json(_dtype(getattr(t, "sLeaf", t.Leaf), ctypes_dtype))})
         fds.append(t.map_fd)  # per-CPU maps: sLeaf is one CPU's value, Leaf the array of them
+        map_fds[name] = t.map_fd
     progs = []
     for fname, fn in b.funcs.items():
         progs.append(fname.decode())
@@ -198,7 +211,15 @@ def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         for cpu, fd in per_cpu.items():
             links.append(["perf_event", f"{ev_type}:{ev_config}:cpu{cpu}"])
             fds.append(fd)
-    return {"ok": True, "maps": maps, "progs": progs, "links": links, "notes": notes, "nfds": len(fds)}, fds
+    reply = {"ok": True, "maps": maps, "progs": progs, "links": links, "notes": notes, "nfds": len(fds)}
+    if not notes:  # a perf event refused now may work next time: cache only a complete load
+        try:
+            entry = bpf_cache.entry_from(b, reply, map_fds)
+        except (OSError, KeyError, ValueError):
+            entry = None
+        if entry is not None:
+            bpf_cache.write(k, entry)
+    return reply, fds
 
 
 def _dtype(cls: Any, ctypes_dtype: Any) -> Any:
