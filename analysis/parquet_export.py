@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from autoglm_trace.analysis import dataset
 from autoglm_trace.analysis.outfile import atomic_file
 from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.analysis.requests import recorded_requests
 from autoglm_trace.errors import RecordingError, UsageError
 
 DAY_NS = 86_400 * 1_000_000_000
@@ -304,7 +305,7 @@ def export_parquet(rec: Recording, out: str | Path, host: str | None = None, bui
     for name, rows in findings_rows(d).items():
         if rows:
             ex.write(name, ex.rows_table(name, rows))
-    lh = latency_hist(ex, rec.table("spans"))
+    lh = latency_hist(ex, recorded_requests(rec))
     if lh is not None:
         ex.write("latency_hist", lh)
     kills = oom_rows(rec, d.get("oom") or [])

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 
 from autoglm_trace.analysis import tracks as T
 from autoglm_trace.analysis.outfile import atomic_file
+from autoglm_trace.analysis.requests import recorded_requests
 
 PSEUDO_PID = 1 << 30  # above PID_MAX_LIMIT (4194304): no clash with a real pid
 REQUESTS_PID = PSEUDO_PID
@@ -218,7 +219,7 @@ def _metadata(rec, w: TraceWriter, gpus: list[int], lanes: int, reclaim_lanes: i
 
 
 def _spans(rec, w: TraceWriter, clk: _Clock) -> dict[str, int]:
-    t = rec.table("spans")
+    t = recorded_requests(rec)  # a request the span API and the latency log both saw: one slice
     if not t.num_rows:
         return {"spans": 0, "spans_on_threads": 0, "spans_in_lanes": 0, "lanes": 0}
     start = T.col(t, "ts_ns", np.int64)

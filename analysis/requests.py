@@ -6,6 +6,7 @@ time or given with ``--latency``) has it too. ``dedupe_spans`` keeps the span AP
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,20 @@ def request_spans(rec: Recording, latency_rows: list[dict[str, Any]] | None = No
     if not parts:
         return schema.empty_table("spans"), sources
     return dedupe_spans(pa.concat_tables(parts)), sources
+
+
+_RECORDED: dict[int, pa.Table] = {}  # by id(recording), dropped when the recording is
+
+
+def recorded_requests(rec: Recording) -> pa.Table:
+    """The requests the recording itself holds (span API and ingested latency log), each once: what
+    every view that counts or draws requests reads instead of the raw ``spans`` table. Kept per
+    recording, so the views of one report share one de-duplication."""
+    t = _RECORDED.get(id(rec))
+    if t is None:
+        t = _RECORDED[id(rec)] = request_spans(rec)[0]
+        weakref.finalize(rec, _RECORDED.pop, id(rec), None)
+    return t
 
 
 def dedupe_spans(t: pa.Table, tol_ns: int = 50_000_000) -> pa.Table:

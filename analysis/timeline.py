@@ -552,9 +552,11 @@ def span_latency(spans: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def _spans_load(rec: Recording, tl: Timeline) -> None:
     """Requests in flight per window (a load signal: more work is not a resource fault)."""
+    from autoglm_trace.analysis.requests import recorded_requests  # noqa: PLC0415 - it imports this module
+
     if not rec.has("spans") or not rec.table("spans").num_rows:
         return
-    start, end = span_latency(rec.table("spans"))
+    start, end = span_latency(recorded_requests(rec))
     tl.add(Signal("requests_in_flight", in_flight(tl, start, end), "requests", "spans", "load",
                   "requests in flight", floor=1))
     tl.add(Signal("request_arrivals", _sum(tl, start), "count/window", "spans", "load", "request arrivals",

@@ -490,7 +490,9 @@ def window_quantiles(ts: np.ndarray, values: np.ndarray, window_ns: int,
 def latency_series(rec, max_points: int = DEFAULT_MAX_POINTS, window_ns: int | None = None) -> LatencySeries | None:
     """From ``spans``: latency (end - start, ms) per span at its end time and p50/p99 per window
     (default: about 1/150 of the recording, at least 1 s). None when there are no spans."""
-    t = rec.table("spans")
+    from autoglm_trace.analysis.requests import recorded_requests  # noqa: PLC0415 - it imports the timeline
+
+    t = recorded_requests(rec)
     if t.num_rows == 0:
         return None
     start = col(t, "ts_ns", np.int64)
