@@ -93,7 +93,9 @@ def test_spans_on_their_own_thread_when_they_do_not_overlap(tmp_path):
     w.emit_columns("spans", {"ts_ns": start, "end_ns": start + 30_000_000, "name": ["req"] * 100,
                              "source": ["api"] * 100, "pid": np.full(100, 7), "tid": np.full(100, 8),
                              "ttft_ns": np.full(100, 10_000_000)})
-    w.emit_columns("spans", {"ts_ns": start[:3], "end_ns": start[:3] + 5, "name": ["log"] * 3, "source": ["log"] * 3})
+    # Three other requests from a log, between the API's (not copies of them: analysis/requests.py).
+    w.emit_columns("spans", {"ts_ns": start[:3] + 60_000_000, "end_ns": start[:3] + 60_000_005, "name": ["log"] * 3,
+                             "source": ["log"] * 3})
     w.close()
     stats = export_perfetto(Recording(tmp_path / "r"), tmp_path / "t.json")
     ev = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
