@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_demo_rss: needs root (BPF)", file=sys.stderr)
         return 2
-    load0 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    load0 = benchdoc.load_average()
     tmp = Path(tempfile.mkdtemp(prefix="bench-demo-rss-"))
     out = tmp / "rec"
     samples: list[tuple[float, int]] = []
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(f.stat().st_size for f in out.iterdir()) if out.exists() else 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    load1 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     half = [s for s in samples if s[0] >= samples[-1][0] / 2] if samples else []
     slope = 0.0
     if len(half) > 2:
@@ -85,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         slope = sum((t - mx) * (r - my) for t, r in half) / max(1e-9, sum((t - mx) ** 2 for t, _ in half))
     peak = watch.hwm_bytes / 2**20
     text = "\n".join([
-        f"### Recorder memory over a {args.duration:g} s demo run (incident {args.incident})", "",
-        f"`{benchdoc.command_line()}`", "",
-        benchdoc.machine_facts() + f"; load average at the start {load0}, at the end {load1}", "",
+        *benchdoc.section_header(f"### Recorder memory over a {args.duration:g} s demo run (incident {args.incident})",
+                                 load0),
         "| recorder peak RSS (VmHWM) | RSS first sample / last | RSS slope, second half | recorder CPU | recording |",
         "|---|---|---|---|---|",
         f"| {peak:.0f} MB | {samples[0][1] / 2**20:.0f} / {samples[-1][1] / 2**20:.0f} MB | "

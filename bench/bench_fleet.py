@@ -90,7 +90,7 @@ def main() -> int:
     p.add_argument("--reuse", action="store_true", help="with --dir: query the dataset already built there")
     p.add_argument("--doc", help="replace this benchmark's section of a markdown file")
     args = p.parse_args()
-    from benchdoc import machine_facts
+    from benchdoc import machine_facts, replace_section
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
@@ -161,15 +161,7 @@ def main() -> int:
         text = "\n".join(lines)
         print(text)
         if args.doc:
-            doc = Path(args.doc)
-            body = doc.read_text() if doc.exists() else "# Benchmark: fleet queries\n\n"
-            begin, end = "<!-- bench_fleet:begin -->", "<!-- bench_fleet:end -->"
-            block = f"{begin}\n{text}\n{end}"
-            if begin in body and end in body:
-                body = body[: body.index(begin)] + block + body[body.index(end) + len(end):]
-            else:
-                body = body.rstrip() + "\n\n" + block + "\n"
-            doc.write_text(body)
+            replace_section(Path(args.doc), "bench_fleet", text, new_doc="# Benchmark: fleet queries\n\n")
     finally:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)

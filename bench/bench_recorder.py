@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0 and not args.no_bpf:
         print("bench_recorder: needs root (BPF); run with sudo, or pass --no-bpf", file=sys.stderr)
         return 2
+    load0 = benchdoc.load_average()
     tmp = Path(tempfile.mkdtemp(prefix="bench-recorder-"))
     try:
         out = tmp / "rec"
@@ -90,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return "met" if b else "NOT met"
 
     md = [
-        f"## Recorder cost ({dur:.0f} s run{', /proc sampler only' if args.no_bpf else ''})",
-        "",
-        f"Command: `sudo {benchdoc.command_line()}`  ",
-        f"Machine: {benchdoc.machine_facts()}  ",
+        *benchdoc.section_header(f"## Recorder cost ({dur:.0f} s run{', /proc sampler only' if args.no_bpf else ''})",
+                                 load0, sudo=True),
         f"Target: `bench/workload_pingpong.py --work {args.work}` for {args.duration:g} s; kernel probes: {kernel}; "
         f"lost kernel events: {lost}.",
         "",

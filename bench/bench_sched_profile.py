@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_sched_profile: needs root (BPF)", file=sys.stderr)
         return 2
-    load0 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    load0 = benchdoc.load_average()
     stats_fd = libbpf.enable_stats()
     runs: dict[str, list[dict]] = {m: [] for m in MODES}
     try:
@@ -187,11 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
     finally:
         os.close(stats_fd)
-    load1 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     base = [r["round_trips"] for r in runs["untraced"]]
-    lines = [f"### BPF run time per program, pinned ping-pong on CPU {args.cpu} ({args.rounds} interleaved "
-             f"rounds of {args.seconds:g} s)", "", f"`{benchdoc.command_line()}`", "",
-             benchdoc.machine_facts() + f"; load average at the start {load0}, at the end {load1}", "",
+    lines = [*benchdoc.section_header(f"### BPF run time per program, pinned ping-pong on CPU {args.cpu} "
+                                      f"({args.rounds} interleaved rounds of {args.seconds:g} s)", load0),
              "| mode | round trips/s, median | vs untraced (same round), median (min-max) | program | runs per round trip "
              "| ns per run | ns per round trip |", "|---|---|---|---|---|---|---|"]
     for mode, rs in runs.items():

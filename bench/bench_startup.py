@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_startup: needs root (BPF)", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
-    load0 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    load0 = benchdoc.load_average()
     try:
         one(tmp, False, args.extra)  # warm the page cache (and any compile cache)
         rows: dict[str, list[dict]] = {"bpf": [], "no-bpf": []}
@@ -66,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             rows["no-bpf"].append(one(tmp, True, args.extra))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    load1 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
-        f"### record start-up and peak RSS ({args.rounds} interleaved rounds, warm cache)", "",
-        f"`{benchdoc.command_line()}`", "",
-        benchdoc.machine_facts() + f"; load average at the start {load0}, at the end {load1}", "",
+        *benchdoc.section_header(f"### record start-up and peak RSS ({args.rounds} interleaved rounds, warm cache)",
+                                 load0),
         "| mode | wall, median (min-max) | record start -> target exec, median (min-max) | recorder VmHWM, median (max) "
         "| VmRSS at exit | bcc imported in the recorder | LLVM mapped in the recorder |",
         "|---|---|---|---|---|---|---|",

@@ -92,14 +92,29 @@ class ProcWatch:
         self._t.join()
 
 
-def replace_section(doc: Path, name: str, text: str) -> None:
+def load_average() -> str:
+    """The 1/5/15-minute load as the section headers print it (taken at a run's start and end)."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def section_header(title: str, load_start: str, *, sudo: bool = False) -> list[str]:
+    """Title, the exact command and the machine with its load at the start and end: every section
+    a benchmark writes starts with these, so a figure is never in the docs without its load."""
+    return [title, "", f"`{'sudo ' if sudo else ''}{command_line()}`", "",
+            machine_facts() + f"; load average at the start {load_start}, at the end {load_average()}", ""]
+
+
+def replace_section(doc: Path, name: str, text: str, *, new_doc: str = "# Benchmarks\n\n",
+                    heading: str = "") -> None:
+    """Replace the ``<!-- NAME:begin/end -->`` block of DOC with TEXT; append it (under HEADING) when
+    absent, and create DOC (starting with NEW_DOC) when missing. Other sections are left as they are."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    old = doc.read_text() if doc.exists() else "# Benchmarks: overhead, capacity, recorder cost (issue 7)\n\n"
+    old = doc.read_text() if doc.exists() else new_doc
     if begin in old and end in old:
         new = old[: old.index(begin)] + block + old[old.index(end) + len(end) + 1 :]
     else:
-        new = old.rstrip() + "\n\n" + block
+        new = old.rstrip() + "\n\n" + heading + block
     doc.write_text(new)
 
 

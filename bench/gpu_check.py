@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchdoc  # bench/ is on sys.path: this script runs as bench/gpu_check.py
+
 ROOT = Path(__file__).resolve().parent.parent
 NO_GPU, NO_TORCH = 77, 78
-BEGIN, END = "<!-- gpu_check:begin -->", "<!-- gpu_check:end -->"
 MiB = 1 << 20
 
 
@@ -216,13 +217,8 @@ def render(res: dict[str, Any]) -> str:
 
 
 def write_doc(doc: Path, text: str) -> None:
-    body = doc.read_text() if doc.exists() else "# GPU\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in body and END in body:
-        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END):]
-    else:
-        body = body.rstrip() + "\n\n## Real-GPU check (bench/gpu_check.sh)\n\n" + block + "\n"
-    doc.write_text(body)
+    benchdoc.replace_section(doc, "gpu_check", text, new_doc="# GPU\n",
+                             heading="## Real-GPU check (bench/gpu_check.sh)\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:

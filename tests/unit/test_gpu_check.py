@@ -71,12 +71,12 @@ def test_checks_on_a_recorded_cuda_oom(tmp_path: Path) -> None:
     doc.write_text("# GPU\n\nintro\n")
     assert gpu_check.main(["--analyze", str(rec), str(log), "--no-nvml-bench", "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert text.startswith("# GPU\n\nintro") and gpu_check.BEGIN in text and "| CUDA OOM reported by `oom` | pass" in text
+    assert text.startswith("# GPU\n\nintro") and "<!-- gpu_check:begin -->" in text and "| CUDA OOM reported by `oom` | pass" in text
     m = gpu_check.check_memory(rec, log)
     assert m["ok"] and abs(m["median_nvml_minus_reserved_mib"] - 420) < 1
     # a second run replaces the section instead of appending another
     assert gpu_check.main(["--analyze", str(rec), str(log), "--no-nvml-bench", "--doc", str(doc)]) == 0
-    assert doc.read_text().count(gpu_check.BEGIN) == 1
+    assert doc.read_text().count("<!-- gpu_check:begin -->") == 1
 
 
 def test_memory_that_does_not_track_fails(tmp_path: Path) -> None:
