@@ -143,14 +143,6 @@ def drop(k: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # What bcc loaded -> an entry
 # ---------------------------------------------------------------------------------------------
-def _fdinfo(fd: int) -> dict[str, str]:
-    out = {}
-    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-        k, _, v = line.partition(":")
-        out[k.strip()] = v.strip()
-    return out
-
-
 def _map_refs(insns: bytes) -> list[tuple[int, int]]:
     """(instruction index, fd) of every ld_imm64 that loads a map by fd."""
     refs = []
@@ -171,10 +163,9 @@ def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int]) -> dict[s
 
     def add_map(fd: int) -> int:
         if fd not in index:
-            fi, info = _fdinfo(fd), libbpf.map_info(fd)
-            maps.append({"type": int(fi["map_type"]), "key_size": int(fi["key_size"]),
-                         "value_size": int(fi["value_size"]), "max_entries": int(fi["max_entries"]),
-                         "flags": int(fi["map_flags"], 16), "name": info.name})
+            info = libbpf.map_info(fd)
+            maps.append({"type": info.map_type, "key_size": info.key_size, "value_size": info.value_size,
+                         "max_entries": info.max_entries, "flags": info.map_flags, "name": info.name})
             index[fd] = len(maps) - 1
         return index[fd]
 
@@ -182,7 +173,7 @@ def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int]) -> dict[s
     for fname, fn in b.funcs.items():
         insns = bytes(b.dump_func(fname))
         refs = [(i, add_map(fd)) for i, fd in _map_refs(insns)]
-        progs.append({"name": fname.decode(), "type": int(_fdinfo(fn.fd)["prog_type"]),
+        progs.append({"name": fname.decode(), "type": libbpf.prog_stats(fn.fd).prog_type,
                       "insns": base64.b64encode(insns).decode(), "refs": refs})
     names = {p["name"] for p in progs}
     links = []

@@ -119,6 +119,7 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+    map_flags: int = 0
 
 
 def map_info(fd: int) -> MapInfo:
@@ -131,7 +132,7 @@ def map_info(fd: int) -> MapInfo:
         raise OSError(-rc, f"BPF_OBJ_GET_INFO_BY_FD (map fd {fd}): {os.strerror(-rc)}")
     u32 = np.frombuffer(bytes(buf), dtype=np.uint32)
     name = bytes(buf[24:40]).split(b"\0", 1)[0].decode()
-    return MapInfo(int(u32[0]), int(u32[1]), int(u32[2]), int(u32[3]), int(u32[4]), name)
+    return MapInfo(int(u32[0]), int(u32[1]), int(u32[2]), int(u32[3]), int(u32[4]), name, int(u32[5]))
 
 
 class Map:
@@ -203,10 +204,11 @@ class ProgStats:
     name: str
     run_time_ns: int
     run_cnt: int
+    prog_type: int = 0
 
 
 def prog_stats(fd: int) -> ProgStats:
-    # struct bpf_prog_info: id at 4, name[16] at 64, run_time_ns at 192, run_cnt at 200 (5.1+).
+    # struct bpf_prog_info: type at 0, id at 4, name[16] at 64, run_time_ns at 192, run_cnt at 200 (5.1+).
     buf = (ct.c_uint8 * 256)()
     n = ct.c_uint32(ct.sizeof(buf))
     rc = lib().bpf_obj_get_info_by_fd(fd, buf, ct.byref(n))
@@ -214,8 +216,9 @@ def prog_stats(fd: int) -> ProgStats:
         raise OSError(-rc, f"BPF_OBJ_GET_INFO_BY_FD (prog fd {fd}): {os.strerror(-rc)}")
     raw = bytes(buf)
     u64 = np.frombuffer(raw, dtype=np.uint64)
-    return ProgStats(int(np.frombuffer(raw, dtype=np.uint32)[1]), raw[64:80].split(b"\0", 1)[0].decode(),
-                     int(u64[192 // 8]), int(u64[200 // 8]))
+    u32 = np.frombuffer(raw, dtype=np.uint32)
+    return ProgStats(int(u32[1]), raw[64:80].split(b"\0", 1)[0].decode(), int(u64[192 // 8]), int(u64[200 // 8]),
+                     int(u32[0]))
 
 
 def enable_stats() -> int:
