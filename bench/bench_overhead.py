@@ -41,8 +41,18 @@ TARGETS = "full tracer <= 3% throughput loss, and no more than runqlat-bpfcc alo
 
 
 def _workload(args: argparse.Namespace) -> list[str]:
-    return [sys.executable, WORKLOAD, "--duration", str(args.duration), "--pairs", str(args.pairs),
-            "--decoders", str(args.decoders), "--work", str(args.work)]
+    cmd = [sys.executable, WORKLOAD, "--duration", str(args.duration), "--pairs", str(args.pairs),
+           "--decoders", str(args.decoders), "--work", str(args.work)]
+    # --pin: the whole workload on one CPU (every hop a switch on that CPU), tracers on the others.
+    return cmd if args.pin is None else ["taskset", "-c", str(args.pin), *cmd]
+
+
+def _tracer_cpus(args: argparse.Namespace):
+    """preexec_fn keeping a tracer (the recorder, a bcc tool) off the pinned workload's CPU."""
+    if args.pin is None:
+        return None
+    others = set(os.sched_getaffinity(0)) - {args.pin}
+    return (lambda: os.sched_setaffinity(0, others)) if others else None
 
 
 def _last_json(text: str) -> dict:
@@ -65,7 +75,8 @@ def run_autoglm(args: argparse.Namespace) -> dict:
     try:
         out_dir = tmp / "rec"
         cmd = [*benchdoc.autoglm_trace(), "record", "-q", "--no-gpu", "-o", str(out_dir), "--", *_workload(args)]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_tracer_cpus(args))
         watch = benchdoc.ProcWatch(p.pid)
         out, err = p.communicate(timeout=args.duration + 120)
         watch.stop()
@@ -97,7 +108,8 @@ def run_bcc(args: argparse.Namespace, tool: str, extra: list[str]) -> dict:
 
     headers.apply()  # bcc's tools need BCC_KERNEL_SOURCE too when the headers are the cached tree
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([exe, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen([exe, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         preexec_fn=_tracer_cpus(args))
     try:
         # Attached once the tool says it is tracing (it prints that after attaching its probes).
         deadline = time.monotonic() + 60
@@ -145,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", type=int, default=1)
     ap.add_argument("--work", type=int, default=3000,
                     help="workload --work per round trip (default 3000: ~70k switches/s here; 0: pure hand-offs)")
+    ap.add_argument("--pin", type=int, metavar="CPU",
+                    help="run the whole workload on this CPU (taskset) and the tracers on the others")
     ap.add_argument("--section", default="bench_overhead", help="section name in --doc (one per workload shape)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--doc", type=Path, help="replace this benchmark's section of a markdown file")
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         raw = json.loads(args.render.read_text())
         for k, v in raw.get("args", {}).items():  # the shape of the run that made the file
-            if k in ("duration", "pairs", "decoders", "work", "rounds"):
+            if k in ("duration", "pairs", "decoders", "work", "rounds", "pin"):
                 setattr(args, k, v)
         md = render(args, raw["runs"], raw["failed"], raw.get("command"), raw.get("machine"))
         print(md)
@@ -195,16 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _throughput(r: dict, b: dict) -> float:
+    """Traced over untraced throughput of one round: the mean of the normalised round-trip and decode
+    rates (round trips alone when the workload has no decode loop)."""
+    rt = r["round_trips_per_s"] / b["round_trips_per_s"]
+    if not b["decode_steps_per_s"]:
+        return rt
+    return (rt + r["decode_steps_per_s"] / b["decode_steps_per_s"]) / 2
+
+
 def render(args: argparse.Namespace, runs: dict[str, list[dict]], failed: dict[str, str],
            command: str | None = None, machine: str | None = None) -> str:
     base = runs["untraced"]
+    pin = getattr(args, "pin", None)
+    shape = ("inference-like workload" if args.work else "stress workload (pure hand-offs)") if pin is None \
+        else f"pinned ping-pong (the workload on CPU {pin}, tracers on the other CPUs)"
     lines = [
-        f"## Overhead, {'stress workload (pure hand-offs)' if args.work == 0 else 'inference-like workload'}: "
-        "throughput traced vs untraced",
+        f"## Overhead, {shape}: throughput traced vs untraced",
         "",
         f"Command: `sudo {command or benchdoc.command_line()}`  ",
         f"Machine: {machine or benchdoc.machine_facts()}  ",
-        f"Workload: `bench/workload_pingpong.py --duration {args.duration:g} --pairs {args.pairs} "
+        f"Workload: `{'' if pin is None else f'taskset -c {pin} '}bench/workload_pingpong.py --duration {args.duration:g} --pairs {args.pairs} "
         f"--decoders {args.decoders} --work {args.work}` ({args.rounds} interleaved rounds, shuffled order per round).  ",
         f"Target: {TARGETS}.",
         "",
@@ -226,8 +251,7 @@ def render(args: argparse.Namespace, runs: dict[str, list[dict]], failed: dict[s
         sw = statistics.median(r["switches_per_s"] for r in rs if r)
         pairs = [(r, b) for r, b in zip(rs, base) if r and b]
         rt_ratio = [r["round_trips_per_s"] / b["round_trips_per_s"] for r, b in pairs]
-        ratios = [(r["round_trips_per_s"] / b["round_trips_per_s"] + r["decode_steps_per_s"] / b["decode_steps_per_s"]) / 2
-                  for r, b in pairs]
+        ratios = [_throughput(r, b) for r, b in pairs]
         if mode == "untraced":
             lines.append(f"| {mode} | {rt:,.0f} | {dec:,.0f} | {sw:,.0f} | 1 | 1 | - |")
             continue

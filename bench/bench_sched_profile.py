@@ -15,6 +15,7 @@ run (interleaved).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import select
 import signal
@@ -87,7 +88,12 @@ def run_autoglm(seconds: float, cpu: int) -> dict:
     ctx = SessionContext(lambda t, rows: None, lambda t, c: None, lambda t, b: None, TargetTree.for_pid(pid),
                          is_root=True)
     k = KernelProbes()
-    k.start(ctx)
+    try:
+        k.start(ctx)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # the pair waits for its go byte: never leave it behind
+        os.waitpid(pid, 0)
+        raise
     stop = threading.Event()
 
     def loop() -> None:
@@ -163,6 +169,40 @@ def _delta(before: dict, after: dict) -> dict[str, tuple[int, int]]:
 
 MODES = {"untraced": run_untraced, "autoglm-trace kernel probes": run_autoglm, "runqlat-bpfcc": run_runqlat}
 
+# --floor: what the building blocks of a sched_switch program cost here, one bcc program each on
+# sched_switch (the same raw tracepoint, the same ping-pong): the floor of any program run (dispatch
+# + the run-time statistics themselves), one clock read, three, one task_struct read, one hash lookup.
+_FLOOR_BODY = {
+    "floor: empty program": "return 0;",
+    "floor: + 1 bpf_ktime_get_ns": "u64 t = bpf_ktime_get_ns(); return t == 1;",
+    "floor: + 3 bpf_ktime_get_ns": "u64 a = bpf_ktime_get_ns(), b = bpf_ktime_get_ns(), c = bpf_ktime_get_ns();"
+                                   " return a == 1 || b == 1 || c == 1;",
+    "floor: + 1 task_struct read": "struct task_struct *n = (struct task_struct *)ctx->args[2]; u32 pid = 0;"
+                                   " bpf_probe_read_kernel(&pid, sizeof(pid), &n->pid); return pid == 1;",
+    "floor: + 1 hash lookup (u32 key)": "u32 k = bpf_get_current_pid_tgid(); return h.lookup(&k) != NULL;",
+}
+
+
+def _run_floor(body: str, seconds: float, cpu: int) -> dict:
+    from bcc import BPF  # bench-only: the recorder itself never imports bcc
+
+    headers.apply()
+    text = ("#include <linux/sched.h>\nBPF_HASH(h, u32, u64, 32768);\n"
+            f"RAW_TRACEPOINT_PROBE(sched_switch) {{ {body} }}\n")
+    b = BPF(text=text)
+    try:
+        fd = b.funcs[b"raw_tracepoint__sched_switch"].fd
+        pid, r, g = pingpong(seconds, cpu)
+        before = _stats({"sched_switch": fd})
+        n = _finish(pid, r, g)
+        after = _stats({"sched_switch": fd})
+    finally:
+        b.cleanup()
+    return {"round_trips": n, "progs": _delta(before, after)}
+
+
+FLOOR_MODES = {name: functools.partial(_run_floor, body) for name, body in _FLOOR_BODY.items()}
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,16 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)))
     ap.add_argument("--doc", type=Path)
     ap.add_argument("--section", default="bench_sched_profile")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run one-probe programs that price the building blocks (empty program, clock read, ...)")
     args = ap.parse_args(argv)
+    modes = {**MODES, **(FLOOR_MODES if args.floor else {})}
     if os.geteuid() != 0:
         print("bench_sched_profile: needs root (BPF)", file=sys.stderr)
         return 2
     load0 = benchdoc.load_average()
     stats_fd = libbpf.enable_stats()
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
     try:
         for rnd in range(args.rounds):
-            for mode, fn in MODES.items():
+            for mode, fn in modes.items():
                 r = fn(args.seconds, args.cpu)
                 runs[mode].append(r)
                 print(f"round {rnd + 1}: {mode}: {r['round_trips'] / args.seconds:,.0f} round trips/s",

@@ -19,6 +19,11 @@
  * the CPU it leaves / enters under that runqueue's lock, its sleep fields by the one wakeup that
  * ends the sleep, its migrations under the task's pi_lock (kernel/sched/core.c set_task_cpu); and a
  * preempt_agg entry is keyed by the CPU that writes it. Task ids are read once per task per switch.
+ * The clock is read only when a target thread is involved (bpf_ktime_get_ns is the dearest call in
+ * these programs: ~30 ns on a KVM guest's TSC, as much as the rest of a switch's lookups together),
+ * the bucket is divided out once per program run, and a wakeup writes only the thread's state: the
+ * sleep it ends is added to the thread's bucket at its switch-in, where that bucket is looked up
+ * anyway for the run-queue wait.
  */
 
 #define TASK_RUNNING 0x0000
@@ -38,6 +43,17 @@ struct thread_state {
     u64 ts_wait; /* runnable since (wakeup or preemption); 0: not waiting */
     u32 out;     /* OUT_* */
     u32 tgid;    /* whose thread this state is (a reused tid of another process does not match) */
+    u64 pend_sleep_ns;   /* sleep (S) ended by the last wakeup, added to the bucket at switch-in */
+    u64 pend_dstate_ns;  /* same, D state */
+    /* The waker seen at sched_waking (wakeups.c), charged at the sched_wakeup that follows, which
+     * reads the clock anyway (kernel/sched/core.c try_to_wake_up: sched_waking, then
+     * ttwu_runnable() or the activation fire sched_wakeup for the same wakeup). */
+    u64 wk_task;         /* waker's task_struct (0: none pending) */
+    u64 wk_since;        /* waker on CPU since (its ts_in; 0 when not a target thread) */
+    u32 wk_tid;          /* 0 in interrupt context */
+    u32 wk_tgid;
+    u32 wk_ctx;          /* WCTX_* mask */
+    u32 wk_in_target;
 };
 
 struct sched_val {
@@ -74,9 +90,9 @@ BPF_HASH(thread_states, u32, struct thread_state, MAX_THREADS);
 BPF_HASH(sched_agg, struct thread_bucket, struct sched_val, MAX_AGG);
 BPF_HASH(preempt_agg, struct preempt_key, struct preempt_val, MAX_AGG);
 
-static __always_inline struct sched_val *sched_slot(u64 now, u32 tid, u32 tgid, void *task)
+static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgid, void *task)
 {
-    struct thread_bucket key = {.bucket = bucket_of(now), .tid = tid, .tgid = tgid};
+    struct thread_bucket key = {.bucket = bucket, .tid = tid, .tgid = tgid};
     struct sched_val *v = sched_agg.lookup(&key);
     if (v)
         return v;
@@ -111,11 +127,11 @@ static __always_inline struct thread_state *target_thread(u32 tid, u32 tgid, int
     return thread_states.lookup(&tid);
 }
 
-static __always_inline void charge_preemptor(u64 now, u32 tgid, void *ptask, u32 ptid, u32 ptgid,
+static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, u32 ptid, u32 ptgid,
                                              u32 cpu, u64 count, u64 wait)
 {
     struct preempt_key key = {
-        .bucket = bucket_of(now),
+        .bucket = bucket,
         .tgid = tgid,
         .ptid = ptid,
         .ptgid = ptgid,
@@ -140,49 +156,58 @@ static __always_inline void charge_preemptor(u64 now, u32 tgid, void *ptask, u32
 
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
-    u64 now = bpf_ktime_get_ns();
     bool preempt = (bool)ctx->args[0];
     void *prev = (void *)ctx->args[1];
     void *next = (void *)ctx->args[2];
     u32 prev_state = (u32)ctx->args[3];
-    u32 cpu = bpf_get_smp_processor_id();
 
     u64 id = bpf_get_current_pid_tgid();   /* current == prev */
     u32 prev_tid = (u32)id, prev_tgid = id >> 32;
     u32 next_tid, next_tgid;
     task_ids(next, &next_tid, &next_tgid);
 
+    struct thread_state *pst = prev_tid != 0 ? target_thread(prev_tid, prev_tgid, 1) : NULL;
+    struct thread_state *nst = next_tid != 0 ? target_thread(next_tid, next_tgid, 0) : NULL;
+    /* The clock is read once, by whichever side is traced first (neither: no read). */
+    u64 now = 0, bucket = 0;
+    u32 cpu = bpf_get_smp_processor_id();
+    u32 handled = 0;
+
     /* --- prev leaves the CPU --- */
-    struct thread_state *st = prev_tid != 0 ? target_thread(prev_tid, prev_tgid, 1) : NULL;
-    if (st) {
-        count_event(FAM_SCHED);
-        struct sched_val *v = sched_slot(now, prev_tid, prev_tgid, prev);
+    if (pst) {
+        handled += 1;
+        now = bpf_ktime_get_ns();
+        bucket = bucket_of(now);
+        struct sched_val *v = sched_slot(bucket, prev_tid, prev_tgid, prev);
         if (v) {
-            if (st->ts_in && now > st->ts_in)
-                v->oncpu_ns += now - st->ts_in;
-            st->ts_in = 0;
-            st->ts_out = now;
+            if (pst->ts_in && now > pst->ts_in)
+                v->oncpu_ns += now - pst->ts_in;
+            pst->ts_in = 0;
+            pst->ts_out = now;
             if (preempt || prev_state == TASK_RUNNING) {
                 v->invol += 1;
-                st->out = OUT_PREEMPTED;
-                st->ts_wait = now;
-                charge_preemptor(now, prev_tgid, next, next_tid, next_tgid, cpu, 1, 0);
+                pst->out = OUT_PREEMPTED;
+                pst->ts_wait = now;
+                charge_preemptor(bucket, prev_tgid, next, next_tid, next_tgid, cpu, 1, 0);
             } else {
                 v->vol += 1;
-                st->out = ((prev_state & TASK_UNINTERRUPTIBLE) && !(prev_state & TASK_NOLOAD))
-                              ? OUT_DSTATE : OUT_SLEEP;
-                st->ts_wait = 0;
+                pst->out = ((prev_state & TASK_UNINTERRUPTIBLE) && !(prev_state & TASK_NOLOAD))
+                               ? OUT_DSTATE : OUT_SLEEP;
+                pst->ts_wait = 0;
             }
         }
     }
 
     /* --- next gets the CPU --- */
-    st = next_tid != 0 ? target_thread(next_tid, next_tgid, 0) : NULL;
-    if (st) {
-        count_event(FAM_SCHED);
-        if (st->ts_wait && now > st->ts_wait) {
-            u64 wait = now - st->ts_wait;
-            struct sched_val *v = sched_slot(now, next_tid, next_tgid, next);
+    if (nst) {
+        handled += 1;
+        if (now == 0) {
+            now = bpf_ktime_get_ns();
+            bucket = bucket_of(now);
+        }
+        if (nst->ts_wait && now > nst->ts_wait) {
+            u64 wait = now - nst->ts_wait;
+            struct sched_val *v = sched_slot(bucket, next_tid, next_tgid, next);
             if (v) {
                 v->runq_count += 1;
                 v->runq_wait_ns += wait;
@@ -190,18 +215,28 @@ RAW_TRACEPOINT_PROBE(sched_switch)
                     v->runq_max_ns = wait;
                 u32 slot = log2_slot(wait / 1000) & (LOG2_SLOTS - 1);
                 v->hist[slot] += 1;
-                if (st->out == OUT_PREEMPTED && st->ts_out && now > st->ts_out)
-                    v->off_preempted_ns += now - st->ts_out;
+                if (nst->out == OUT_PREEMPTED && nst->ts_out && now > nst->ts_out)
+                    v->off_preempted_ns += now - nst->ts_out;
+                v->off_sleep_ns += nst->pend_sleep_ns;
+                v->off_dstate_ns += nst->pend_dstate_ns;
+                nst->pend_sleep_ns = 0;
+                nst->pend_dstate_ns = 0;
             }
             /* The task that held the CPU until now is charged with the wait. */
-            charge_preemptor(now, next_tgid, prev, prev_tid, prev_tgid, cpu, 0, wait);
+            charge_preemptor(bucket, next_tgid, prev, prev_tid, prev_tgid, cpu, 0, wait);
         }
-        st->ts_in = now;
-        st->ts_wait = 0;
-        st->out = OUT_NONE;
+        nst->ts_in = now;
+        nst->ts_wait = 0;
+        nst->out = OUT_NONE;
     }
+    if (handled)
+        count_events(FAM_SCHED, handled);
     return 0;
 }
+
+#ifdef HAVE_WAKEUPS
+static __always_inline void charge_waker(struct thread_state *st, u64 now, u32 tid, u32 tgid);
+#endif
 
 static __always_inline int on_wakeup(void *p)
 {
@@ -212,13 +247,18 @@ static __always_inline int on_wakeup(void *p)
         return 0;
     u64 now = bpf_ktime_get_ns();
     count_event(FAM_SCHED);
+#ifdef HAVE_WAKEUPS
+    if (st->wk_task) {   /* the waker seen at sched_waking, before st->out changes below */
+        charge_waker(st, now, tid, tgid);
+        st->wk_task = 0;
+    }
+#endif
     if (st->out == OUT_SLEEP || st->out == OUT_DSTATE) {
-        struct sched_val *v = sched_slot(now, tid, tgid, p);
-        if (v && st->ts_out && now > st->ts_out) {
+        if (st->ts_out && now > st->ts_out) {
             if (st->out == OUT_DSTATE)
-                v->off_dstate_ns += now - st->ts_out;
+                st->pend_dstate_ns += now - st->ts_out;
             else
-                v->off_sleep_ns += now - st->ts_out;
+                st->pend_sleep_ns += now - st->ts_out;
         }
         st->out = OUT_WOKEN;
         st->ts_wait = now;
@@ -248,7 +288,7 @@ RAW_TRACEPOINT_PROBE(sched_migrate_task)
     if (tid == 0 || !tgid_in_target(tgid))
         return 0;
     count_event(FAM_SCHED);
-    struct sched_val *v = sched_slot(bpf_ktime_get_ns(), tid, tgid, p);
+    struct sched_val *v = sched_slot(bucket_of(bpf_ktime_get_ns()), tid, tgid, p);
     if (v)
         v->migrations += 1;
     return 0;

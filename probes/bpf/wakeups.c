@@ -72,6 +72,10 @@ RAW_TRACEPOINT_PROBE(hrtimer_expire_entry) { wake_ctx_set(WCTX_HRTIMER, 1); retu
 RAW_TRACEPOINT_PROBE(hrtimer_expire_exit) { wake_ctx_set(WCTX_HRTIMER, 0); return 0; }
 #endif
 
+/* At sched_waking: note the waker in the wakee's state, without reading the clock; the
+ * sched_wakeup that follows (sched.c on_wakeup) reads it anyway and calls charge_waker(). A waking
+ * that lands while the wakee is still on its way off the CPU (try_to_wake_up() then waits for
+ * p->on_cpu) is charged too: by its sched_wakeup the wakee has switched out. */
 RAW_TRACEPOINT_PROBE(sched_waking)
 {
     void *p = (void *)ctx->args[0];
@@ -80,61 +84,69 @@ RAW_TRACEPOINT_PROBE(sched_waking)
     if (tid == 0)
         return 0;
     /* sched.c keeps states for the target's threads only (target_thread()), so a state of this tgid
-     * says "a target thread" without a lookup in target_tgids: one hash lookup per wakeup, as sched.c
-     * does per switch. A wakee without a state did not switch out as a target thread. */
+     * says "a target thread" without a lookup in target_tgids. */
     struct thread_state *st = thread_states.lookup(&tid);
-    if (!st || st->tgid != tgid || (st->out != OUT_SLEEP && st->out != OUT_DSTATE) || !st->ts_out)
+    if (!st || st->tgid != tgid)
         return 0;
-    u64 now = bpf_ktime_get_ns();
-    if (now <= st->ts_out)
-        return 0;
-    u64 sleep = now - st->ts_out;
-    count_event(FAM_WAKEUPS);
-
     u32 zero = 0;
     u32 *m = wake_ctx.lookup(&zero);
     u32 wctx = m ? *m : 0;
+    st->wk_ctx = wctx;
+    st->wk_tid = 0;
+    st->wk_tgid = 0;
+    st->wk_since = 0;
+    st->wk_in_target = 0;
+    if (wctx == WCTX_TASK) {
+        u64 id = bpf_get_current_pid_tgid();
+        u32 wtid = (u32)id, wtgid = id >> 32;
+        st->wk_tid = wtid;
+        st->wk_tgid = wtgid;
+        /* One lookup says both whether the waker is in the target and since when it is on CPU. */
+        struct thread_state *ws = wtid ? thread_states.lookup(&wtid) : NULL;
+        if (ws && ws->tgid == wtgid) {
+            st->wk_in_target = 1;
+            st->wk_since = ws->ts_in;
+        }
+    }
+    st->wk_task = bpf_get_current_task() | 1;  /* nonzero even for an interrupt-context waking */
+    return 0;
+}
+
+/* Called by sched.c on_wakeup() with the wakee's state before the wakeup changes it. */
+static __always_inline void charge_waker(struct thread_state *st, u64 now, u32 tid, u32 tgid)
+{
+    if ((st->out != OUT_SLEEP && st->out != OUT_DSTATE) || !st->ts_out || now <= st->ts_out)
+        return;
+    u64 sleep = now - st->ts_out;
+    count_event(FAM_WAKEUPS);
     struct waker_key key = {
-        .bucket = bucket_of(now), .tid = tid, .pid = tgid, .ctx = wctx,
+        .bucket = bucket_of(now), .tid = tid, .pid = tgid, .ctx = st->wk_ctx,
+        .waker_tid = st->wk_tid, .waker_pid = st->wk_tgid,
         .state = st->out == OUT_DSTATE ? WSTATE_DSTATE : WSTATE_SLEEP,
     };
     u64 oncpu = 0;
-    u32 in_target = 0;
-    if (wctx == WCTX_TASK) {
-        u64 id = bpf_get_current_pid_tgid();
-        key.waker_tid = (u32)id;
-        key.waker_pid = id >> 32;
-        /* sched.c keeps a state for the target's threads only: one lookup says both whether the
-         * waker is in the target and since when it has been on CPU. */
-        u32 wtid = key.waker_tid;
-        struct thread_state *ws = wtid ? thread_states.lookup(&wtid) : NULL;
-        if (ws && ws->tgid == key.waker_pid) {
-            in_target = 1;
-            if (ws->ts_in && now > ws->ts_in)
-                oncpu = now - ws->ts_in < sleep ? now - ws->ts_in : sleep;
-        }
-    }
+    if (st->wk_since && now > st->wk_since)
+        oncpu = now - st->wk_since < sleep ? now - st->wk_since : sleep;
     struct waker_val *v = waker_agg.lookup(&key);
     if (!v) {
         struct waker_val init = {};
-        init.waker_in_target = in_target;
-        if (wctx == WCTX_TASK)
-            bpf_get_current_comm(init.comm, sizeof(init.comm));
+        init.waker_in_target = st->wk_in_target;
+        if (st->wk_ctx == WCTX_TASK)
+            task_comm((void *)(st->wk_task & ~1ULL), init.comm);
         if (waker_agg.update(&key, &init) != 0) {
             count_drop(FAM_WAKEUPS);
-            return 0;
+            return;
         }
         v = waker_agg.lookup(&key);
         if (!v)
-            return 0;
+            return;
     }
     /* Plain adds: the key holds the wakee, and try_to_wake_up() (kernel/sched/core.c) fires
-     * sched_waking with the wakee's p->pi_lock held, so updates of one key never run at once (locked
-     * adds cost ~3 x 20 ns on the hottest path of a switch-heavy server). */
+     * sched_wakeup with the wakee's p->pi_lock held (or, queued, from the wakee's CPU under its rq
+     * lock), so updates of one key never run at once. */
     v->count += 1;
     v->sleep_ns += sleep;
     v->waker_oncpu_ns += oncpu;
     if (sleep > v->sleep_max_ns)
         v->sleep_max_ns = sleep;
-    return 0;
 }
