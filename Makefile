@@ -48,6 +48,7 @@ docs: setup
 bench-overhead: setup
 	$(PY) bench/bench_overhead.py --doc docs/benchmarks-overhead.md
 	$(PY) bench/bench_overhead.py --work 0 --rounds 3 --section bench_overhead_stress --doc docs/benchmarks-overhead.md
+	$(PY) bench/bench_overhead.py --pin 1 --pairs 1 --decoders 0 --work 0 --rounds 5 --duration 5 --section bench_overhead_pinned --doc docs/benchmarks-overhead.md
 
 ## The waker aggregation's cost on the stress workload (<= 1 pp target), interleaved with/without it.
 bench-wakeups: setup

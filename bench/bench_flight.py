@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60, help="measured seconds (default 60)")
     ap.add_argument("--warmup", type=float, default=10, help="seconds after the collectors start (default 10)")
     ap.add_argument("--ring", default="5m")
-    ap.add_argument("--ring-bytes", default="256M")
+    ap.add_argument("--ring-bytes", default="24M")
     ap.add_argument("--load", action="store_true", help="run a busy workload beside the recorder")
     ap.add_argument("--status-every", type=float, default=60,
                     help="the recorder's status line period (ring size and RSS over time), seconds")

@@ -296,7 +296,7 @@ def test_record_cli_ring_options(tmp_path: Path):
     assert opts.host  # no target with --ring: the whole host
     fo = flight_options(args, opts)
     assert fo.ring_s == 300 and fo.triggers == ("oom", "signal", "threshold") and fo.keep == 3
-    assert fo.keep_bytes == 1 << 30 and fo.ring_bytes == 256 << 20 and fo.tail_s == 10
+    assert fo.keep_bytes == 1 << 30 and fo.ring_bytes == 24 << 20 and fo.tail_s == 10
     with pytest.raises(UsageError):
         parse_options(["--keep", "3", "--host"])  # flight options without --ring
     with pytest.raises(UsageError):

@@ -72,7 +72,7 @@ def build_parser(for_top: bool = False) -> argparse.ArgumentParser:
     # DIR/<time>-<trigger>/ per incident; without a target it watches the whole host.
     fl = p if for_top else p.add_argument_group("flight recorder (always-on; see docs/flight-recorder.md)")
     fl.add_argument("--ring", metavar="DURATION", help=record_only("keep the last DURATION (e.g. 5m) in memory and save it on a trigger"))
-    fl.add_argument("--ring-bytes", metavar="SIZE", help=record_only("memory limit of the ring (default 256M)"))
+    fl.add_argument("--ring-bytes", metavar="SIZE", help=record_only("memory limit of the ring (default 24M)"))
     fl.add_argument("--trigger", metavar="LIST", help=record_only("oom,exit,spike,signal,threshold (default: oom,exit,spike,signal)"))
     fl.add_argument("--trigger-expr", action="append", metavar="EXPR", help=record_only("threshold trigger, e.g. 'gpu_mem_used_frac>0.97' (repeatable)"))
     fl.add_argument("--tail", metavar="S", help=record_only("keep recording S after a trigger before saving (default 10s)"))

@@ -35,7 +35,9 @@ from autoglm_trace.tracer.flight.triggers import DEFAULT_TRIGGERS, Threshold, Tr
 from autoglm_trace.tracer.ring import RingSink
 from autoglm_trace.tracer.session import Recorder, RecordOptions, install_signal_handlers
 
-DEFAULT_RING_BYTES = 256 << 20
+# 24 MiB: the recorder (~95 MiB without the ring) stays under 150 MiB even while a snapshot's tail
+# holds a second ring's worth (issue 16's bound); five minutes of a 2-CPU host's probes take ~13 MiB.
+DEFAULT_RING_BYTES = 24 << 20
 DEFAULT_TAIL_S = 10.0
 DEFAULT_COOLDOWN_S = 60.0
 RING_WATCH_NS = 1_000_000_000
