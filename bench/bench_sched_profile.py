@@ -78,6 +78,13 @@ def _stats(fds: dict[str, int]) -> dict[str, libbpf.ProgStats]:
     return {name: libbpf.prog_stats(fd) for name, fd in fds.items()}
 
 
+def _counted(fds: dict[str, int], pid: int, res_r: int, go_w: int) -> dict:
+    """Run a started pair to its end; its round trips and each program's (runs, ns) meanwhile."""
+    before = _stats(fds)
+    n = _finish(pid, res_r, go_w)
+    return {"round_trips": n, "progs": _delta(before, _stats(fds))}
+
+
 def run_untraced(seconds: float, cpu: int) -> dict:
     pid, r, g = pingpong(seconds, cpu)
     return {"round_trips": _finish(pid, r, g), "progs": {}}
@@ -103,14 +110,11 @@ def run_autoglm(seconds: float, cpu: int) -> dict:
     th = threading.Thread(target=loop, daemon=True)
     th.start()
     try:
-        before = _stats(k.bpf.progs)
-        n = _finish(pid, r, g)
-        after = _stats(k.bpf.progs)
+        return _counted(k.bpf.progs, pid, r, g)
     finally:
         stop.set()
         th.join()
         k.stop()
-    return {"round_trips": n, "progs": _delta(before, after)}
 
 
 def run_runqlat(seconds: float, cpu: int) -> dict:
@@ -132,10 +136,7 @@ def run_runqlat(seconds: float, cpu: int) -> dict:
         for pid_ in sorted(_prog_ids_of(p.pid) - ids0):
             fd = libbpf.prog_fd_by_id(pid_)
             fds[f"{libbpf.prog_stats(fd).name}#{pid_}"] = fd
-        pid, r, g = pingpong(seconds, cpu)
-        before = _stats(fds)
-        n = _finish(pid, r, g)
-        after = _stats(fds)
+        return _counted(fds, *pingpong(seconds, cpu))
     finally:
         p.send_signal(signal.SIGINT)
         try:
@@ -145,7 +146,6 @@ def run_runqlat(seconds: float, cpu: int) -> dict:
             p.communicate()
         for fd in fds.values():
             os.close(fd)
-    return {"round_trips": n, "progs": _delta(before, after)}
 
 
 def _prog_ids_of(pid: int) -> set[int]:
@@ -191,14 +191,9 @@ def _run_floor(body: str, seconds: float, cpu: int) -> dict:
             f"RAW_TRACEPOINT_PROBE(sched_switch) {{ {body} }}\n")
     b = BPF(text=text)
     try:
-        fd = b.funcs[b"raw_tracepoint__sched_switch"].fd
-        pid, r, g = pingpong(seconds, cpu)
-        before = _stats({"sched_switch": fd})
-        n = _finish(pid, r, g)
-        after = _stats({"sched_switch": fd})
+        return _counted({"sched_switch": b.funcs[b"raw_tracepoint__sched_switch"].fd}, *pingpong(seconds, cpu))
     finally:
         b.cleanup()
-    return {"round_trips": n, "progs": _delta(before, after)}
 
 
 FLOOR_MODES = {name: functools.partial(_run_floor, body) for name, body in _FLOOR_BODY.items()}

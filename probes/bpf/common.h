@@ -34,27 +34,20 @@ BPF_HASH(target_cgroups, u64, u8, 1024);
 #define NR_STATS 3
 BPF_PERCPU_ARRAY(stats, u64, NR_FAMILIES * NR_STATS);
 
-static __always_inline void count_stat(u32 fam, u32 which)
+static __always_inline void count_stat(u32 fam, u32 which, u64 n)
 {
     u32 idx = fam * NR_STATS + which;
-    u64 *v = stats.lookup(&idx);
-    if (v)
-        (*v)++;
-}
-
-/* n events at once: one lookup per program run, not per task it handled. */
-static __always_inline void count_events(u32 fam, u64 n)
-{
-    u32 idx = fam * NR_STATS;
     u64 *v = stats.lookup(&idx);
     if (v)
         *v += n;
 }
 
-#define count_event(fam) count_stat(fam, 0)
-#define count_drop(fam) count_stat(fam, 1)
+#define count_event(fam) count_stat(fam, 0, 1)
+/* n events at once: one lookup per program run, not per task it handled. */
+#define count_events(fam, n) count_stat(fam, 0, n)
+#define count_drop(fam) count_stat(fam, 1, 1)
 /* A perf-buffer write refused (buffer full): counted here, at the source, as a lost event. */
-#define count_perf_drop(fam) count_stat(fam, 2)
+#define count_perf_drop(fam) count_stat(fam, 2, 1)
 
 /* Reading task_struct members by BTF offset (see the prologue). */
 static __always_inline u32 task_u32(void *task, u32 off)

@@ -127,15 +127,16 @@ static __always_inline struct thread_state *target_thread(u32 tid, u32 tgid, int
     return thread_states.lookup(&tid);
 }
 
+/* Keyed by the CPU that runs it (sched_switch's): one writer per entry. */
 static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, u32 ptid, u32 ptgid,
-                                             u32 cpu, u64 count, u64 wait)
+                                             u64 count, u64 wait)
 {
     struct preempt_key key = {
         .bucket = bucket,
         .tgid = tgid,
         .ptid = ptid,
         .ptgid = ptgid,
-        .cpu = cpu,
+        .cpu = bpf_get_smp_processor_id(),
     };
     struct preempt_val *v = preempt_agg.lookup(&key);
     if (!v) {
@@ -170,7 +171,6 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     struct thread_state *nst = next_tid != 0 ? target_thread(next_tid, next_tgid, 0) : NULL;
     /* The clock is read once, by whichever side is traced first (neither: no read). */
     u64 now = 0, bucket = 0;
-    u32 cpu = bpf_get_smp_processor_id();
     u32 handled = 0;
 
     /* --- prev leaves the CPU --- */
@@ -188,7 +188,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
                 v->invol += 1;
                 pst->out = OUT_PREEMPTED;
                 pst->ts_wait = now;
-                charge_preemptor(bucket, prev_tgid, next, next_tid, next_tgid, cpu, 1, 0);
+                charge_preemptor(bucket, prev_tgid, next, next_tid, next_tgid, 1, 0);
             } else {
                 v->vol += 1;
                 pst->out = ((prev_state & TASK_UNINTERRUPTIBLE) && !(prev_state & TASK_NOLOAD))
@@ -223,7 +223,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
                 nst->pend_dstate_ns = 0;
             }
             /* The task that held the CPU until now is charged with the wait. */
-            charge_preemptor(bucket, next_tgid, prev, prev_tid, prev_tgid, cpu, 0, wait);
+            charge_preemptor(bucket, next_tgid, prev, prev_tid, prev_tgid, 0, wait);
         }
         nst->ts_in = now;
         nst->ts_wait = 0;
