@@ -1,7 +1,7 @@
 """A recording that is still being made: the ring's content read like ``Recording``.
 
 ``LiveRecording(ring, manifest)`` offers the read interface of ``analysis.reader.Recording``
-(``table``, ``has``, ``table_names``, ``rows``, ``manifest``, ``start_ns``, ``end_ns``, ``target``,
+(``table``, ``scan``, ``count``, ``has``, ``table_names``, ``rows``, ``manifest``, ``start_ns``, ``end_ns``, ``target``,
 ``collectors``, ``wall_offset_ns``, ``to_wall_ns``, ``truncated``, ``complete``, ``path``) over a
 ``TableSource`` (autoglm_trace/sinks.py; the recorder's ring is one), so the analysis functions, the
 live view and the exporter run unchanged on live data.
@@ -63,8 +63,15 @@ class LiveRecording:
             return sorted(self._frozen)
         return self.ring.table_names()
 
+    def scan(self, name: str, columns: list[str]) -> pa.Table:
+        """As ``Recording.scan``: the ring is in memory already, so a selection of ``table``."""
+        return self.table(name).select(columns)
+
+    def count(self, name: str) -> int:
+        return self.table(name).num_rows
+
     def rows(self) -> dict[str, int]:
-        return {name: self.table(name).num_rows for name in self.table_names}
+        return {name: self.count(name) for name in self.table_names}
 
     def freeze(self) -> LiveRecording:
         """A LiveRecording over one consistent snapshot of the ring (tables fixed from now on)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +21,7 @@ import pyarrow as pa
 from autoglm_trace import schema, span_client
 from autoglm_trace.analysis import manifest_check
 from autoglm_trace.errors import NewerSchemaError, RecordingError
-from autoglm_trace.safefile import read_regular
+from autoglm_trace.safefile import FileTooLarge, open_regular, read_regular
 
 
 @dataclass
@@ -35,63 +36,147 @@ MAX_MANIFEST_BYTES = 16 << 20
 SPAN_LONGEST_NS = 7 * 86400 * 1_000_000_000
 
 
-def read_stream_file(path: Path, expected: pa.Schema | None = None, dir_fd: int | None = None,
-                     table: str | None = None) -> TableRead:
-    """Read an Arrow IPC stream, keeping every whole batch before a damaged tail.
+class _CappedFile:
+    """A read-only file object for Arrow's stream reader that never asks the OS for more than the file
+    held when it was opened: a damaged message header can claim a body of any length, and a plain
+    file object's ``read(n)`` allocates ``n`` bytes before it reads any."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd, self._left, self._pos = fd, size, 0
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        chunks: list[bytes] = []
+        while want > 0:
+            chunk = os.read(self._fd, min(want, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+            self._left -= len(chunk)
+            self._pos += len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self._fd)
+
+
+class StreamRead:
+    """One table file's batches, read and validated one at a time (nothing kept here): the single
+    parser behind ``read_stream_file`` and ``Recording.scan``.
 
     Regular files only, never through a link (``safefile``), at most ``MAX_TABLE_BYTES``. The file's
     own metadata must name ``table`` when it names one (two files swapped are refused, not read as
     each other). Messages name the file, never its bytes (a length Arrow quotes would be the first
-    bytes of a file the reader may read and the recording's owner may not)."""
-    name = path.name
-    try:
-        data = read_regular(name if dir_fd is not None else path, MAX_TABLE_BYTES, dir_fd=dir_fd)
-    except OSError as e:
-        raise RecordingError(f"cannot read {path}: {e.strerror or e}") from None
-    if not data:
-        # Created but the recorder died before the schema message hit the disk.
-        return TableRead(expected.empty_table() if expected is not None else pa.table({}), True, "empty file")
-    try:
-        reader = pa.ipc.open_stream(pa.BufferReader(data))
-    except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError):
-        raise RecordingError(f"{path} is not an Arrow IPC stream") from None
-    version = schema.schema_version_of(reader.schema)
-    if version is not None and version > schema.SCHEMA_VERSION:
-        raise NewerSchemaError(
-            f"{path.name} uses recording schema v{version}; this autoglm-trace reads up to "
-            f"v{schema.SCHEMA_VERSION} -- upgrade autoglm-trace"
-        )
-    if version is not None and version < 1:
-        raise RecordingError(f"{path} has an invalid schema version in its metadata")
-    if table is not None:
-        named = (reader.schema.metadata or {}).get(b"autoglm_trace.table")
-        if named is not None and named != table.encode():
-            raise RecordingError(f"{path} holds another table (its metadata names a different one); "
-                                 "refusing a renamed or swapped table file")
-    batches: list[pa.RecordBatch] = []
-    truncated, error = False, None
-    while True:
+    bytes of a file the reader may read and the recording's owner may not). Iterating stops at the
+    first damaged batch, keeping every whole one before it; ``truncated`` and ``error`` say so."""
+
+    def __init__(self, path: Path, dir_fd: int | None = None, table: str | None = None) -> None:
+        self.path, self.truncated, self.error = path, False, None
+        self.batches_read = 0
         try:
-            batch = reader.read_next_batch()
-            # Full validation: a damaged batch can parse (offsets past its buffers) and would then
-            # crash the analysis instead of raising; treat it as the damaged tail.
-            batch.validate(full=True)
-            batches.append(batch)
-        except StopIteration:
-            break
+            fd = open_regular(path.name if dir_fd is not None else path, dir_fd=dir_fd)
+        except OSError as e:
+            raise RecordingError(f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            size = os.fstat(fd).st_size
+        except OSError as e:
+            os.close(fd)
+            raise RecordingError(f"cannot read {path}: {e.strerror or e}") from None
+        self._file = _CappedFile(fd, size)
+        if size > MAX_TABLE_BYTES:
+            self._file.close()
+            raise RecordingError(f"cannot read {path}: {FileTooLarge(path.name, size, MAX_TABLE_BYTES).strerror}")
+        self.empty = size == 0  # created, but the recorder died before the schema message hit the disk
+        self._reader: pa.ipc.RecordBatchStreamReader | None = None
+        if self.empty:
+            self._file.close()
+            return
+        try:
+            self._reader = pa.ipc.open_stream(self._file)
         except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError):
-            truncated, error = True, f"damaged after {len(batches)} whole batch(es)"
-            break
+            self._file.close()
+            raise RecordingError(f"{path} is not an Arrow IPC stream") from None
+        try:
+            self._check(self._reader.schema, table)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _check(self, sch: pa.Schema, table: str | None) -> None:
+        path = self.path
+        version = schema.schema_version_of(sch)
+        if version is not None and version > schema.SCHEMA_VERSION:
+            raise NewerSchemaError(
+                f"{path.name} uses recording schema v{version}; this autoglm-trace reads up to "
+                f"v{schema.SCHEMA_VERSION} -- upgrade autoglm-trace"
+            )
+        if version is not None and version < 1:
+            raise RecordingError(f"{path} has an invalid schema version in its metadata")
+        if table is not None:
+            named = (sch.metadata or {}).get(b"autoglm_trace.table")
+            if named is not None and named != table.encode():
+                raise RecordingError(f"{path} holds another table (its metadata names a different one); "
+                                     "refusing a renamed or swapped table file")
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        return self._reader.schema if self._reader is not None else None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        if self._reader is None:
+            return
+        try:
+            while True:
+                try:
+                    batch = self._reader.read_next_batch()
+                    # Full validation: a damaged batch can parse (offsets past its buffers) and would
+                    # then crash the analysis instead of raising; treat it as the damaged tail.
+                    batch.validate(full=True)
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError, MemoryError):
+                    self.truncated, self.error = True, f"damaged after {self.batches_read} whole batch(es)"
+                    break
+                self.batches_read += 1
+                yield batch
+        finally:
+            self._file.close()
+
+
+def read_stream_file(path: Path, expected: pa.Schema | None = None, dir_fd: int | None = None,
+                     table: str | None = None) -> TableRead:
+    """A whole table file as one Arrow table (see ``StreamRead`` for what is refused and kept)."""
+    stream = StreamRead(path, dir_fd, table)
+    if stream.empty:
+        return TableRead(expected.empty_table() if expected is not None else pa.table({}), True, "empty file")
+    batches = list(stream)
     try:
-        table_read = pa.Table.from_batches(batches, schema=reader.schema)
+        table_read = pa.Table.from_batches(batches, schema=stream.schema)
     except (pa.ArrowException, ValueError):
         raise RecordingError(f"{path} has batches that do not match its own schema") from None
     if expected is not None:
-        try:
-            table_read = _conform(table_read, expected)
-        except (pa.ArrowException, ValueError, TypeError):  # names not UTF-8, uncastable types
-            raise RecordingError(f"{path.name} does not match its table's schema") from None
-    return TableRead(table_read, truncated, error)
+        table_read = conform(table_read, expected, path)
+    return TableRead(table_read, stream.truncated, stream.error)
+
+
+def conform(table: pa.Table, expected: pa.Schema, path: Path) -> pa.Table:
+    try:
+        return _conform(table, expected)
+    except (pa.ArrowException, ValueError, TypeError):  # names not UTF-8, uncastable types
+        raise RecordingError(f"{path.name} does not match its table's schema") from None
 
 
 def _conform(table: pa.Table, expected: pa.Schema) -> pa.Table:
@@ -223,7 +308,8 @@ class Recording:
                       if n.endswith(schema.TABLE_SUFFIX) and not n.startswith("."))
 
     def table(self, name: str) -> pa.Table:
-        """The whole table (empty with the right schema when it was not recorded)."""
+        """The whole table (empty with the right schema when it was not recorded), kept for the next
+        caller. A one-pass total over a few columns reads through ``scan`` instead."""
         if name in self._cache:
             return self._cache[name]
         expected = schema.TABLES.get(name)
@@ -235,16 +321,57 @@ class Recording:
             read = read_stream_file(self.table_path(name), expected, dir_fd=self._fd, table=name)
             if read.truncated:
                 self.truncated[name] = read.error or "truncated"
-            t = self._plausible(name, read.table)
+            t, dropped = self._plausible(name, read.table)
+            if dropped:
+                self.implausible[name] = dropped
         self._cache[name] = t
         return t
 
-    def _plausible(self, name: str, t: pa.Table) -> pa.Table:
+    def scan(self, name: str, columns: list[str]) -> pa.Table:
+        """Just ``columns`` of a table -- the same rows ``table`` gives -- read one batch at a time
+        and not kept: the recorder's exit summary totals a long recording this way without holding
+        it (every table whole would cost the recorder memory in proportion to the recording)."""
+        parts = self._scan(name, columns)
+        if len(parts) == 1:
+            return parts[0]
+        return pa.concat_tables(parts).combine_chunks()
+
+    def count(self, name: str) -> int:
+        """The rows ``table(name)`` would have, counted without keeping them."""
+        return sum(p.num_rows for p in self._scan(name, []))
+
+    def _scan(self, name: str, columns: list[str]) -> list[pa.Table]:
+        if name in self._cache:
+            return [self._cache[name].select(columns)]
+        expected = schema.TABLES.get(name)
+        if expected is None:
+            return [self.table(name).select(columns)]  # a file of no table we know: read as it is
+        if not self.has(name):
+            return [expected.empty_table().select(columns)]
+        path = self.table_path(name)
+        stream = StreamRead(path, dir_fd=self._fd, table=name)
+        if stream.empty:
+            self.truncated[name] = "empty file"
+            return [expected.empty_table().select(columns)]
+        parts: list[pa.Table] = []
+        dropped = 0
+        for batch in stream:
+            t, n = self._plausible(name, conform(pa.Table.from_batches([batch]), expected, path))
+            dropped += n
+            parts.append(t.select(columns))
+        if stream.truncated:
+            self.truncated[name] = stream.error or "truncated"
+        if dropped:
+            self.implausible[name] = dropped
+        return parts or [expected.empty_table().select(columns)]
+
+    def _plausible(self, name: str, t: pa.Table) -> tuple[pa.Table, int]:
         """Rows no recorder writes -- a negative monotonic time, a span ending before it starts or
-        starting long before the recording -- are left out (counted in ``implausible``), so a
-        hand-made or damaged table cannot push the analysis outside the int64 range."""
+        starting long before the recording -- are left out (the count is returned for
+        ``implausible``), so a hand-made or damaged table cannot push the analysis outside the int64
+        range. Row by row, so a table and its batches give the same rows."""
         if not t.num_rows or "ts_ns" not in t.column_names or not pa.types.is_integer(t.schema.field("ts_ns").type):
-            return t
+            return t, 0
         import pyarrow.compute as pc
 
         ts = t.column("ts_ns")
@@ -255,13 +382,11 @@ class Recording:
             keep = pc.and_(keep, pc.fill_null(pc.and_(pc.greater_equal(ts, earliest), pc.greater_equal(end, ts)), False))
             keep = pc.and_(keep, pc.fill_null(pc.less_equal(pc.subtract(end, ts), SPAN_LONGEST_NS), False))
         dropped = t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
-        if dropped:
-            self.implausible[name] = dropped
-            t = t.filter(keep)
-        return t
+        return (t.filter(keep), dropped) if dropped else (t, 0)
 
     def rows(self) -> dict[str, int]:
-        return {name: self.table(name).num_rows for name in self.table_names}
+        """Rows per table, counted without keeping the tables."""
+        return {name: self.count(name) for name in self.table_names}
 
     # Manifest conveniences ---------------------------------------------------------------------
     @property
@@ -289,8 +414,10 @@ class Recording:
         for name in self.table_names:
             if name not in schema.TABLES:
                 continue  # a file of no table we know: not ours to interpret
-            t = self.table(name)
-            if t.num_rows and "ts_ns" in t.column_names:
+            if "ts_ns" not in schema.TABLES[name].names:
+                continue
+            t = self.scan(name, ["ts_ns"])
+            if t.num_rows:
                 import pyarrow.compute as pc
 
                 top = pc.max(t.column("ts_ns")).as_py()

@@ -33,10 +33,11 @@ def _sum(t: pa.Table, col: str) -> int:
 def _proc_totals(rec: Recording) -> dict[str, float]:
     """Per-process counters from /proc samples: last value (or last - first for processes that
     predate the recording), summed over the tree."""
-    s = rec.table("proc_samples")
+    s = rec.scan("proc_samples", ["pid", "ts_ns", "ctx_voluntary", "ctx_involuntary", "minflt", "majflt",
+                                  "cpu_user_s", "cpu_system_s", "rss_bytes"])
     if s.num_rows == 0:
         return {}
-    procs = rec.table("processes")
+    procs = rec.scan("processes", ["pid", "start_time_ns"])
     started_before: set[int] = set()
     if procs.num_rows:
         st = procs.column("start_time_ns").to_numpy(zero_copy_only=False)
@@ -81,8 +82,8 @@ def _kernel_counts(rec: Recording, sched: pa.Table | None, faults: pa.Table | No
     """
     out: dict[str, int] = {}
     exited: set[int] = set()
-    ev = rec.table("proc_events")
-    if ev.num_rows and "nvcsw" in ev.column_names:
+    ev = rec.scan("proc_events", ["event", "tid", "nvcsw", "nivcsw", "minflt", "majflt"])
+    if ev.num_rows:
         born = set(pc.filter(ev["tid"], pc.equal(ev["event"], "fork")).to_pylist())
         if rec.target.get("mode") == "command" and rec.target.get("pid") is not None:
             born.add(int(rec.target["pid"]))
@@ -116,7 +117,8 @@ def _kernel_counts(rec: Recording, sched: pa.Table | None, faults: pa.Table | No
 
 def totals(rec: Recording) -> dict[str, dict[str, Any]]:
     kernel_ok = (rec.collectors.get("kernel") or {}).get("status") == "ok"
-    sched, faults = rec.table("sched"), rec.table("faults")
+    sched = rec.scan("sched", ["tid", "switches_voluntary", "switches_involuntary", "oncpu_ns"])
+    faults = rec.scan("faults", ["tid", "faults", "major"])
     rusage = rec.target.get("rusage") or {}
     proc = _proc_totals(rec)
     out: dict[str, dict[str, Any]] = {}
@@ -162,7 +164,7 @@ def totals(rec: Recording) -> dict[str, dict[str, Any]]:
 def summarize(rec: Recording) -> dict[str, Any]:
     m = rec.manifest
     t = rec.target
-    stats = rec.table("probe_stats")
+    stats = rec.scan("probe_stats", ["lost"])
     lost = _sum(stats, "lost") if stats.num_rows else 0
     tables = rec.rows()
     return {

@@ -70,6 +70,47 @@ def test_truncated_tail_keeps_whole_batches(tmp_path):
     assert not rec.complete
 
 
+def test_scan_reads_the_rows_table_reads_without_keeping_them(tmp_path):
+    """scan / count give table()'s rows -- the truncated tail and implausible rows left out the same
+    way -- one batch at a time, and keep nothing (the recorder's exit summary reads this way)."""
+    w = RecordingWriter(tmp_path / "rec", _manifest())
+    for i in range(4):
+        w.emit("proc_samples", [_proc_row(i, vol=i), _proc_row(-5 - i, pid=11)])  # ts < 0: implausible
+        w.flush()
+    w.close()
+    p = tmp_path / "rec" / "proc_samples.arrow"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 8 - 60])  # the last batch cut
+    scanned = Recording(tmp_path / "rec")
+    got = scanned.scan("proc_samples", ["pid", "ctx_voluntary"])
+    assert got.column_names == ["pid", "ctx_voluntary"]
+    assert got.column("ctx_voluntary").to_pylist() == [0, 1, 2]
+    assert scanned.count("proc_samples") == 3 and scanned.rows() == {"proc_samples": 3}
+    assert scanned.truncated == {"proc_samples": "damaged after 3 whole batch(es)"}
+    assert scanned.implausible == {"proc_samples": 3}
+    assert not scanned._cache  # nothing kept
+    whole = Recording(tmp_path / "rec")
+    t = whole.table("proc_samples")
+    assert t.select(["pid", "ctx_voluntary"]).equals(got)
+    assert whole.truncated == scanned.truncated and whole.implausible == scanned.implausible
+    assert scanned.scan("sched", ["tid"]).num_rows == 0  # not recorded: empty, right column
+
+
+def test_summary_keeps_no_table(tmp_path):
+    from autoglm_trace.analysis.summary import summarize
+
+    w = RecordingWriter(tmp_path / "rec", _manifest())
+    w.emit("proc_samples", [_proc_row(1), _proc_row(2, vol=7)])
+    w.close()
+    w.manifest["complete"] = True
+    w.write_manifest()
+    rec = Recording(tmp_path / "rec")
+    s = summarize(rec)
+    assert s["tables"] == {"proc_samples": 2}
+    assert s["totals"]["ctx_switches_voluntary"]["value"] == 7
+    assert not rec._cache
+
+
 def test_unflushed_file_without_schema_reads_empty(tmp_path):
     p = tmp_path / "x.arrow"
     p.write_bytes(b"")
