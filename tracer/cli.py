@@ -126,6 +126,9 @@ def _discard_stdout() -> None:
 
 
 def entry() -> None:
+    from autoglm_trace.tracer.commands import record_report
+
+    record_report.IN_ENTRY = True  # this process is the program: record may exec its report (see there)
     sys.exit(main())
 
 

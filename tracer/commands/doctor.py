@@ -30,8 +30,7 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 # tracepoint -> which probe family needs it
 TRACEPOINTS = {
     "sched/sched_switch": "scheduler",
-    "sched/sched_wakeup": "scheduler",
-    "sched/sched_wakeup_new": "scheduler",
+    "sched/sched_waking": "wakers",
     "sched/sched_migrate_task": "scheduler",
     "sched/sched_process_fork": "scheduler",
     "sched/sched_process_exec": "scheduler",

@@ -204,45 +204,10 @@ def main(argv: list[str]) -> int:
 
 
 def _report(manifest: dict[str, Any], out: Path, as_json: bool) -> int:
-    from autoglm_trace.analysis.reader import Recording
-    from autoglm_trace.analysis.summary import render_summary, summarize
+    from autoglm_trace.tracer.commands import record_report
 
-    summary = summarize(Recording(out))
-    if as_json:
-        import json
-
-        print(json.dumps(summary, indent=2))
-    else:
-        render_summary(summary, file=sys.stderr)
-        print(f"recording written to {out}", file=sys.stderr)
-    if manifest.get("error"):
-        from autoglm_trace.errors import WriteError
-
-        raise WriteError(manifest["error"])
-    failed = target_failure(manifest)
-    if failed:
-        from autoglm_trace.errors import TargetFailed
-
-        raise TargetFailed(f"the target {failed} (recording complete at {out})")
-    return 0
-
-
-def target_failure(manifest: dict[str, Any]) -> str | None:
-    """How a started target failed -- non-zero exit, killed by a signal -- or None. A target ended by
-    the recorder's own stop (Ctrl-C, SIGTERM, SIGHUP to the recorder) has not failed."""
-    t = manifest.get("target") or {}
-    if t.get("mode") != "command" or manifest.get("stop_reason") != "target exited":
-        return None
-    if t.get("signal") is not None:
-        import signal
-
-        try:
-            return f"was killed by {signal.Signals(t['signal']).name}"
-        except ValueError:
-            return f"was killed by signal {t['signal']}"
-    if t.get("exit_code") not in (None, 0):
-        return f"exited with status {t['exit_code']}"
-    return None
+    record_report.hand_off(out, as_json)  # returns only where no fresh process can take over
+    return record_report.report(manifest, out, as_json)
 
 
 # The flight recorder (--ring): the Namespace ends here; tracer/flight/ takes FlightOptions.
