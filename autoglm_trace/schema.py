@@ -165,7 +165,9 @@ _table(
 _table(
     "sched",
     "Per thread of the target tree per time bucket, aggregated in the kernel from sched_switch / "
-    "sched_wakeup / sched_migrate_task. Run-queue latency is wakeup (or preemption) to run.",
+    "sched_migrate_task. Run-queue latency is enqueue (wakeup or preemption) to run, the scheduler's own "
+    "sched_info accounting; a stretch off CPU (its wait, sleep or preemption) is counted in the bucket of "
+    "the thread's next switch-out or exit.",
     [
         _ts,
         _bucket,

@@ -44,8 +44,7 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family(
             "sched", 1, "sched.c",
-            (("sched", "sched_switch"), ("sched", "sched_wakeup"), ("sched", "sched_wakeup_new"),
-             ("sched", "sched_migrate_task")),
+            (("sched", "sched_switch"), ("sched", "sched_migrate_task")),
             raw=True,
         ),
         Family(

@@ -180,13 +180,25 @@ TASK_FIELDS = (
     ("OFF_TASK_MAJ_FLT", "maj_flt"),
     ("OFF_TASK_REAL_PARENT", "real_parent"),
 )
+# Read when the kernel has them: task->sched_info exists with CONFIG_SCHED_INFO (include/linux/sched.h);
+# without it the sched family records no run-queue wait (sched.c sched_info_read).
+OPTIONAL_TASK_FIELDS = (
+    ("OFF_TASK_SI_PCOUNT", "sched_info.pcount"),
+    ("OFF_TASK_SI_RUN_DELAY", "sched_info.run_delay"),
+)
 
 
 def task_offsets(btf: BTF | None = None) -> dict[str, int]:
     """``{macro: byte offset}`` for every task_struct member the BPF programs read."""
     if btf is None:
         return dict(_kernel_task_offsets())
-    return {macro: btf.offsetof("task_struct", path) for macro, path in TASK_FIELDS}
+    out = {macro: btf.offsetof("task_struct", path) for macro, path in TASK_FIELDS}
+    for macro, path in OPTIONAL_TASK_FIELDS:
+        try:
+            out[macro] = btf.offsetof("task_struct", path)
+        except BTFError:
+            pass
+    return out
 
 
 @lru_cache(maxsize=1)

@@ -51,7 +51,7 @@ from autoglm_trace.probes.kernel_events import (
     decode_exit_code,
     dev_name,
 )
-from autoglm_trace.probes.kernel_features import base_problem, family_problem
+from autoglm_trace.probes.kernel_features import base_problem, family_degraded, family_problem
 
 DEFAULT_PERF_PAGES = 64
 # Per-bucket block-I/O rows kept for issuers outside the target (the top ones by bytes).
@@ -123,6 +123,9 @@ class KernelProbes(Collector):
                 ctx.note(f"kernel probe '{name}' skipped: {why}")
             else:
                 self.enabled.append(name)
+                degraded = family_degraded(name)
+                if degraded:
+                    ctx.note(f"kernel probe '{name}': {degraded}")
         if not self.enabled:
             raise CollectorUnavailable(
                 "no kernel probe family can run here: "

@@ -60,6 +60,19 @@ def family_problem(fam: Family) -> str | None:
     return None
 
 
+def family_degraded(name: str) -> str | None:
+    """What an available family will not record on this kernel (None: all of it)."""
+    if name == "sched":
+        try:
+            offsets = btf_mod.task_offsets()
+        except btf_mod.BTFError:
+            return None  # base_problem() says it
+        if "OFF_TASK_SI_RUN_DELAY" not in offsets:
+            return ("no run-queue wait (task_struct has no sched_info: kernel built without "
+                    "CONFIG_SCHED_INFO); off-CPU stretches count whole as sleep or preemption")
+    return None
+
+
 def feature_report() -> list[tuple[str, bool, str]]:
     """(family, available, reason or fix) for ``doctor``."""
     base = base_problem()
@@ -73,6 +86,8 @@ def feature_report() -> list[tuple[str, bool, str]]:
             out.append((fam.name, False, problem))
         else:
             tps = ", ".join(f"{c}:{e}" for c, e in fam.required)
-            out.append((fam.name, True, f"{'raw ' if fam.raw else ''}tracepoints {tps}"))
+            degraded = family_degraded(fam.name)
+            out.append((fam.name, True, f"{'raw ' if fam.raw else ''}tracepoints {tps}"
+                        + (f"; {degraded}" if degraded else "")))
     return out
 

@@ -15,17 +15,21 @@
  * the same test, so the counts compare with /proc/PID/status voluntary/nonvoluntary_ctxt_switches.
  *
  * Cost per switch (measured by bench/bench_sched_profile.py): counters are plain adds, not atomics.
- * Each field has one writer at a time: a thread's switch-out and switch-in fields are written on
- * the CPU it leaves / enters under that runqueue's lock, its sleep fields by the one wakeup that
- * ends the sleep, its migrations under the task's pi_lock (kernel/sched/core.c set_task_cpu); and a
- * preempt_agg entry is keyed by the CPU that writes it. Task ids are read once per task per switch.
- * The clock is read only when a target thread is involved (bpf_ktime_get_ns is the dearest call in
- * these programs: ~30 ns on a KVM guest's TSC, as much as the rest of a switch's lookups together),
- * the bucket is divided out once per program run, and a wakeup writes only the thread's state: the
- * sleep it ends is added to the thread's bucket at its switch-in, where that bucket is looked up
- * anyway for the run-queue wait.
+ * Each field has one writer at a time: a thread's state and its bucket are written on the CPU it
+ * leaves / enters under that runqueue's lock (or by the thread itself at exit), its migrations
+ * under the task's pi_lock (kernel/sched/core.c set_task_cpu); and a preempt_agg entry is keyed by
+ * the CPU that writes it. Task ids are read once per task per switch. The clock is read only when
+ * a target thread is involved (bpf_ktime_get_ns is the dearest call in these programs: ~30 ns on a
+ * KVM guest's TSC, as much as the rest of a switch's lookups together), once per switch.
+ *
+ * No program runs at wakeup. The run-queue wait is the kernel's own: sched_info_enqueue() stamps
+ * the enqueue (wakeup or preemption) and sched_info_arrive() adds enqueue-to-run to
+ * task->sched_info.run_delay and bumps pcount (kernel/sched/stats.h, CONFIG_SCHED_INFO), in
+ * prepare_task_switch() -- after sched_switch fired. So the stretch off CPU that ended at a
+ * switch-in is settled at the thread's next switch-out (or exit): its wait is the growth of
+ * run_delay, the rest of the stretch (switch-out to switch-in, our clock) was sleep or preemption.
+ * One task read at switch-out replaces a program run and a clock read on every wakeup of the host.
  */
-
 #define TASK_RUNNING 0x0000
 #define TASK_UNINTERRUPTIBLE 0x0002
 #define TASK_NOLOAD 0x0400
@@ -36,24 +40,31 @@
 #define OUT_PREEMPTED 3
 #define OUT_WOKEN 4
 
-/* Per target thread: where it is in its on-CPU / off-CPU / runnable cycle. */
+/* Per target thread: where it is in its on-CPU / off-CPU cycle. */
 struct thread_state {
-    u64 ts_in;   /* switched in at (0: not on CPU / unknown) */
-    u64 ts_out;  /* switched out at */
-    u64 ts_wait; /* runnable since (wakeup or preemption); 0: not waiting */
-    u32 out;     /* OUT_* */
-    u32 tgid;    /* whose thread this state is (a reused tid of another process does not match) */
-    u64 pend_sleep_ns;   /* sleep (S) ended by the last wakeup, added to the bucket at switch-in */
-    u64 pend_dstate_ns;  /* same, D state */
-    /* The waker seen at sched_waking (wakeups.c), charged at the sched_wakeup that follows, which
-     * reads the clock anyway (kernel/sched/core.c try_to_wake_up: sched_waking, then
-     * ttwu_runnable() or the activation fire sched_wakeup for the same wakeup). */
-    u64 wk_task;         /* waker's task_struct (0: none pending) */
-    u64 wk_since;        /* waker on CPU since (its ts_in; 0 when not a target thread) */
-    u32 wk_tid;          /* 0 in interrupt context */
+    u64 ts_in;    /* switched in at (0: not on CPU / unknown) */
+    u64 ts_out;   /* switched out at */
+    u64 off_ns;   /* the stretch off CPU that ended at the last switch-in, settled at the next switch-out */
+    u64 pcount;   /* task->sched_info.pcount / run_delay when last read: the next read's growth is */
+    u64 run_delay;/* the run-queue wait of the arrivals between (see the comment at the top) */
+    u64 pre_task; /* the task switched out as this one got the CPU: charged with the wait that ended */
+    u32 pre_tid;
+    u32 pre_tgid;
+    u32 out;      /* OUT_*: how it left the CPU last */
+    u32 off_out;  /* how it was off CPU for off_ns (OUT_NONE: no stretch to settle) */
+    u32 tgid;     /* whose thread this state is (a reused tid of another process does not match) */
+    u32 si_ok;    /* pcount / run_delay hold a reading */
+    char pre_comm[TASK_COMM_LEN];  /* read at switch-in: pre_task may be gone by the settlement */
+    /* The waker seen at sched_waking (wakeups.c), charged when the sleep it ended is settled. */
+    u64 wk_task;  /* waker's task_struct | 1 (0: none pending) */
+    u64 wk_since; /* waker on CPU since (its ts_in; 0 when not a target thread) */
+    u32 wk_tid;   /* 0 in interrupt context */
     u32 wk_tgid;
-    u32 wk_ctx;          /* WCTX_* mask */
+    u32 wk_ctx;   /* WCTX_* mask */
     u32 wk_in_target;
+    u32 wk_on_cpu;/* the waking came while the thread was still on CPU: it ends the coming sleep */
+    u32 wk_pad;
+    char wk_comm[TASK_COMM_LEN];
 };
 
 struct sched_val {
@@ -105,17 +116,42 @@ static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgi
     return sched_agg.lookup(&key);
 }
 
+/* task->sched_info.{pcount, run_delay}: one read when adjacent, as in every struct sched_info
+ * (include/linux/sched.h: unsigned long pcount; unsigned long long run_delay;). */
+static __always_inline void sched_info_read(void *task, u64 *pcount, u64 *run_delay)
+{
+#ifndef OFF_TASK_SI_PCOUNT
+    /* No CONFIG_SCHED_INFO: no wait is ever known (probes/kernel.py says so); stretches count as
+     * sleep or preemption whole. */
+    *pcount = 0;
+    *run_delay = 0;
+#elif OFF_TASK_SI_RUN_DELAY == OFF_TASK_SI_PCOUNT + 8
+    u64 v[2] = {};
+    bpf_probe_read_kernel(v, sizeof(v), (char *)task + OFF_TASK_SI_PCOUNT);
+    *pcount = v[0];
+    *run_delay = v[1];
+#else
+    *pcount = task_u64(task, OFF_TASK_SI_PCOUNT);
+    *run_delay = task_u64(task, OFF_TASK_SI_RUN_DELAY);
+#endif
+}
+
 /* The state of a target thread, or NULL for a thread outside the target. States are created for
  * target threads only (and deleted at thread exit, proc.c), so a state with the same tgid means
- * "in the target" without a second lookup in target_tgids: one hash lookup per task per switch. */
-static __always_inline struct thread_state *target_thread(u32 tid, u32 tgid, int is_current)
+ * "in the target" without a second lookup in target_tgids: one hash lookup per task per switch.
+ * A new state starts from the task's run-queue accounting as it is now -- from zero for a thread
+ * that has never run (pcount 0: a new thread's first wait is its whole run_delay). */
+static __always_inline struct thread_state *target_thread(void *task, u32 tid, u32 tgid, int is_current)
 {
     struct thread_state *st = thread_states.lookup(&tid);
     if (st && st->tgid == tgid)
         return st;
     if (!(is_current ? current_in_target(tgid) : tgid_in_target(tgid)))
         return NULL;
-    struct thread_state zero = {.tgid = tgid};
+    struct thread_state zero = {.tgid = tgid, .si_ok = 1};
+    sched_info_read(task, &zero.pcount, &zero.run_delay);
+    if (zero.pcount == 0)
+        zero.run_delay = 0;
     if (st) {  /* the tid was reused by another target process */
         *st = zero;
         return st;
@@ -128,8 +164,8 @@ static __always_inline struct thread_state *target_thread(u32 tid, u32 tgid, int
 }
 
 /* Keyed by the CPU that runs it (sched_switch's): one writer per entry. */
-static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, u32 ptid, u32 ptgid,
-                                             u64 count, u64 wait)
+static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, const char *pcomm,
+                                             u32 ptid, u32 ptgid, u64 count, u64 wait)
 {
     struct preempt_key key = {
         .bucket = bucket,
@@ -142,7 +178,10 @@ static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, 
     if (!v) {
         struct preempt_val zero = {};
         zero.in_target = key.ptid != 0 && tgid_in_target(key.ptgid);
-        task_comm(ptask, zero.comm);
+        if (pcomm)
+            __builtin_memcpy(zero.comm, pcomm, TASK_COMM_LEN);
+        else
+            task_comm(ptask, zero.comm);
         if (preempt_agg.update(&key, &zero) != 0) {
             count_drop(FAM_SCHED);
             return;
@@ -153,6 +192,60 @@ static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, 
     }
     v->count += count;
     v->wait_ns += wait;
+}
+
+#ifdef HAVE_WAKEUPS
+static __always_inline void charge_waker(struct thread_state *st, u64 bucket, u64 sleep, u64 woke_at,
+                                         u32 tid, u32 tgid, u32 state);
+#endif
+
+/* Settle the stretch off CPU that ended at the thread's last switch-in (see the top): called at
+ * its switch-out, with its bucket, and at its exit. `task` is the thread (current at both). */
+static __always_inline void settle(struct thread_state *st, void *task, struct sched_val *v, u64 bucket,
+                                   u32 tid, u32 tgid)
+{
+    u64 pcount = 0, run_delay = 0, wait = 0;
+    sched_info_read(task, &pcount, &run_delay);
+    int arrived = st->si_ok && pcount > st->pcount;
+    if (arrived && run_delay > st->run_delay)
+        wait = run_delay - st->run_delay;
+    st->pcount = pcount;
+    st->run_delay = run_delay;
+    st->si_ok = 1;
+    u32 how = st->off_out;
+    st->off_out = OUT_NONE;
+    if (how != OUT_NONE && wait > st->off_ns)
+        wait = st->off_ns;  /* two clocks (the rq clock, ours): never more than the stretch */
+    if (arrived) {
+        v->runq_count += 1;
+        v->runq_wait_ns += wait;
+        if (wait > v->runq_max_ns)
+            v->runq_max_ns = wait;
+        u32 slot = log2_slot(wait / 1000) & (LOG2_SLOTS - 1);
+        v->hist[slot] += 1;
+        /* The task that held the CPU until this thread got it is charged with the wait. */
+        if (wait && st->pre_task)
+            charge_preemptor(bucket, tgid, (void *)st->pre_task, st->pre_comm, st->pre_tid, st->pre_tgid, 0, wait);
+    }
+    int slept = how == OUT_SLEEP || how == OUT_DSTATE;
+    u64 sleep = slept ? st->off_ns - wait : 0;
+    if (how == OUT_PREEMPTED)
+        v->off_preempted_ns += st->off_ns;
+    else if (how == OUT_DSTATE)
+        v->off_dstate_ns += sleep;
+    else if (how == OUT_SLEEP)
+        v->off_sleep_ns += sleep;
+#ifdef HAVE_WAKEUPS
+    /* The waker of this stretch's sleep. One noted while the thread was still on CPU (the waking
+     * raced its switch-out, or try_to_wake_up() found it still queued and it never slept) is kept
+     * for the sleep that starts now; the next waking replaces it if it was not that sleep's. */
+    if (st->wk_task && !st->wk_on_cpu) {
+        if (slept)
+            charge_waker(st, bucket, sleep, st->ts_in - wait, tid, tgid, how);
+        st->wk_task = 0;
+    }
+    st->wk_on_cpu = 0;
+#endif
 }
 
 RAW_TRACEPOINT_PROBE(sched_switch)
@@ -167,8 +260,8 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     u32 next_tid, next_tgid;
     task_ids(next, &next_tid, &next_tgid);
 
-    struct thread_state *pst = prev_tid != 0 ? target_thread(prev_tid, prev_tgid, 1) : NULL;
-    struct thread_state *nst = next_tid != 0 ? target_thread(next_tid, next_tgid, 0) : NULL;
+    struct thread_state *pst = prev_tid != 0 ? target_thread(prev, prev_tid, prev_tgid, 1) : NULL;
+    struct thread_state *nst = next_tid != 0 ? target_thread(next, next_tid, next_tgid, 0) : NULL;
     /* The clock is read once, by whichever side is traced first (neither: no read). */
     u64 now = 0, bucket = 0;
     u32 handled = 0;
@@ -178,106 +271,60 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         handled += 1;
         now = bpf_ktime_get_ns();
         bucket = bucket_of(now);
+        int involuntary = preempt || prev_state == TASK_RUNNING;
         struct sched_val *v = sched_slot(bucket, prev_tid, prev_tgid, prev);
         if (v) {
+            settle(pst, prev, v, bucket, prev_tid, prev_tgid);
             if (pst->ts_in && now > pst->ts_in)
                 v->oncpu_ns += now - pst->ts_in;
-            pst->ts_in = 0;
-            pst->ts_out = now;
-            if (preempt || prev_state == TASK_RUNNING) {
+            if (involuntary) {
                 v->invol += 1;
-                pst->out = OUT_PREEMPTED;
-                pst->ts_wait = now;
-                charge_preemptor(bucket, prev_tgid, next, next_tid, next_tgid, 1, 0);
+                charge_preemptor(bucket, prev_tgid, next, 0, next_tid, next_tgid, 1, 0);
             } else {
                 v->vol += 1;
-                pst->out = ((prev_state & TASK_UNINTERRUPTIBLE) && !(prev_state & TASK_NOLOAD))
-                               ? OUT_DSTATE : OUT_SLEEP;
-                pst->ts_wait = 0;
             }
         }
+        pst->out = involuntary ? OUT_PREEMPTED
+                 : ((prev_state & TASK_UNINTERRUPTIBLE) && !(prev_state & TASK_NOLOAD)) ? OUT_DSTATE : OUT_SLEEP;
+        pst->ts_in = 0;
+        pst->ts_out = now;
     }
 
     /* --- next gets the CPU --- */
     if (nst) {
         handled += 1;
-        if (now == 0) {
+        if (now == 0)
             now = bpf_ktime_get_ns();
-            bucket = bucket_of(now);
+        /* The stretch that ends now, settled at the next switch-out with its wait. */
+        if (nst->out != OUT_NONE && nst->ts_out && now > nst->ts_out) {
+            nst->off_ns = now - nst->ts_out;
+            nst->off_out = nst->out;
+        } else {
+            nst->off_out = OUT_NONE;
         }
-        if (nst->ts_wait && now > nst->ts_wait) {
-            u64 wait = now - nst->ts_wait;
-            struct sched_val *v = sched_slot(bucket, next_tid, next_tgid, next);
-            if (v) {
-                v->runq_count += 1;
-                v->runq_wait_ns += wait;
-                if (wait > v->runq_max_ns)
-                    v->runq_max_ns = wait;
-                u32 slot = log2_slot(wait / 1000) & (LOG2_SLOTS - 1);
-                v->hist[slot] += 1;
-                if (nst->out == OUT_PREEMPTED && nst->ts_out && now > nst->ts_out)
-                    v->off_preempted_ns += now - nst->ts_out;
-                v->off_sleep_ns += nst->pend_sleep_ns;
-                v->off_dstate_ns += nst->pend_dstate_ns;
-                nst->pend_sleep_ns = 0;
-                nst->pend_dstate_ns = 0;
-            }
-            /* The task that held the CPU until now is charged with the wait. */
-            charge_preemptor(bucket, next_tgid, prev, prev_tid, prev_tgid, 0, wait);
-        }
-        nst->ts_in = now;
-        nst->ts_wait = 0;
         nst->out = OUT_NONE;
+        nst->ts_in = now;
+        nst->pre_task = (u64)prev;
+        nst->pre_tid = prev_tid;
+        nst->pre_tgid = prev_tgid;
+        task_comm(prev, nst->pre_comm);
     }
     if (handled)
         count_events(FAM_SCHED, handled);
     return 0;
 }
 
-#ifdef HAVE_WAKEUPS
-static __always_inline void charge_waker(struct thread_state *st, u64 now, u32 tid, u32 tgid);
-#endif
-
-static __always_inline int on_wakeup(void *p)
+/* At a target thread's exit (proc.c): settle its last stretch off CPU, before its state goes. */
+static __always_inline void sched_thread_exit(void *task, u32 tid, u32 tgid)
 {
-    u32 tid, tgid;
-    task_ids(p, &tid, &tgid);
-    struct thread_state *st = tid != 0 ? target_thread(tid, tgid, 0) : NULL;
-    if (!st)
-        return 0;
-    u64 now = bpf_ktime_get_ns();
-    count_event(FAM_SCHED);
-#ifdef HAVE_WAKEUPS
-    if (st->wk_task) {   /* the waker seen at sched_waking, before st->out changes below */
-        charge_waker(st, now, tid, tgid);
-        st->wk_task = 0;
-    }
-#endif
-    if (st->out == OUT_SLEEP || st->out == OUT_DSTATE) {
-        if (st->ts_out && now > st->ts_out) {
-            if (st->out == OUT_DSTATE)
-                st->pend_dstate_ns += now - st->ts_out;
-            else
-                st->pend_sleep_ns += now - st->ts_out;
-        }
-        st->out = OUT_WOKEN;
-        st->ts_wait = now;
-    } else if (st->out == OUT_NONE && st->ts_in == 0) {
-        /* A new thread (sched_wakeup_new) or one first seen asleep: wait from now. */
-        st->out = OUT_WOKEN;
-        st->ts_wait = now;
-    }
-    return 0;
-}
-
-RAW_TRACEPOINT_PROBE(sched_wakeup)
-{
-    return on_wakeup((void *)ctx->args[0]);
-}
-
-RAW_TRACEPOINT_PROBE(sched_wakeup_new)
-{
-    return on_wakeup((void *)ctx->args[0]);
+    struct thread_state *st = thread_states.lookup(&tid);
+    if (!st || st->tgid != tgid)
+        return;
+    u64 bucket = bucket_of(bpf_ktime_get_ns());
+    struct sched_val *v = sched_slot(bucket, tid, tgid, task);
+    if (v)
+        settle(st, task, v, bucket, tid, tgid);
+    thread_states.delete(&tid);
 }
 
 RAW_TRACEPOINT_PROBE(sched_migrate_task)

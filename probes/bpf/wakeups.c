@@ -1,7 +1,7 @@
 /* wakeups.c -- who woke the target's sleeping threads (off-CPU sleep attribution).
  *
- * Needs sched.c (concatenated before it): the sleep a wakeup ends is measured from the wakee's
- * switch-out in S or D state, recorded in sched.c's `thread_states`, to this wakeup.
+ * Needs sched.c (concatenated before it): the sleep a waking ends -- the wakee's switch-out in S or
+ * D state to its enqueue -- is settled by sched.c at the wakee's next switch-out (see its top).
  *
  * The waker is `current` at sched_waking, which kernel/sched/core.c try_to_wake_up() fires in the
  * waker's context once the wakee's state matched. (sched_wakeup is no substitute: with TTWU_QUEUE
@@ -72,10 +72,10 @@ RAW_TRACEPOINT_PROBE(hrtimer_expire_entry) { wake_ctx_set(WCTX_HRTIMER, 1); retu
 RAW_TRACEPOINT_PROBE(hrtimer_expire_exit) { wake_ctx_set(WCTX_HRTIMER, 0); return 0; }
 #endif
 
-/* At sched_waking: note the waker in the wakee's state, without reading the clock; the
- * sched_wakeup that follows (sched.c on_wakeup) reads it anyway and calls charge_waker(). A waking
- * that lands while the wakee is still on its way off the CPU (try_to_wake_up() then waits for
- * p->on_cpu) is charged too: by its sched_wakeup the wakee has switched out. */
+/* At sched_waking: note the waker in the wakee's state, without reading the clock; the wakee's
+ * settlement (sched.c settle(), at its next switch-out) knows the sleep this waking ended and
+ * calls charge_waker(). The waker's comm is copied now: a waker that is exiting (a child waking
+ * its parent's wait4) may be gone by then. */
 RAW_TRACEPOINT_PROBE(sched_waking)
 {
     void *p = (void *)ctx->args[0];
@@ -96,11 +96,15 @@ RAW_TRACEPOINT_PROBE(sched_waking)
     st->wk_tgid = 0;
     st->wk_since = 0;
     st->wk_in_target = 0;
+    /* try_to_wake_up() fires sched_waking before it waits for p->on_cpu: the wakee may not have
+     * switched out yet (its ts_in is still set); this waking then ends the sleep about to start. */
+    st->wk_on_cpu = st->ts_in != 0;
     if (wctx == WCTX_TASK) {
         u64 id = bpf_get_current_pid_tgid();
         u32 wtid = (u32)id, wtgid = id >> 32;
         st->wk_tid = wtid;
         st->wk_tgid = wtgid;
+        bpf_get_current_comm(st->wk_comm, sizeof(st->wk_comm));
         /* One lookup says both whether the waker is in the target and since when it is on CPU. */
         struct thread_state *ws = wtid ? thread_states.lookup(&wtid) : NULL;
         if (ws && ws->tgid == wtgid) {
@@ -112,27 +116,25 @@ RAW_TRACEPOINT_PROBE(sched_waking)
     return 0;
 }
 
-/* Called by sched.c on_wakeup() with the wakee's state before the wakeup changes it. */
-static __always_inline void charge_waker(struct thread_state *st, u64 now, u32 tid, u32 tgid)
+/* Called by sched.c settle() for a settled sleep of `sleep` ns that this waker ended at woke_at. */
+static __always_inline void charge_waker(struct thread_state *st, u64 bucket, u64 sleep, u64 woke_at,
+                                         u32 tid, u32 tgid, u32 state)
 {
-    if ((st->out != OUT_SLEEP && st->out != OUT_DSTATE) || !st->ts_out || now <= st->ts_out)
-        return;
-    u64 sleep = now - st->ts_out;
     count_event(FAM_WAKEUPS);
     struct waker_key key = {
-        .bucket = bucket_of(now), .tid = tid, .pid = tgid, .ctx = st->wk_ctx,
+        .bucket = bucket, .tid = tid, .pid = tgid, .ctx = st->wk_ctx,
         .waker_tid = st->wk_tid, .waker_pid = st->wk_tgid,
-        .state = st->out == OUT_DSTATE ? WSTATE_DSTATE : WSTATE_SLEEP,
+        .state = state == OUT_DSTATE ? WSTATE_DSTATE : WSTATE_SLEEP,
     };
     u64 oncpu = 0;
-    if (st->wk_since && now > st->wk_since)
-        oncpu = now - st->wk_since < sleep ? now - st->wk_since : sleep;
+    if (st->wk_since && woke_at > st->wk_since)
+        oncpu = woke_at - st->wk_since < sleep ? woke_at - st->wk_since : sleep;
     struct waker_val *v = waker_agg.lookup(&key);
     if (!v) {
         struct waker_val init = {};
         init.waker_in_target = st->wk_in_target;
         if (st->wk_ctx == WCTX_TASK)
-            task_comm((void *)(st->wk_task & ~1ULL), init.comm);
+            __builtin_memcpy(init.comm, st->wk_comm, TASK_COMM_LEN);
         if (waker_agg.update(&key, &init) != 0) {
             count_drop(FAM_WAKEUPS);
             return;
@@ -141,9 +143,8 @@ static __always_inline void charge_waker(struct thread_state *st, u64 now, u32 t
         if (!v)
             return;
     }
-    /* Plain adds: the key holds the wakee, and try_to_wake_up() (kernel/sched/core.c) fires
-     * sched_wakeup with the wakee's p->pi_lock held (or, queued, from the wakee's CPU under its rq
-     * lock), so updates of one key never run at once. */
+    /* Plain adds: the key holds the wakee, and its settlement runs on the CPU it leaves under that
+     * runqueue's lock (or in the wakee itself at exit), so updates of one key never run at once. */
     v->count += 1;
     v->sleep_ns += sleep;
     v->waker_oncpu_ns += oncpu;

@@ -13,10 +13,16 @@ from kernel_harness import GatedChild, KernelRun, status_counts
 from autoglm_trace.target import TargetTree
 
 
-def oncpu_ns(pid: int) -> int:
-    """sum_exec_runtime of the process's threads (kernel/sched/stats.c proc_schedstat_show)."""
+def schedstat(pid: int) -> tuple[int, int, int]:
+    """sum_exec_runtime, run_delay and pcount of the process's main thread (fs/proc/base.c
+    proc_pid_schedstat): on-CPU time, run-queue wait and arrivals as the scheduler counts them."""
     with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
+        a, b, c = f.read().split()[:3]
+    return int(a), int(b), int(c)
+
+
+def oncpu_ns(pid: int) -> int:
+    return schedstat(pid)[0]
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
 
@@ -44,7 +50,7 @@ def test_switch_counts_match_proc_and_hog_is_top_preemptor(tmp_path):
         run = KernelRun(tmp_path / "rec", TargetTree.for_pid(child.pid), {"families": ["sched", "proc"]})
         run.start()
         vol0, inv0 = status_counts(child.pid)
-        run0 = oncpu_ns(child.pid)
+        run0, delay0, arrivals0 = schedstat(child.pid)
         child.release()
         child.wait_done()
         hog.kill()
@@ -52,7 +58,7 @@ def test_switch_counts_match_proc_and_hog_is_top_preemptor(tmp_path):
         rec = run.stop()
         run = None
         vol1, inv1 = status_counts(child.pid)
-        run1 = oncpu_ns(child.pid)
+        run1, delay1, arrivals1 = schedstat(child.pid)
     finally:
         if run is not None:
             run.stop()
@@ -74,8 +80,15 @@ def test_switch_counts_match_proc_and_hog_is_top_preemptor(tmp_path):
     # On-CPU time against the scheduler's own sum_exec_runtime (/proc/PID/schedstat).
     oncpu = sum(r["oncpu_ns"] for r in mine)
     assert abs(oncpu - (run1 - run0)) <= 0.05 * (run1 - run0), (oncpu, run1 - run0)
-    assert sum(r["runq_count"] for r in mine) > 0
+    # Run-queue wait and arrivals against the scheduler's own run_delay / pcount (sched_info).
+    runq = sum(r["runq_count"] for r in mine)
+    wait = sum(r["runq_wait_ns"] for r in mine)
+    assert abs(runq - (arrivals1 - arrivals0)) <= max(2, 0.02 * (arrivals1 - arrivals0)), (runq, arrivals1 - arrivals0)
+    assert abs(wait - (delay1 - delay0)) <= 0.05 * (delay1 - delay0), (wait, delay1 - delay0)
     assert sum(r["offcpu_preempted_ns"] for r in mine) > 0
+    # It slept SLEEPS times 1 ms (at least): the sleeps, without the waits that followed them.
+    sleep = sum(r["offcpu_sleep_ns"] for r in mine)
+    assert SLEEPS * 1_000_000 <= sleep <= SLEEPS * 3_000_000, sleep
     for r in mine:
         assert sum(r["runq_hist"]) == r["runq_count"]
         assert r["bucket_ns"] == 100_000_000 and r["ts_ns"] % r["bucket_ns"] == 0

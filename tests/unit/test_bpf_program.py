@@ -174,6 +174,21 @@ def test_btf_of_this_kernel_when_readable():
     assert offs["OFF_TASK_TGID"] == offs["OFF_TASK_PID"] + 4
     assert offs["OFF_TASK_NIVCSW"] == offs["OFF_TASK_NVCSW"] + 8
     assert len(set(offs.values())) == len(offs)
+    if "OFF_TASK_SI_PCOUNT" in offs:  # CONFIG_SCHED_INFO: read as one pair by sched.c
+        assert offs["OFF_TASK_SI_RUN_DELAY"] == offs["OFF_TASK_SI_PCOUNT"] + 8
+
+
+def test_sched_runs_no_wakeup_program_and_says_when_it_has_no_run_queue_wait(monkeypatch):
+    from autoglm_trace.probes import kernel_features
+
+    text = program(families=["sched", "proc"])
+    assert "RAW_TRACEPOINT_PROBE(sched_wakeup" not in text  # the wait comes from sched_info
+    assert "#ifndef OFF_TASK_SI_PCOUNT" in text  # without it: no wait, said below
+    monkeypatch.setattr(btf, "task_offsets", lambda: dict(OFFSETS))
+    assert "CONFIG_SCHED_INFO" in kernel_features.family_degraded("sched")
+    monkeypatch.setattr(btf, "task_offsets", lambda: {**OFFSETS, "OFF_TASK_SI_PCOUNT": 8, "OFF_TASK_SI_RUN_DELAY": 16})
+    assert kernel_features.family_degraded("sched") is None
+    assert kernel_features.family_degraded("faults") is None
 
 
 def test_map_layouts_survive_the_trip_from_the_loader():
