@@ -193,11 +193,10 @@ def task_offsets(btf: BTF | None = None) -> dict[str, int]:
     if btf is None:
         return dict(_kernel_task_offsets())
     out = {macro: btf.offsetof("task_struct", path) for macro, path in TASK_FIELDS}
-    for macro, path in OPTIONAL_TASK_FIELDS:
-        try:
-            out[macro] = btf.offsetof("task_struct", path)
-        except BTFError:
-            pass
+    try:  # all or none: sched.c reads them as one pair
+        out.update({macro: btf.offsetof("task_struct", path) for macro, path in OPTIONAL_TASK_FIELDS})
+    except BTFError:
+        pass
     return out
 
 

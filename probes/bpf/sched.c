@@ -53,7 +53,7 @@ struct thread_state {
     u32 out;      /* OUT_*: how it left the CPU last */
     u32 off_out;  /* how it was off CPU for off_ns (OUT_NONE: no stretch to settle) */
     u32 tgid;     /* whose thread this state is (a reused tid of another process does not match) */
-    u32 si_ok;    /* pcount / run_delay hold a reading */
+    u32 pad;      /* no hole: a state built on the stack is copied into the map whole */
     char pre_comm[TASK_COMM_LEN];  /* read at switch-in: pre_task may be gone by the settlement */
     /* The waker seen at sched_waking (wakeups.c), charged when the sleep it ended is settled. */
     u64 wk_task;  /* waker's task_struct | 1 (0: none pending) */
@@ -148,7 +148,7 @@ static __always_inline struct thread_state *target_thread(void *task, u32 tid, u
         return st;
     if (!(is_current ? current_in_target(tgid) : tgid_in_target(tgid)))
         return NULL;
-    struct thread_state zero = {.tgid = tgid, .si_ok = 1};
+    struct thread_state zero = {.tgid = tgid};
     sched_info_read(task, &zero.pcount, &zero.run_delay);
     if (zero.pcount == 0)
         zero.run_delay = 0;
@@ -206,12 +206,11 @@ static __always_inline void settle(struct thread_state *st, void *task, struct s
 {
     u64 pcount = 0, run_delay = 0, wait = 0;
     sched_info_read(task, &pcount, &run_delay);
-    int arrived = st->si_ok && pcount > st->pcount;
+    int arrived = pcount > st->pcount;
     if (arrived && run_delay > st->run_delay)
         wait = run_delay - st->run_delay;
     st->pcount = pcount;
     st->run_delay = run_delay;
-    st->si_ok = 1;
     u32 how = st->off_out;
     st->off_out = OUT_NONE;
     if (how != OUT_NONE && wait > st->off_ns)
