@@ -35,7 +35,10 @@ MAX_ENTRY = 16 << 20
 MAX_ENTRIES = 64  # one per distinct program (options, kernel, boot): the oldest go first
 
 # include/uapi/linux/bpf.h
-BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
+BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 15, 17
+BPF_BTF_LOAD, BPF_BTF_GET_FD_BY_ID = 18, 19
+BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP = 26, 23
+BPF_MAP_TYPE_TASK_STORAGE = 29  # needs the program's BTF for its key and value (bpf_local_storage.c)
 BPF_LD_IMM64 = 0x18
 BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE = 1, 2
 SYS_BPF = 321  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl); arm64 is 280
@@ -153,9 +156,10 @@ def _map_refs(insns: bytes) -> list[tuple[int, int]]:
     return refs
 
 
-def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int]) -> dict[str, Any] | None:
-    """The cache entry of what ``b`` (a bcc.BPF) loaded and attached, or None when it holds something
-    this module cannot reproduce (then nothing is cached)."""
+def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int], typed: list[str]) -> dict[str, Any] | None:
+    """The cache entry of what ``b`` (a bcc.BPF) loaded and attached, plus the tp_btf programs of
+    ``typed`` (load_typed()), or None when it holds something this module cannot reproduce (then
+    nothing is cached)."""
     from autoglm_trace.probes import libbpf  # noqa: PLC0415
 
     maps: list[dict[str, Any]] = []
@@ -165,7 +169,8 @@ def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int]) -> dict[s
         if fd not in index:
             info = libbpf.map_info(fd)
             maps.append({"type": info.map_type, "key_size": info.key_size, "value_size": info.value_size,
-                         "max_entries": info.max_entries, "flags": info.map_flags, "name": info.name})
+                         "max_entries": info.max_entries, "flags": info.map_flags, "name": info.name,
+                         "btf_ids": [info.btf_id, info.btf_key_type_id, info.btf_value_type_id]})
             index[fd] = len(maps) - 1
         return index[fd]
 
@@ -175,8 +180,25 @@ def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int]) -> dict[s
         refs = [(i, add_map(fd)) for i, fd in _map_refs(insns)]
         progs.append({"name": fname.decode(), "type": libbpf.prog_stats(fn.fd).prog_type,
                       "insns": base64.b64encode(insns).decode(), "refs": refs})
-    names = {p["name"] for p in progs}
     links = []
+    for ev in typed:
+        insns = bytes(b.dump_func(f"tp_btf__{ev}".encode()))
+        refs = [(i, add_map(fd)) for i, fd in _map_refs(insns)]
+        progs.append({"name": f"tp_btf__{ev}", "type": BPF_PROG_TYPE_TRACING, "attach_btf": ev,
+                      "insns": base64.b64encode(insns).decode(), "refs": refs})
+        links.append(["tp_btf", ev, f"tp_btf__{ev}"])
+    btfs: dict[int, int] = {}  # BTF object id -> index in `btf`
+    btf_blobs: list[str] = []
+    for m in maps:
+        if m["type"] == BPF_MAP_TYPE_TASK_STORAGE:
+            btf_id, key_tid, value_tid = m.pop("btf_ids")
+            if btf_id not in btfs:
+                btfs[btf_id] = len(btf_blobs)
+                btf_blobs.append(base64.b64encode(btf_bytes(btf_id)).decode())
+            m["btf"] = [btfs[btf_id], key_tid, value_tid]
+        else:
+            m.pop("btf_ids")
+    names = {p["name"] for p in progs}
     for tp in b.raw_tracepoint_fds:
         fn = "raw_tracepoint__" + tp.decode()
         if fn not in names:
@@ -188,7 +210,8 @@ def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int]) -> dict[s
             return None
         links.append(["tracepoint", tp.decode(), fn])
     wanted = {m["name"]: add_map(map_fds[m["name"]]) for m in reply["maps"]}
-    return {"maps": maps, "progs": progs, "links": links, "reply_maps": reply["maps"], "wanted": wanted}
+    return {"maps": maps, "progs": progs, "links": links, "reply_maps": reply["maps"], "wanted": wanted,
+            "btf": btf_blobs}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,13 +229,75 @@ def _bpf(cmd: int, attr: ct.Array) -> int:
     return int(r)
 
 
-def _map_create(m: dict[str, Any]) -> int:
+def _map_create(m: dict[str, Any], btf_fds: list[int]) -> int:
     attr = (ct.c_uint8 * 128)()
     struct.pack_into("<IIIIIII", attr, 0, m["type"], m["key_size"], m["value_size"], m["max_entries"],
                      m["flags"], 0, 0)
     name = m["name"].encode()[:15]
     ct.memmove(ct.addressof(attr) + 28, name, len(name))
+    if m.get("btf"):  # map_ifindex at 44, then btf_fd, btf_key_type_id, btf_value_type_id
+        i, key_tid, value_tid = m["btf"]
+        struct.pack_into("<III", attr, 48, btf_fds[i], key_tid, value_tid)
     return _bpf(BPF_MAP_CREATE, attr)
+
+
+def btf_bytes(btf_id: int) -> bytes:
+    """The raw BTF of a loaded BTF object (a program's own, as bcc loaded it)."""
+    attr = (ct.c_uint8 * 128)()
+    struct.pack_into("<I", attr, 0, btf_id)
+    fd = _bpf(BPF_BTF_GET_FD_BY_ID, attr)
+    try:
+        # struct bpf_btf_info: btf (u64), btf_size (u32), id, name (u64), name_len, kernel_btf
+        info = (ct.c_uint8 * 32)()
+        for _ in range(2):
+            size = struct.unpack_from("<I", info, 8)[0]
+            buf = (ct.c_uint8 * max(size, 1))()
+            struct.pack_into("<QI", info, 0, ct.addressof(buf) if size else 0, size)
+            q = (ct.c_uint8 * 128)()
+            struct.pack_into("<IIQ", q, 0, fd, ct.sizeof(info), ct.addressof(info))
+            _bpf(BPF_OBJ_GET_INFO_BY_FD, q)
+            if size and struct.unpack_from("<I", info, 8)[0] == size:
+                return bytes(buf)
+        raise OSError(0, f"BTF object {btf_id}: its size changed while read")
+    finally:
+        os.close(fd)
+
+
+def _btf_load(blob: bytes) -> int:
+    data = ct.create_string_buffer(blob, len(blob))
+    attr = (ct.c_uint8 * 128)()
+    struct.pack_into("<QQIII", attr, 0, ct.addressof(data), 0, len(blob), 0, 0)
+    return _bpf(BPF_BTF_LOAD, attr)
+
+
+def _vmlinux_btf_id(event: str) -> int:
+    """The BTF id of the kernel's btf_trace_<event> typedef, which a tp_btf program names."""
+    from autoglm_trace.probes import libbpf  # noqa: PLC0415
+
+    f = libbpf.lib().libbpf_find_vmlinux_btf_id
+    f.argtypes = [ct.c_char_p, ct.c_int]
+    r = f(event.encode(), BPF_TRACE_RAW_TP)
+    if r <= 0:
+        raise OSError(-r if r < 0 else 2, f"no BTF-typed tracepoint {event} in this kernel")
+    return int(r)
+
+
+def load_typed(name: str, insns: bytes, event: str) -> tuple[int, int]:
+    """Load ``insns`` (bcc's bytecode of a tp_btf program, map fds in place) and attach it to
+    ``event``; (program fd, attachment fd). bcc 0.26 loads no tp_btf program itself."""
+    fd = _prog_load({"name": name, "type": BPF_PROG_TYPE_TRACING, "attach_btf": event,
+                     "insns": base64.b64encode(insns).decode(), "refs": []}, [])
+    try:
+        return fd, _attach_typed(fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _attach_typed(prog_fd: int) -> int:
+    attr = (ct.c_uint8 * 128)()
+    struct.pack_into("<QI", attr, 0, 0, prog_fd)  # name NULL: the tracepoint is the program's attach_btf_id
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
 
 
 def _prog_load(p: dict[str, Any], map_fds: list[int]) -> int:
@@ -229,6 +314,9 @@ def _prog_load(p: dict[str, Any], map_fds: list[int]) -> int:
                      0, 0, 0, 0, 0)
     name = p["name"].encode()[:15]
     ct.memmove(ct.addressof(attr) + 48, name, len(name))
+    if p.get("attach_btf"):  # expected_attach_type at 68, attach_btf_id at 108
+        struct.pack_into("<I", attr, 68, BPF_TRACE_RAW_TP)
+        struct.pack_into("<I", attr, 108, _vmlinux_btf_id(p["attach_btf"]))
     try:
         return _bpf(BPF_PROG_LOAD, attr)
     except OSError:
@@ -249,9 +337,13 @@ def load(entry: dict[str, Any], perf_events: list[dict[str, Any]]) -> tuple[dict
 
     made: list[int] = []
     try:
+        btf_fds = []
+        for blob in entry.get("btf") or []:
+            btf_fds.append(_btf_load(base64.b64decode(blob)))
+            made.append(btf_fds[-1])
         map_fds = []
         for m in entry["maps"]:
-            map_fds.append(_map_create(m))
+            map_fds.append(_map_create(m, btf_fds))
             made.append(map_fds[-1])
         progs: dict[str, int] = {}
         for p in entry["progs"]:
@@ -259,7 +351,9 @@ def load(entry: dict[str, Any], perf_events: list[dict[str, Any]]) -> tuple[dict
             made.append(progs[p["name"]])
         links, link_fds = [], []
         for kind, tp, fn in entry["links"]:
-            if kind == "raw_tracepoint":
+            if kind == "tp_btf":
+                fd = _attach_typed(progs[fn])
+            elif kind == "raw_tracepoint":
                 fd = lib.bpf_attach_raw_tracepoint(progs[fn], tp.encode())
             else:
                 cat, _, ev = tp.partition(":")
@@ -295,6 +389,9 @@ def load(entry: dict[str, Any], perf_events: list[dict[str, Any]]) -> tuple[dict
         for fd in made:
             os.close(fd)
         raise
+    for fd in btf_fds:  # the maps hold their BTF now
+        made.remove(fd)
+        os.close(fd)
     maps_reply = [m for m in entry["reply_maps"] if m["name"] in entry["wanted"]]
     fds = [map_fds[entry["wanted"][m["name"]]] for m in maps_reply] + list(progs.values()) + link_fds
     reply = {"ok": True, "maps": maps_reply, "progs": list(progs), "links": links, "notes": notes,

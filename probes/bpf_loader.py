@@ -11,6 +11,11 @@ program text, and receives a JSON description plus the file descriptors (SCM_RIG
 - every attachment: raw-tracepoint fds (BPF_RAW_TRACEPOINT_OPEN) and the perf-event fds of
   tracepoint and perf-event attachments (perf_event_open + PERF_EVENT_IOC_SET_BPF).
 
+bcc 0.26 compiles tp_btf programs (``TP_BTF`` in probes/bpf/common.h: functions ``tp_btf__<event>``)
+but has no way to load them: this process takes their bytecode from bcc (maps already resolved) and
+loads them itself as BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP against the kernel's
+``btf_trace_<event>`` type (probes/bpf_cache.py load_typed).
+
 An attachment lives as long as some process holds its fd (kernel/bpf/syscall.c bpf_raw_tp_link_release,
 kernel/events/core.c perf_event_release_kernel), so once the recorder holds them the helper exits --
 with ``os._exit``, skipping bcc's atexit cleanup, which would PERF_EVENT_IOC_DISABLE the shared perf
@@ -162,6 +167,7 @@ def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     import bcc  # noqa: PLC0415 - only this process maps LLVM
 
     from autoglm_trace.probes import bpf_cache, headers  # noqa: PLC0415
+    from autoglm_trace.probes.bpf_program import tp_btf_events  # noqa: PLC0415
     from autoglm_trace.probes.bpf_maps import ctypes_dtype  # noqa: PLC0415
     from autoglm_trace.probes.libbpf import dtype_to_json  # noqa: PLC0415
 
@@ -200,7 +206,21 @@ def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     for fname, fn in b.funcs.items():
         progs.append(fname.decode())
         fds.append(fn.fd)
+    typed = tp_btf_events(req["text"])
+    typed_links = []
+    for ev in typed:
+        name = f"tp_btf__{ev}"
+        try:
+            fd, link = bpf_cache.load_typed(name, bytes(b.dump_func(name.encode())), ev)
+        except OSError as e:
+            return {"ok": False, "error": f"loading {name}: {e.strerror or e}"}, []
+        progs.append(name)
+        fds.append(fd)
+        typed_links.append((ev, link))
     links = []
+    for ev, link in typed_links:
+        links.append(["tp_btf", ev])
+        fds.append(link)
     for tp, fd in b.raw_tracepoint_fds.items():
         links.append(["raw_tracepoint", tp.decode()])
         fds.append(fd)
@@ -214,7 +234,7 @@ def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     reply = {"ok": True, "maps": maps, "progs": progs, "links": links, "notes": notes, "nfds": len(fds)}
     if not notes:  # a perf event refused now may work next time: cache only a complete load
         try:
-            entry = bpf_cache.entry_from(b, reply, map_fds)
+            entry = bpf_cache.entry_from(b, reply, map_fds, typed)
         except (OSError, KeyError, ValueError):
             entry = None
         if entry is not None:

@@ -7,6 +7,7 @@ loader does. Tracepoint presence is read from tracefs (the same check bcc's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +131,25 @@ def missing_needs(name: str, families: Iterable[str]) -> list[str]:
     return [n for n in FAMILIES[name].needs if n not in have]
 
 
+TYPED_MACRO = "HAVE_TASK_STORAGE"
+_TP_BTF = re.compile(r"^TP_BTF\((\w+)\)", re.M)
+
+
+def tp_btf_events(text: str) -> list[str]:
+    """The tracepoints ``text`` handles with tp_btf programs (named ``tp_btf__<event>``): bcc compiles
+    them but does not load them (probes/bpf_loader.py does)."""
+    if f"#define {TYPED_MACRO} 1" not in text:
+        return []
+    return _TP_BTF.findall(text)
+
+
 def generate_program(options: dict | None = None) -> str:
     """The complete C text of the bcc program for ``options`` (no root needed).
 
     Option keys: bucket_ms, families, filter ("tree" | "cgroup" | "host"), and for tests /
     callers that already probed the kernel: task_offsets ({OFF_TASK_*: int}), defines (extra
-    macros, e.g. {"HAVE_TP_KSWAPD_WAKE": 1}), group_dead (bool).
+    macros, e.g. {"HAVE_TP_KSWAPD_WAKE": 1}), group_dead (bool), typed (bool: the tp_btf / task
+    storage path of common.h; default: when the kernel's BTF says it can).
     """
     opts = dict(options or {})
     fams = select_families(opts.get("families"))
@@ -176,6 +190,14 @@ def generate_program(options: dict | None = None) -> str:
                     defines[macro] = 1
     for macro, value in sorted(defines.items()):
         lines.append(f"#define {macro} {value}")
+    typed = opts.get("typed")
+    if typed is None:
+        try:
+            typed = btf_mod.typed_problem() is None
+        except btf_mod.BTFError:
+            typed = False
+    if typed:
+        lines.append(f"#define {TYPED_MACRO} 1")
     group_dead = opts.get("group_dead")
     if group_dead is None:
         group_dead = _exit_has_group_dead()

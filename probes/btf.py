@@ -14,6 +14,7 @@ bits hold a bitfield size).
 
 from __future__ import annotations
 
+import os
 import struct
 from array import array
 from functools import lru_cache
@@ -147,6 +148,9 @@ class BTF:
             tid = self._strip(mtype)
         return total
 
+    def has_typedef(self, name: str) -> bool:
+        return bool(self._ids_named((_TYPEDEF,), name))
+
     def sizeof(self, struct_name: str) -> int:
         return self._type(self.struct_id(struct_name))[2]
 
@@ -200,7 +204,39 @@ def task_offsets(btf: BTF | None = None) -> dict[str, int]:
     return out
 
 
+# What the typed fast path of the sched programs needs (probes/bpf/common.h HAVE_TASK_STORAGE):
+# BTF-typed tracepoints (tp_btf, 5.5: the kernel's btf_trace_<event> typedefs), task storage (5.11)
+# and bpf_get_current_task_btf (5.11). The enums are the kernel's own uapi ones, as compiled in.
+TYPED_NEEDS = (
+    ("typedef", "btf_trace_sched_switch", "BTF-typed tracepoints (tp_btf)"),
+    ("bpf_map_type", "BPF_MAP_TYPE_TASK_STORAGE", "task storage maps"),
+    ("bpf_func_id", "BPF_FUNC_get_current_task_btf", "bpf_get_current_task_btf"),
+)
+TYPED_OFF_ENV = "AUTOGLM_TRACE_UNTYPED"  # set (to anything but "" / "0"): take the raw path anyway
+
+
+def typed_problem(btf: BTF | None = None) -> str | None:
+    """Why the sched programs cannot take the typed path here (None: they can)."""
+    if os.environ.get(TYPED_OFF_ENV, "") not in ("", "0"):
+        return f"{TYPED_OFF_ENV} is set"
+    if btf is None:
+        return _kernel_facts()[1]
+    for kind, name, what in TYPED_NEEDS:
+        try:
+            ok = btf.has_typedef(name) if kind == "typedef" else (btf.enum_value(kind, name), True)[1]
+        except BTFError:
+            ok = False
+        if not ok:
+            return f"no {what} in this kernel ({name} not in its BTF)"
+    return None
+
+
 @lru_cache(maxsize=1)
+def _kernel_facts() -> tuple[dict[str, int], str | None]:
+    # One parse for both; the parsed blob is dropped once they are known.
+    btf = kernel_btf()
+    return task_offsets(btf), typed_problem(btf)
+
+
 def _kernel_task_offsets() -> dict[str, int]:
-    # The parsed blob is dropped once the offsets are known; only the dict is kept.
-    return task_offsets(kernel_btf())
+    return dict(_kernel_facts()[0])

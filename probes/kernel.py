@@ -51,7 +51,7 @@ from autoglm_trace.probes.kernel_events import (
     decode_exit_code,
     dev_name,
 )
-from autoglm_trace.probes.kernel_features import base_problem, family_degraded, family_problem
+from autoglm_trace.probes.kernel_features import base_problem, family_degraded, family_problem, typed_note
 
 DEFAULT_PERF_PAGES = 64
 # Per-bucket block-I/O rows kept for issuers outside the target (the top ones by bytes).
@@ -63,8 +63,8 @@ CGROUP_CACHE_REFRESH_NS = 1_000_000_000
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_PAGE_FAULTS_MAJ = 6
 # The maps the recorder reads or seeds (the loader hands over those the program has).
-MAPS = ("target_tgids", "target_cgroups", "stats", "sched_agg", "preempt_agg", "waker_agg", "fault_agg",
-        "io_agg", "proc_events", "oom_events", "reclaim_events")
+MAPS = ("target_tgids", "target_cgroups", "target_gen", "stats", "sched_agg", "preempt_agg", "waker_agg",
+        "fault_agg", "io_agg", "proc_events", "oom_events", "reclaim_events")
 
 
 class KernelProbes(Collector):
@@ -126,6 +126,8 @@ class KernelProbes(Collector):
                 degraded = family_degraded(name)
                 if degraded:
                     ctx.note(f"kernel probe '{name}': {degraded}")
+                if name == "sched" and (why := typed_note()):
+                    ctx.note(f"kernel probe 'sched': {why}")
         if not self.enabled:
             raise CollectorUnavailable(
                 "no kernel probe family can run here: "
@@ -201,6 +203,12 @@ class KernelProbes(Collector):
                 continue
             self._pushed.add(pid)
             self._cache_cgroup(pid)
+        gen = self.bpf.maps.get("target_gen")
+        if gen is not None:
+            # sched.c keeps a "not in the target" verdict per task while this is unchanged: tasks of
+            # the tgids just added are looked at again at their next switch.
+            cur = gen.lookup(0)
+            gen.update(0, (int(cur) if cur is not None else 0) + 1)
 
     def _open_buffers(self) -> None:
         handlers = {"proc_events": ("proc", self._on_proc), "oom_events": ("oom", self._on_oom),

@@ -73,6 +73,16 @@ def family_degraded(name: str) -> str | None:
     return None
 
 
+def typed_note() -> str | None:
+    """Why the sched programs run on raw tracepoints with probe reads and a hash of thread states
+    (dearer per switch) rather than the typed path (None: they take the typed path)."""
+    try:
+        problem = btf_mod.typed_problem()
+    except btf_mod.BTFError:
+        return None  # base_problem() says it
+    return None if problem is None else f"raw tracepoints and a hash of thread states ({problem})"
+
+
 def feature_report() -> list[tuple[str, bool, str]]:
     """(family, available, reason or fix) for ``doctor``."""
     base = base_problem()
@@ -87,7 +97,9 @@ def feature_report() -> list[tuple[str, bool, str]]:
         else:
             tps = ", ".join(f"{c}:{e}" for c, e in fam.required)
             degraded = family_degraded(fam.name)
-            out.append((fam.name, True, f"{'raw ' if fam.raw else ''}tracepoints {tps}"
-                        + (f"; {degraded}" if degraded else "")))
+            kind = ""
+            if fam.raw:
+                kind = "raw " if fam.name == "proc" or typed_note() else "typed (tp_btf, task storage) "
+            out.append((fam.name, True, f"{kind}tracepoints {tps}" + (f"; {degraded}" if degraded else "")))
     return out
 

@@ -120,11 +120,15 @@ class MapInfo:
     max_entries: int
     name: str
     map_flags: int = 0
+    btf_id: int = 0
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
 
 
 def map_info(fd: int) -> MapInfo:
     # struct bpf_map_info (include/uapi/linux/bpf.h): type, id, key_size, value_size, max_entries,
-    # map_flags, name[16], ...
+    # map_flags, name[16], ifindex, btf_vmlinux_value_type_id, netns_dev, netns_ino, btf_id (at 64),
+    # btf_key_type_id, btf_value_type_id
     buf = (ct.c_uint8 * 128)()
     n = ct.c_uint32(ct.sizeof(buf))
     rc = lib().bpf_obj_get_info_by_fd(fd, buf, ct.byref(n))
@@ -132,7 +136,8 @@ def map_info(fd: int) -> MapInfo:
         raise OSError(-rc, f"BPF_OBJ_GET_INFO_BY_FD (map fd {fd}): {os.strerror(-rc)}")
     u32 = np.frombuffer(bytes(buf), dtype=np.uint32)
     name = bytes(buf[24:40]).split(b"\0", 1)[0].decode()
-    return MapInfo(int(u32[0]), int(u32[1]), int(u32[2]), int(u32[3]), int(u32[4]), name, int(u32[5]))
+    return MapInfo(int(u32[0]), int(u32[1]), int(u32[2]), int(u32[3]), int(u32[4]), name, int(u32[5]),
+                   int(u32[16]), int(u32[17]), int(u32[18]))
 
 
 class Map:

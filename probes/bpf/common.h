@@ -85,6 +85,37 @@ static __always_inline void task_comm(void *task, char *dst)
     bpf_probe_read_kernel(dst, TASK_COMM_LEN, (char *)task + OFF_TASK_COMM);
 }
 
+/* Typed access. With HAVE_TASK_STORAGE (probes/btf.py typed_tracepoints(): BTF-typed tracepoints,
+ * task storage and bpf_get_current_task_btf, 5.11+) the scheduler's hot programs are tp_btf programs:
+ * their arguments are kernel pointers of a type the verifier knows, so reading a task member is a
+ * plain load (made fault-safe by the JIT) instead of a bpf_probe_read_kernel call, about 40 ns each
+ * here, and a thread's state lives in its task (task storage: a pointer chase, not a hash lookup).
+ * Only pointers the verifier types may be loaded from this way: tracepoint arguments and
+ * CURRENT_TASK(); a task pointer kept in a map is a number again (task_* above). Without them:
+ * raw tracepoints and probe reads. */
+#ifdef HAVE_TASK_STORAGE
+typedef struct task_struct *ktask;
+#define TP_BTF(event) int tp_btf__##event(u64 *ctx)
+#define TP_ARG(i) (ctx[i])
+#define CURRENT_TASK() bpf_get_current_task_btf()
+/* One load per member: the verifier refuses a load that spans two members (pid and tgid). */
+#define kt_u32(t, off) (*(u32 *)((char *)(t) + (off)))
+#define kt_u64(t, off) (*(u64 *)((char *)(t) + (off)))
+#define kt_ids(t, tidp, tgidp) do { *(tidp) = kt_u32(t, OFF_TASK_PID); *(tgidp) = kt_u32(t, OFF_TASK_TGID); } while (0)
+/* dst: a char[TASK_COMM_LEN] member of a map value or stack struct (8-byte aligned). */
+#define kt_comm(t, dst) do { u64 w_[2] = {kt_u64(t, OFF_TASK_COMM), kt_u64(t, OFF_TASK_COMM + 8)}; \
+                             __builtin_memcpy(dst, w_, TASK_COMM_LEN); } while (0)
+#else
+typedef void *ktask;
+#define TP_BTF(event) RAW_TRACEPOINT_PROBE(event)
+#define TP_ARG(i) (ctx->args[i])
+#define CURRENT_TASK() ((void *)bpf_get_current_task())
+#define kt_u32(t, off) task_u32(t, off)
+#define kt_u64(t, off) task_u64(t, off)
+#define kt_ids(t, tidp, tgidp) task_ids(t, tidp, tgidp)
+#define kt_comm(t, dst) task_comm(t, dst)
+#endif
+
 static __always_inline int tgid_in_target(u32 tgid)
 {
 #if FILTER_MODE == 0

@@ -85,7 +85,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
 #ifdef HAVE_SCHED
-    sched_thread_exit(task, tid, tgid);
+    sched_thread_exit(tid, tgid);
 #endif
 #ifdef HAVE_MEMORY
     reclaim_starts.delete(&tid);

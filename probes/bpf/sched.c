@@ -2,12 +2,11 @@
  * run-queue latency (log2 histogram + sum + max), off-CPU time by state, migrations; and who
  * took the CPU (preemptions).
  *
- * Raw tracepoints, because the handlers need the tgid and comm of tasks that are not `current`
- * (the woken task, the task switched in). Arguments are the TP_PROTOs of
- * include/trace/events/sched.h:
+ * tp_btf programs where the kernel has them (common.h, HAVE_TASK_STORAGE), raw tracepoints
+ * elsewhere: either way the handlers see tasks that are not `current` (the one switched in).
+ * Arguments are the TP_PROTOs of include/trace/events/sched.h:
  *   sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
  *                unsigned int prev_state)                                   (5.18+)
- *   sched_wakeup(struct task_struct *p), sched_wakeup_new(struct task_struct *p)
  *   sched_migrate_task(struct task_struct *p, int dest_cpu)
  *
  * Counting rule (kernel/sched/core.c __schedule): the kernel bumps prev->nivcsw unless the switch
@@ -19,8 +18,16 @@
  * leaves / enters under that runqueue's lock (or by the thread itself at exit), its migrations
  * under the task's pi_lock (kernel/sched/core.c set_task_cpu); and a preempt_agg entry is keyed by
  * the CPU that writes it. Task ids are read once per task per switch. The clock is read only when
- * a target thread is involved (bpf_ktime_get_ns is the dearest call in these programs: ~30 ns on a
- * KVM guest's TSC, as much as the rest of a switch's lookups together), once per switch.
+ * a target thread is involved (bpf_ktime_get_ns is the dearest call in these programs: 30-85 ns on a
+ * KVM guest, as much as the rest of a switch together), once per switch.
+ *
+ * A thread's state (struct thread_state) is task storage where the kernel has it: found from the
+ * task in a few ns, freed with the task, never confused by a reused tid. A task outside the target
+ * gets a state too, saying so: a switch between two untraced tasks then costs two storage reads and
+ * no hash lookup. In tree mode that verdict is kept while `target_gen` is unchanged (user space bumps
+ * it whenever it adds tgids to the filter; the kernel adds a forked child's tgid before the child
+ * ever runs, so no verdict on it exists yet). Elsewhere the state is a hash entry keyed by tid,
+ * created for target threads only and deleted at exit.
  *
  * No program runs at wakeup. The run-queue wait is the kernel's own: sched_info_enqueue() stamps
  * the enqueue (wakeup or preemption) and sched_info_arrive() adds enqueue-to-run to
@@ -53,6 +60,8 @@ struct thread_state {
     u32 out;      /* OUT_*: how it left the CPU last */
     u32 off_out;  /* how it was off CPU for off_ns (OUT_NONE: no stretch to settle) */
     u32 tgid;     /* whose thread this state is (a reused tid of another process does not match) */
+    u32 in_target;/* 0: a task outside the target (task storage only; see the top) */
+    u32 gen;      /* target_gen when in_target = 0 was decided (tree mode) */
     u32 pad;      /* no hole: a state built on the stack is copied into the map whole */
     char pre_comm[TASK_COMM_LEN];  /* read at switch-in: pre_task may be gone by the settlement */
     /* The waker seen at sched_waking (wakeups.c), charged when the sleep it ended is settled. */
@@ -97,18 +106,25 @@ struct preempt_val {
     char comm[TASK_COMM_LEN];
 };
 
+#ifdef HAVE_TASK_STORAGE
+BPF_TASK_STORAGE(thread_states, struct thread_state);
+#if FILTER_MODE == 1
+BPF_ARRAY(target_gen, u32, 1);
+#endif
+#else
 BPF_HASH(thread_states, u32, struct thread_state, MAX_THREADS);
+#endif
 BPF_HASH(sched_agg, struct thread_bucket, struct sched_val, MAX_AGG);
 BPF_HASH(preempt_agg, struct preempt_key, struct preempt_val, MAX_AGG);
 
-static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgid, void *task)
+static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgid, ktask task)
 {
     struct thread_bucket key = {.bucket = bucket, .tid = tid, .tgid = tgid};
     struct sched_val *v = sched_agg.lookup(&key);
     if (v)
         return v;
     struct sched_val zero = {};
-    task_comm(task, zero.comm);
+    kt_comm(task, zero.comm);
     if (sched_agg.update(&key, &zero) != 0) {
         count_drop(FAM_SCHED);
         return NULL;
@@ -118,13 +134,16 @@ static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgi
 
 /* task->sched_info.{pcount, run_delay}: one read when adjacent, as in every struct sched_info
  * (include/linux/sched.h: unsigned long pcount; unsigned long long run_delay;). */
-static __always_inline void sched_info_read(void *task, u64 *pcount, u64 *run_delay)
+static __always_inline void sched_info_read(ktask task, u64 *pcount, u64 *run_delay)
 {
 #ifndef OFF_TASK_SI_PCOUNT
     /* No CONFIG_SCHED_INFO: no wait is ever known (probes/kernel.py says so); stretches count as
      * sleep or preemption whole. */
     *pcount = 0;
     *run_delay = 0;
+#elif defined(HAVE_TASK_STORAGE)
+    *pcount = kt_u64(task, OFF_TASK_SI_PCOUNT);
+    *run_delay = kt_u64(task, OFF_TASK_SI_RUN_DELAY);
 #elif OFF_TASK_SI_RUN_DELAY == OFF_TASK_SI_PCOUNT + 8
     u64 v[2] = {};
     bpf_probe_read_kernel(v, sizeof(v), (char *)task + OFF_TASK_SI_PCOUNT);
@@ -136,35 +155,79 @@ static __always_inline void sched_info_read(void *task, u64 *pcount, u64 *run_de
 #endif
 }
 
-/* The state of a target thread, or NULL for a thread outside the target. States are created for
- * target threads only (and deleted at thread exit, proc.c), so a state with the same tgid means
- * "in the target" without a second lookup in target_tgids: one hash lookup per task per switch.
+/* The state of a target thread that has one, or NULL (sched_waking: it creates none). */
+static __always_inline struct thread_state *state_of(ktask task, u32 tid, u32 tgid)
+{
+#ifdef HAVE_TASK_STORAGE
+    struct thread_state *st = thread_states.task_storage_get(task, 0, 0);
+#else
+    struct thread_state *st = thread_states.lookup(&tid);
+#endif
+    return st && st->in_target && st->tgid == tgid ? st : NULL;
+}
+
+/* The state of a target thread, created on first sight, or NULL for a thread outside the target.
  * A new state starts from the task's run-queue accounting as it is now -- from zero for a thread
  * that has never run (pcount 0: a new thread's first wait is its whole run_delay). */
-static __always_inline struct thread_state *target_thread(void *task, u32 tid, u32 tgid, int is_current)
+static __always_inline struct thread_state *target_thread(ktask task, u32 tid, u32 tgid, int is_current)
 {
+#ifdef HAVE_TASK_STORAGE
+    struct thread_state *st = thread_states.task_storage_get(task, 0, 0);
+    if (st && st->tgid == tgid) {
+        if (st->in_target)
+            return st;
+#if FILTER_MODE == 1
+        u32 zero_idx = 0;
+        u32 *gen = target_gen.lookup(&zero_idx);
+        if (gen && st->gen == *gen)
+            return NULL;  /* still outside: no hash lookup */
+#endif
+    }
+#else
     struct thread_state *st = thread_states.lookup(&tid);
     if (st && st->tgid == tgid)
         return st;
-    if (!(is_current ? current_in_target(tgid) : tgid_in_target(tgid)))
+#endif
+    if (!(is_current ? current_in_target(tgid) : tgid_in_target(tgid))) {
+#if defined(HAVE_TASK_STORAGE) && FILTER_MODE == 1
+        u32 idx = 0;
+        u32 *g = target_gen.lookup(&idx);
+        if (!g)
+            return NULL;
+        if (st) {
+            st->tgid = tgid;
+            st->gen = *g;
+        } else {
+            struct thread_state out = {.tgid = tgid, .gen = *g};
+            thread_states.task_storage_get(task, &out, BPF_LOCAL_STORAGE_GET_F_CREATE);
+        }
+#endif
         return NULL;
-    struct thread_state zero = {.tgid = tgid};
+    }
+    struct thread_state zero = {.tgid = tgid, .in_target = 1};
     sched_info_read(task, &zero.pcount, &zero.run_delay);
     if (zero.pcount == 0)
         zero.run_delay = 0;
-    if (st) {  /* the tid was reused by another target process */
+    if (st) {  /* a reused tid (hash), or a verdict that no longer holds */
         *st = zero;
         return st;
     }
+#ifdef HAVE_TASK_STORAGE
+    st = thread_states.task_storage_get(task, &zero, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!st)
+        count_drop(FAM_SCHED);
+    return st;
+#else
     if (thread_states.update(&tid, &zero) != 0) {
         count_drop(FAM_SCHED);
         return NULL;
     }
     return thread_states.lookup(&tid);
+#endif
 }
 
 /* Keyed by the CPU that runs it (sched_switch's): one writer per entry. */
-static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, const char *pcomm,
+static __always_inline void charge_preemptor(u64 bucket, u32 tgid, ktask ptask, const char *pcomm,
                                              u32 ptid, u32 ptgid, u64 count, u64 wait)
 {
     struct preempt_key key = {
@@ -181,7 +244,7 @@ static __always_inline void charge_preemptor(u64 bucket, u32 tgid, void *ptask, 
         if (pcomm)
             __builtin_memcpy(zero.comm, pcomm, TASK_COMM_LEN);
         else
-            task_comm(ptask, zero.comm);
+            kt_comm(ptask, zero.comm);
         if (preempt_agg.update(&key, &zero) != 0) {
             count_drop(FAM_SCHED);
             return;
@@ -201,7 +264,7 @@ static __always_inline void charge_waker(struct thread_state *st, u64 bucket, u6
 
 /* Settle the stretch off CPU that ended at the thread's last switch-in (see the top): called at
  * its switch-out, with its bucket, and at its exit. `task` is the thread (current at both). */
-static __always_inline void settle(struct thread_state *st, void *task, struct sched_val *v, u64 bucket,
+static __always_inline void settle(struct thread_state *st, ktask task, struct sched_val *v, u64 bucket,
                                    u32 tid, u32 tgid)
 {
     u64 pcount = 0, run_delay = 0, wait = 0;
@@ -224,7 +287,7 @@ static __always_inline void settle(struct thread_state *st, void *task, struct s
         v->hist[slot] += 1;
         /* The task that held the CPU until this thread got it is charged with the wait. */
         if (wait && st->pre_task)
-            charge_preemptor(bucket, tgid, (void *)st->pre_task, st->pre_comm, st->pre_tid, st->pre_tgid, 0, wait);
+            charge_preemptor(bucket, tgid, 0, st->pre_comm, st->pre_tid, st->pre_tgid, 0, wait);
     }
     int slept = how == OUT_SLEEP || how == OUT_DSTATE;
     u64 sleep = slept ? st->off_ns - wait : 0;
@@ -247,17 +310,17 @@ static __always_inline void settle(struct thread_state *st, void *task, struct s
 #endif
 }
 
-RAW_TRACEPOINT_PROBE(sched_switch)
+TP_BTF(sched_switch)
 {
-    bool preempt = (bool)ctx->args[0];
-    void *prev = (void *)ctx->args[1];
-    void *next = (void *)ctx->args[2];
-    u32 prev_state = (u32)ctx->args[3];
+    bool preempt = (bool)TP_ARG(0);
+    ktask prev = (ktask)TP_ARG(1);
+    ktask next = (ktask)TP_ARG(2);
+    u32 prev_state = (u32)TP_ARG(3);
 
     u64 id = bpf_get_current_pid_tgid();   /* current == prev */
     u32 prev_tid = (u32)id, prev_tgid = id >> 32;
     u32 next_tid, next_tgid;
-    task_ids(next, &next_tid, &next_tgid);
+    kt_ids(next, &next_tid, &next_tgid);
 
     struct thread_state *pst = prev_tid != 0 ? target_thread(prev, prev_tid, prev_tgid, 1) : NULL;
     struct thread_state *nst = next_tid != 0 ? target_thread(next, next_tid, next_tgid, 0) : NULL;
@@ -306,31 +369,35 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         nst->pre_task = (u64)prev;
         nst->pre_tid = prev_tid;
         nst->pre_tgid = prev_tgid;
-        task_comm(prev, nst->pre_comm);
+        kt_comm(prev, nst->pre_comm);
     }
     if (handled)
         count_events(FAM_SCHED, handled);
     return 0;
 }
 
-/* At a target thread's exit (proc.c): settle its last stretch off CPU, before its state goes. */
-static __always_inline void sched_thread_exit(void *task, u32 tid, u32 tgid)
+/* At a target thread's exit (proc.c, in the exiting thread): settle its last stretch off CPU. A
+ * hash state goes now (a task-storage state goes with the task, after its last switch-out). */
+static __always_inline void sched_thread_exit(u32 tid, u32 tgid)
 {
-    struct thread_state *st = thread_states.lookup(&tid);
-    if (!st || st->tgid != tgid)
+    ktask task = CURRENT_TASK();
+    struct thread_state *st = state_of(task, tid, tgid);
+    if (!st)
         return;
     u64 bucket = bucket_of(bpf_ktime_get_ns());
     struct sched_val *v = sched_slot(bucket, tid, tgid, task);
     if (v)
         settle(st, task, v, bucket, tid, tgid);
+#ifndef HAVE_TASK_STORAGE
     thread_states.delete(&tid);
+#endif
 }
 
-RAW_TRACEPOINT_PROBE(sched_migrate_task)
+TP_BTF(sched_migrate_task)
 {
-    void *p = (void *)ctx->args[0];
+    ktask p = (ktask)TP_ARG(0);
     u32 tid, tgid;
-    task_ids(p, &tid, &tgid);
+    kt_ids(p, &tid, &tgid);
     if (tid == 0 || !tgid_in_target(tgid))
         return 0;
     count_event(FAM_SCHED);

@@ -3,8 +3,9 @@
  * Needs sched.c (concatenated before it): the sleep a waking ends -- the wakee's switch-out in S or
  * D state to its enqueue -- is settled by sched.c at the wakee's next switch-out (see its top).
  *
- * The waker is `current` at sched_waking, which kernel/sched/core.c try_to_wake_up() fires in the
- * waker's context once the wakee's state matched. (sched_wakeup is no substitute: with TTWU_QUEUE
+ * sched_waking is a tp_btf program where sched_switch is one (common.h). The waker is `current`
+ * there: kernel/sched/core.c try_to_wake_up() fires it in the waker's context once the wakee's
+ * state matched. (sched_wakeup is no substitute: with TTWU_QUEUE
  * the wakee's CPU activates it from an IPI, where `current` is whatever ran there, often idle.)
  * A wakeup from interrupt context (a timer expiring, a softirq delivering a packet, a device
  * interrupt) is not the interrupted task's doing: the irq/softirq/hrtimer tracepoints below keep a
@@ -76,17 +77,17 @@ RAW_TRACEPOINT_PROBE(hrtimer_expire_exit) { wake_ctx_set(WCTX_HRTIMER, 0); retur
  * settlement (sched.c settle(), at its next switch-out) knows the sleep this waking ended and
  * calls charge_waker(). The waker's comm is copied now: a waker that is exiting (a child waking
  * its parent's wait4) may be gone by then. */
-RAW_TRACEPOINT_PROBE(sched_waking)
+TP_BTF(sched_waking)
 {
-    void *p = (void *)ctx->args[0];
+    ktask p = (ktask)TP_ARG(0);
     u32 tid, tgid;
-    task_ids(p, &tid, &tgid);  /* one read for both */
+    kt_ids(p, &tid, &tgid);
     if (tid == 0)
         return 0;
-    /* sched.c keeps states for the target's threads only (target_thread()), so a state of this tgid
-     * says "a target thread" without a lookup in target_tgids. */
-    struct thread_state *st = thread_states.lookup(&tid);
-    if (!st || st->tgid != tgid)
+    /* A target thread has a state saying so (sched.c target_thread()), made at its first switch:
+     * no lookup in target_tgids here. */
+    struct thread_state *st = state_of(p, tid, tgid);
+    if (!st)
         return 0;
     u32 zero = 0;
     u32 *m = wake_ctx.lookup(&zero);
@@ -104,10 +105,11 @@ RAW_TRACEPOINT_PROBE(sched_waking)
         u32 wtid = (u32)id, wtgid = id >> 32;
         st->wk_tid = wtid;
         st->wk_tgid = wtgid;
-        bpf_get_current_comm(st->wk_comm, sizeof(st->wk_comm));
+        ktask cur = CURRENT_TASK();
+        kt_comm(cur, st->wk_comm);
         /* One lookup says both whether the waker is in the target and since when it is on CPU. */
-        struct thread_state *ws = wtid ? thread_states.lookup(&wtid) : NULL;
-        if (ws && ws->tgid == wtgid) {
+        struct thread_state *ws = wtid ? state_of(cur, wtid, wtgid) : NULL;
+        if (ws) {
             st->wk_in_target = 1;
             st->wk_since = ws->ts_in;
         }

@@ -16,7 +16,8 @@ OFFSETS = {macro: 100 + 8 * i for i, (macro, _path) in enumerate(btf.TASK_FIELDS
 
 
 def program(**opts):
-    return bpf_program.generate_program({"task_offsets": OFFSETS, "defines": {}, "group_dead": False, **opts})
+    return bpf_program.generate_program({"task_offsets": OFFSETS, "defines": {}, "group_dead": False,
+                                         "typed": True, **opts})
 
 
 def test_every_family_and_its_tracepoints_are_in_the_default_program():
@@ -26,12 +27,22 @@ def test_every_family_and_its_tracepoints_are_in_the_default_program():
         assert (bpf_program.BPF_DIR / fam.source).read_text() in text
         for cat, ev in fam.required:
             if fam.raw:
-                assert f"RAW_TRACEPOINT_PROBE({ev})" in text
+                assert f"RAW_TRACEPOINT_PROBE({ev})" in text or f"TP_BTF({ev})" in text
             else:
                 assert f"TRACEPOINT_PROBE({cat}, {ev})" in text
-    assert text.index("BPF_HASH(target_tgids") < text.index("RAW_TRACEPOINT_PROBE(sched_switch)")
+    assert text.index("BPF_HASH(target_tgids") < text.index("TP_BTF(sched_switch)")
     # proc.c refers to maps of sched.c / memory.c, so it comes after them.
-    assert text.index("RAW_TRACEPOINT_PROBE(sched_process_fork)") > text.index("BPF_HASH(thread_states")
+    assert text.index("RAW_TRACEPOINT_PROBE(sched_process_fork)") > text.index("BPF_TASK_STORAGE(thread_states")
+
+
+def test_typed_path_is_chosen_by_option_and_names_its_programs():
+    typed, raw = program(typed=True), program(typed=False)
+    assert "#define HAVE_TASK_STORAGE 1" in typed and "HAVE_TASK_STORAGE 1" not in raw
+    # The loader loads these itself (bcc compiles them but loads no tp_btf program).
+    assert bpf_program.tp_btf_events(typed) == ["sched_switch", "sched_migrate_task", "sched_waking"]
+    assert bpf_program.tp_btf_events(raw) == []
+    # Each program is written once: the macro makes it a raw tracepoint without the typed path.
+    assert "RAW_TRACEPOINT_PROBE(sched_switch)" not in raw and "TP_BTF(sched_switch)" in raw
 
 
 def test_prologue_defines_bucket_filter_and_btf_offsets():
@@ -71,7 +82,7 @@ def test_family_selection_and_optional_tracepoints():
 def test_wakeups_family_needs_sched_and_marks_interrupt_contexts():
     text = program(families=["wakeups", "sched"], defines={"HAVE_TP_SOFTIRQ": 1, "HAVE_TP_HRTIMER_EXPIRE": 1})
     assert text.index("sched.c --") < text.index("wakeups.c --")  # it reads sched.c's thread_states
-    assert "RAW_TRACEPOINT_PROBE(sched_waking)" in text
+    assert "TP_BTF(sched_waking)" in text
     assert "#define HAVE_TP_SOFTIRQ 1" in text and "#define HAVE_TP_IRQ_HANDLER" not in text
     # Without the sched family its C code would not compile: it is left out.
     alone = program(families=["wakeups", "oom"])
@@ -80,8 +91,9 @@ def test_wakeups_family_needs_sched_and_marks_interrupt_contexts():
 
 def test_no_kernel_struct_is_read_through_headers():
     # Every task_struct access goes through a BTF offset macro (headers may not match the kernel).
-    text = program()
-    assert "struct task_struct" not in re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"/\*.*?\*/", "", program(), flags=re.S)
+    # The typed path names the type only for the verifier (a pointer, never dereferenced by layout).
+    assert text.count("struct task_struct") == 1 and "typedef struct task_struct *ktask;" in text
     assert "#include" not in text
 
 
@@ -203,3 +215,10 @@ def test_map_layouts_survive_the_trip_from_the_loader():
     for dt in (bpf_maps.ctypes_dtype(Key), bpf_maps.ctypes_dtype(Leaf), np.dtype(np.uint32)):
         back = libbpf.dtype_from_json(json.loads(json.dumps(libbpf.dtype_to_json(dt))))
         assert back == dt and back.itemsize == dt.itemsize
+
+
+def test_typed_path_needs_what_the_btf_lacks(monkeypatch):
+    b = btf.BTF(_blob())  # a task_struct only: no tp_btf typedefs, no bpf enums
+    assert "btf_trace_sched_switch" in btf.typed_problem(b)
+    monkeypatch.setenv(btf.TYPED_OFF_ENV, "1")
+    assert btf.TYPED_OFF_ENV in btf.typed_problem(b)
