@@ -167,8 +167,8 @@ def _serve(req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     import bcc  # noqa: PLC0415 - only this process maps LLVM
 
     from autoglm_trace.probes import bpf_cache, headers  # noqa: PLC0415
-    from autoglm_trace.probes.bpf_program import tp_btf_events  # noqa: PLC0415
     from autoglm_trace.probes.bpf_maps import ctypes_dtype  # noqa: PLC0415
+    from autoglm_trace.probes.bpf_program import tp_btf_events  # noqa: PLC0415
     from autoglm_trace.probes.libbpf import dtype_to_json  # noqa: PLC0415
 
 
