@@ -22,8 +22,12 @@ def ctypes_dtype(cls: type) -> np.dtype:
         desc = getattr(cls, fname)
         if issubclass(ftype, ct.Array):
             base = ftype._type_
-            fmt: Any = f"S{ftype._length_}" if base in (ct.c_char, ct.c_byte, ct.c_ubyte) and \
-                fname == "comm" else (np.dtype(base), (ftype._length_,))
+            if base in (ct.c_char, ct.c_byte, ct.c_ubyte) and fname == "comm":
+                fmt: Any = f"S{ftype._length_}"
+            elif issubclass(base, ct.Structure):  # an array of structs (sched.c's inline slots)
+                fmt = (ctypes_dtype(base), (ftype._length_,))
+            else:
+                fmt = (np.dtype(base), (ftype._length_,))
         elif issubclass(ftype, ct.Structure):
             fmt = ctypes_dtype(ftype)
         else:

@@ -322,10 +322,11 @@ class KernelProbes(Collector):
 
     def _drain_all(self, cutoff: int | None, now_ns: int) -> None:
         if "sched_agg" in self._drainers:
-            self._drain_sched(cutoff)
-            self._drain_preempt(cutoff)
-        if "waker_agg" in self._drainers:
-            self._drain_wakers(cutoff)
+            k, v = self._take("sched_agg", cutoff)
+            self._drain_sched(k, v)
+            self._drain_preempt(cutoff, k, v)
+            if "waker_agg" in self._drainers:
+                self._drain_wakers(cutoff, k, v)
         if "fault_agg" in self._drainers:
             self._drain_faults(cutoff)
         if "io_agg" in self._drainers:
@@ -360,8 +361,7 @@ class KernelProbes(Collector):
         offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
         return pa.ListArray.from_arrays(offsets, pa.array(h.astype(np.uint32).ravel()))
 
-    def _drain_sched(self, cutoff: int | None) -> None:
-        k, v = self._take("sched_agg", cutoff)
+    def _drain_sched(self, k: np.ndarray, v: np.ndarray) -> None:
         if not len(k):
             return
         self._emit("sched", len(k), {
@@ -382,39 +382,61 @@ class KernelProbes(Collector):
             "migrations": v["migrations"].astype(np.int64),
         })
 
-    def _drain_preempt(self, cutoff: int | None) -> None:
+    def _drain_preempt(self, cutoff: int | None, sk: np.ndarray, sv: np.ndarray) -> None:
+        """preempt_agg's rows and the preemptors kept in the sched rows (sched.c INLINE_CHARGES),
+        added into one row per key."""
         k, v = self._take("preempt_agg", cutoff)
-        if not len(k):
+        cols = {"bucket": k["bucket"], "tgid": k["tgid"], "ptid": k["ptid"], "ptgid": k["ptgid"], "cpu": k["cpu"],
+                "count": v["count"], "wait_ns": v["wait_ns"], "in_target": v["in_target"], "comm": v["comm"]}
+        if len(sk) and "pre" in (sv.dtype.names or ()):
+            slots, rows = _used_slots(sv["pre"], ("count", "wait_ns"))
+            cols = _concat(cols, {"bucket": sk["bucket"][rows], "tgid": sk["tgid"][rows], **{
+                f: slots[f] for f in ("ptid", "ptgid", "cpu", "count", "wait_ns", "in_target", "comm")}})
+            cols = _merge(cols, ("bucket", "tgid", "ptid", "ptgid", "cpu"), add=("count", "wait_ns"),
+                          most=("in_target",))
+        n = len(cols["bucket"])
+        if not n:
             return
-        self._emit("preemptions", len(k), {
-            "ts_ns": k["bucket"].astype(np.int64) * self.bucket_ns,
-            "bucket_ns": np.full(len(k), self.bucket_ns, dtype=np.int64),
-            "pid": k["tgid"].astype(np.int32), "preemptor_pid": k["ptgid"].astype(np.int32),
-            "preemptor_tid": k["ptid"].astype(np.int32),
-            "preemptor_comm": np.char.decode(v["comm"], "utf-8", "replace"),
-            "preemptor_in_target": v["in_target"] != 0, "cpu": k["cpu"].astype(np.int16),
-            "count": v["count"].astype(np.int64), "wait_ns": v["wait_ns"].astype(np.int64),
+        self._emit("preemptions", n, {
+            "ts_ns": cols["bucket"].astype(np.int64) * self.bucket_ns,
+            "bucket_ns": np.full(n, self.bucket_ns, dtype=np.int64),
+            "pid": cols["tgid"].astype(np.int32), "preemptor_pid": cols["ptgid"].astype(np.int32),
+            "preemptor_tid": cols["ptid"].astype(np.int32),
+            "preemptor_comm": np.char.decode(cols["comm"], "utf-8", "replace"),
+            "preemptor_in_target": cols["in_target"] != 0, "cpu": cols["cpu"].astype(np.int16),
+            "count": cols["count"].astype(np.int64), "wait_ns": cols["wait_ns"].astype(np.int64),
         })
 
-    def _drain_wakers(self, cutoff: int | None) -> None:
+    def _drain_wakers(self, cutoff: int | None, sk: np.ndarray, sv: np.ndarray) -> None:
+        """waker_agg's rows and the wakers kept in the sched rows, added into one row per key."""
         k, v = self._take("waker_agg", cutoff)
-        if not len(k):
+        keys = ("bucket", "tid", "pid", "waker_tid", "waker_pid", "ctx", "state")
+        vals = ("count", "sleep_ns", "sleep_max_ns", "waker_oncpu_ns", "waker_in_target", "comm")
+        cols = {**{f: k[f] for f in keys}, **{f: v[f] for f in vals}}
+        if len(sk) and "wk" in (sv.dtype.names or ()):
+            slots, rows = _used_slots(sv["wk"], ("count",))
+            cols = _concat(cols, {"bucket": sk["bucket"][rows], "tid": sk["tid"][rows], "pid": sk["tgid"][rows],
+                                  **{f: slots[f] for f in keys[3:] + vals}})
+            cols = _merge(cols, keys, add=("count", "sleep_ns", "waker_oncpu_ns"),
+                          most=("sleep_max_ns", "waker_in_target"))
+        n = len(cols["bucket"])
+        if not n:
             return
-        contexts = [WAKE_CONTEXT_NAMES.get(int(c), "irq") for c in k["ctx"]]
-        comm = np.char.decode(v["comm"], "utf-8", "replace").tolist()
+        contexts = [WAKE_CONTEXT_NAMES.get(int(c), "irq") for c in cols["ctx"]]
+        comm = np.char.decode(cols["comm"], "utf-8", "replace").tolist()
         # Interrupt context: no task woke it; the context stands in as the waker's name.
         comm = [c if x == "task" else f"[{x}]" for c, x in zip(comm, contexts, strict=True)]
-        self._emit("wakeups", len(k), {
-            "ts_ns": k["bucket"].astype(np.int64) * self.bucket_ns,
-            "bucket_ns": np.full(len(k), self.bucket_ns, dtype=np.int64),
-            "pid": k["pid"].astype(np.int32), "tid": k["tid"].astype(np.int32),
-            "waker_pid": k["waker_pid"].astype(np.int32), "waker_tid": k["waker_tid"].astype(np.int32),
-            "waker_comm": comm, "waker_in_target": v["waker_in_target"] != 0,
+        self._emit("wakeups", n, {
+            "ts_ns": cols["bucket"].astype(np.int64) * self.bucket_ns,
+            "bucket_ns": np.full(n, self.bucket_ns, dtype=np.int64),
+            "pid": cols["pid"].astype(np.int32), "tid": cols["tid"].astype(np.int32),
+            "waker_pid": cols["waker_pid"].astype(np.int32), "waker_tid": cols["waker_tid"].astype(np.int32),
+            "waker_comm": comm, "waker_in_target": cols["waker_in_target"] != 0,
             "waker_context": contexts,
-            "state": np.where(k["state"] == 2, "D", "S").tolist(),
-            "count": v["count"].astype(np.int64), "sleep_ns": v["sleep_ns"].astype(np.int64),
-            "sleep_max_ns": v["sleep_max_ns"].astype(np.int64),
-            "waker_oncpu_ns": v["waker_oncpu_ns"].astype(np.int64),
+            "state": np.where(cols["state"] == 2, "D", "S").tolist(),
+            "count": cols["count"].astype(np.int64), "sleep_ns": cols["sleep_ns"].astype(np.int64),
+            "sleep_max_ns": cols["sleep_max_ns"].astype(np.int64),
+            "waker_oncpu_ns": cols["waker_oncpu_ns"].astype(np.int64),
         })
 
     def _drain_faults(self, cutoff: int | None) -> None:
@@ -522,3 +544,40 @@ class KernelProbes(Collector):
             "perf_records_lost": dict(self._perf_lost),
         }
 
+
+# ---------------------------------------------------------------------------------------------
+# Charges kept inline in the sched rows (sched.c INLINE_CHARGES)
+# ---------------------------------------------------------------------------------------------
+def _used_slots(slots: np.ndarray, marks: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The used slots of an (n, INLINE_CHARGES) array (a mark field non-zero), flattened, and the
+    parent row of each."""
+    used = np.zeros(slots.shape, dtype=bool)
+    for m in marks:
+        used |= slots[m] != 0
+    return slots[used], np.nonzero(used)[0]
+
+
+def _concat(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f: np.concatenate([a[f], b[f]]) for f in a}
+
+
+def _merge(cols: dict[str, np.ndarray], keys: tuple[str, ...], add: tuple[str, ...] = (),
+           most: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """One row per distinct key: ``add`` columns summed, ``most`` the largest, the rest the first."""
+    n = len(cols[keys[0]])
+    if n < 2:
+        return cols
+    kk = np.rec.fromarrays([cols[k] for k in keys], names=list(keys))
+    uniq, first, inv = np.unique(kk, return_index=True, return_inverse=True)
+    if len(uniq) == n:
+        return cols
+    inv = inv.ravel()
+    out = {}
+    for name, arr in cols.items():
+        if name in add or name in most:
+            r = np.zeros(len(uniq), dtype=arr.dtype)
+            (np.add if name in add else np.maximum).at(r, inv, arr)
+        else:
+            r = arr[first]
+        out[name] = r
+    return out

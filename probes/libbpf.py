@@ -83,11 +83,9 @@ def dtype_to_json(dt: np.dtype) -> dict[str, Any]:
     fields = []
     for name in dt.names:
         sub, off = dt.fields[name][:2]
-        if sub.subdtype is not None:
-            base, shape = sub.subdtype
-            fields.append([name, base.str, list(shape), off])
-        else:
-            fields.append([name, sub.str, [], off])
+        base, shape = sub.subdtype if sub.subdtype is not None else (sub, ())
+        # A struct (an array of them, or one nested) travels as its own description.
+        fields.append([name, dtype_to_json(base) if base.names else base.str, list(shape), off])
     return {"itemsize": dt.itemsize, "fields": fields}
 
 
@@ -97,7 +95,8 @@ def dtype_from_json(d: dict[str, Any]) -> np.dtype:
     names, formats, offsets = [], [], []
     for name, base, shape, off in d["fields"]:
         names.append(name)
-        formats.append((np.dtype(base), tuple(shape)) if shape else np.dtype(base))
+        bt = dtype_from_json(base) if isinstance(base, dict) else np.dtype(base)
+        formats.append((bt, tuple(shape)) if shape else bt)
         offsets.append(off)
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": d["itemsize"]})
 

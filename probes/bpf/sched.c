@@ -76,6 +76,37 @@ struct thread_state {
     char wk_comm[TASK_COMM_LEN];
 };
 
+/* The first INLINE_CHARGES preemptors and wakers of a thread in a bucket are kept in its sched_val
+ * row, which the switch has looked up anyway: a busy pair (each the other's waker and preemptor)
+ * then costs no preempt_agg / waker_agg lookup per switch. The rest go to those maps. User space
+ * (probes/kernel.py) adds both into the same preemptions / wakeups rows. A slot is free while its
+ * count and time are zero (a charge always adds one of them). */
+#define INLINE_CHARGES 2
+
+struct preempt_slot {   /* a preempt_agg row, for this thread */
+    u32 ptid;
+    u32 ptgid;
+    u32 cpu;
+    u32 in_target;
+    u64 count;
+    u64 wait_ns;
+    char comm[TASK_COMM_LEN];
+};
+
+struct waker_slot {     /* a waker_agg row (wakeups.c), for this thread */
+    u32 waker_tid;
+    u32 waker_pid;
+    u32 ctx;
+    u32 state;
+    u64 count;
+    u64 sleep_ns;
+    u64 sleep_max_ns;
+    u64 waker_oncpu_ns;
+    u32 waker_in_target;
+    u32 pad;
+    char comm[TASK_COMM_LEN];
+};
+
 struct sched_val {
     u64 vol;
     u64 invol;
@@ -89,6 +120,8 @@ struct sched_val {
     u64 migrations;
     u32 hist[LOG2_SLOTS];
     char comm[TASK_COMM_LEN];
+    struct preempt_slot pre[INLINE_CHARGES];
+    struct waker_slot wk[INLINE_CHARGES];
 };
 
 struct preempt_key {
@@ -116,6 +149,8 @@ BPF_HASH(thread_states, u32, struct thread_state, MAX_THREADS);
 #endif
 BPF_HASH(sched_agg, struct thread_bucket, struct sched_val, MAX_AGG);
 BPF_HASH(preempt_agg, struct preempt_key, struct preempt_val, MAX_AGG);
+/* A row's initial value: zero, never written (a sched_val is too big for the 512-byte stack). */
+BPF_ARRAY(sched_zero, struct sched_val, 1);
 
 static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgid, ktask task)
 {
@@ -123,13 +158,18 @@ static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgi
     struct sched_val *v = sched_agg.lookup(&key);
     if (v)
         return v;
-    struct sched_val zero = {};
-    kt_comm(task, zero.comm);
-    if (sched_agg.update(&key, &zero) != 0) {
+    u32 idx = 0;
+    struct sched_val *zero = sched_zero.lookup(&idx);
+    if (!zero)
+        return NULL;
+    if (sched_agg.update(&key, zero) != 0) {
         count_drop(FAM_SCHED);
         return NULL;
     }
-    return sched_agg.lookup(&key);
+    v = sched_agg.lookup(&key);
+    if (v)
+        kt_comm(task, v->comm);
+    return v;
 }
 
 /* task->sched_info.{pcount, run_delay}: one read when adjacent, as in every struct sched_info
@@ -226,19 +266,41 @@ static __always_inline struct thread_state *target_thread(ktask task, u32 tid, u
 #endif
 }
 
-/* Keyed by the CPU that runs it (sched_switch's): one writer per entry. */
-static __always_inline void charge_preemptor(u64 bucket, u32 tgid, ktask ptask, const char *pcomm,
-                                             u32 ptid, u32 ptgid, u64 count, u64 wait)
+/* Charged to the thread's own row (`v`) when the preemptor has a slot there or one is free, else
+ * to preempt_agg, keyed by the CPU that runs it (sched_switch's): one writer per entry either way. */
+static __always_inline void charge_preemptor(struct sched_val *v, u64 bucket, u32 tgid, ktask ptask,
+                                             const char *pcomm, u32 ptid, u32 ptgid, u64 count, u64 wait)
 {
+    u32 cpu = bpf_get_smp_processor_id();
+#pragma unroll
+    for (int i = 0; i < INLINE_CHARGES; i++) {
+        struct preempt_slot *sl = &v->pre[i];
+        int free = sl->count == 0 && sl->wait_ns == 0;
+        if (free || (sl->ptid == ptid && sl->ptgid == ptgid && sl->cpu == cpu)) {
+            if (free) {
+                sl->ptid = ptid;
+                sl->ptgid = ptgid;
+                sl->cpu = cpu;
+                sl->in_target = ptid != 0 && tgid_in_target(ptgid);
+                if (pcomm)
+                    __builtin_memcpy(sl->comm, pcomm, TASK_COMM_LEN);
+                else
+                    kt_comm(ptask, sl->comm);
+            }
+            sl->count += count;
+            sl->wait_ns += wait;
+            return;
+        }
+    }
     struct preempt_key key = {
         .bucket = bucket,
         .tgid = tgid,
         .ptid = ptid,
         .ptgid = ptgid,
-        .cpu = bpf_get_smp_processor_id(),
+        .cpu = cpu,
     };
-    struct preempt_val *v = preempt_agg.lookup(&key);
-    if (!v) {
+    struct preempt_val *pv = preempt_agg.lookup(&key);
+    if (!pv) {
         struct preempt_val zero = {};
         zero.in_target = key.ptid != 0 && tgid_in_target(key.ptgid);
         if (pcomm)
@@ -249,17 +311,17 @@ static __always_inline void charge_preemptor(u64 bucket, u32 tgid, ktask ptask, 
             count_drop(FAM_SCHED);
             return;
         }
-        v = preempt_agg.lookup(&key);
-        if (!v)
+        pv = preempt_agg.lookup(&key);
+        if (!pv)
             return;
     }
-    v->count += count;
-    v->wait_ns += wait;
+    pv->count += count;
+    pv->wait_ns += wait;
 }
 
 #ifdef HAVE_WAKEUPS
-static __always_inline void charge_waker(struct thread_state *st, u64 bucket, u64 sleep, u64 woke_at,
-                                         u32 tid, u32 tgid, u32 state);
+static __always_inline void charge_waker(struct sched_val *sv, struct thread_state *st, u64 bucket, u64 sleep,
+                                         u64 woke_at, u32 tid, u32 tgid, u32 state);
 #endif
 
 /* Settle the stretch off CPU that ended at the thread's last switch-in (see the top): called at
@@ -287,7 +349,7 @@ static __always_inline void settle(struct thread_state *st, ktask task, struct s
         v->hist[slot] += 1;
         /* The task that held the CPU until this thread got it is charged with the wait. */
         if (wait && st->pre_task)
-            charge_preemptor(bucket, tgid, 0, st->pre_comm, st->pre_tid, st->pre_tgid, 0, wait);
+            charge_preemptor(v, bucket, tgid, 0, st->pre_comm, st->pre_tid, st->pre_tgid, 0, wait);
     }
     int slept = how == OUT_SLEEP || how == OUT_DSTATE;
     u64 sleep = slept ? st->off_ns - wait : 0;
@@ -303,7 +365,7 @@ static __always_inline void settle(struct thread_state *st, ktask task, struct s
      * for the sleep that starts now; the next waking replaces it if it was not that sleep's. */
     if (st->wk_task && !st->wk_on_cpu) {
         if (slept)
-            charge_waker(st, bucket, sleep, st->ts_in - wait, tid, tgid, how);
+            charge_waker(v, st, bucket, sleep, st->ts_in - wait, tid, tgid, how);
         st->wk_task = 0;
     }
     st->wk_on_cpu = 0;
@@ -341,7 +403,7 @@ TP_BTF(sched_switch)
                 v->oncpu_ns += now - pst->ts_in;
             if (involuntary) {
                 v->invol += 1;
-                charge_preemptor(bucket, prev_tgid, next, 0, next_tid, next_tgid, 1, 0);
+                charge_preemptor(v, bucket, prev_tgid, next, 0, next_tid, next_tgid, 1, 0);
             } else {
                 v->vol += 1;
             }

@@ -118,19 +118,44 @@ TP_BTF(sched_waking)
     return 0;
 }
 
-/* Called by sched.c settle() for a settled sleep of `sleep` ns that this waker ended at woke_at. */
-static __always_inline void charge_waker(struct thread_state *st, u64 bucket, u64 sleep, u64 woke_at,
-                                         u32 tid, u32 tgid, u32 state)
+/* Called by sched.c settle() for a settled sleep of `sleep` ns that this waker ended at woke_at: into
+ * the wakee's own row (`sv`, sched.c INLINE_CHARGES) when the waker has a slot there or one is free,
+ * else into waker_agg. */
+static __always_inline void charge_waker(struct sched_val *sv, struct thread_state *st, u64 bucket, u64 sleep,
+                                         u64 woke_at, u32 tid, u32 tgid, u32 state)
 {
     count_event(FAM_WAKEUPS);
-    struct waker_key key = {
-        .bucket = bucket, .tid = tid, .pid = tgid, .ctx = st->wk_ctx,
-        .waker_tid = st->wk_tid, .waker_pid = st->wk_tgid,
-        .state = state == OUT_DSTATE ? WSTATE_DSTATE : WSTATE_SLEEP,
-    };
+    u32 wstate = state == OUT_DSTATE ? WSTATE_DSTATE : WSTATE_SLEEP;
     u64 oncpu = 0;
     if (st->wk_since && woke_at > st->wk_since)
         oncpu = woke_at - st->wk_since < sleep ? woke_at - st->wk_since : sleep;
+#pragma unroll
+    for (int i = 0; i < INLINE_CHARGES; i++) {
+        struct waker_slot *sl = &sv->wk[i];
+        int free = sl->count == 0;
+        if (free || (sl->waker_tid == st->wk_tid && sl->waker_pid == st->wk_tgid && sl->ctx == st->wk_ctx
+                     && sl->state == wstate)) {
+            if (free) {
+                sl->waker_tid = st->wk_tid;
+                sl->waker_pid = st->wk_tgid;
+                sl->ctx = st->wk_ctx;
+                sl->state = wstate;
+                sl->waker_in_target = st->wk_in_target;
+                if (st->wk_ctx == WCTX_TASK)
+                    __builtin_memcpy(sl->comm, st->wk_comm, TASK_COMM_LEN);
+            }
+            sl->count += 1;
+            sl->sleep_ns += sleep;
+            sl->waker_oncpu_ns += oncpu;
+            if (sleep > sl->sleep_max_ns)
+                sl->sleep_max_ns = sleep;
+            return;
+        }
+    }
+    struct waker_key key = {
+        .bucket = bucket, .tid = tid, .pid = tgid, .ctx = st->wk_ctx,
+        .waker_tid = st->wk_tid, .waker_pid = st->wk_tgid, .state = wstate,
+    };
     struct waker_val *v = waker_agg.lookup(&key);
     if (!v) {
         struct waker_val init = {};

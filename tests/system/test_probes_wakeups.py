@@ -90,3 +90,73 @@ def test_lock_holder_is_the_waker_of_its_waiters(tmp_path):
     assert timer > 0.5 * sum(r["sleep_ns"] for r in mine), mine[:5]
     stats = {r["probe"] for r in rec.table("probe_stats").to_pylist()}
     assert "kernel.wakeups" in stats
+
+
+ROUNDS, WRITERS = 20, 5
+# One reader sleeps on a pipe; WRITERS threads write to it in turn, each once per round, a few ms
+# apart: every bucket holds more wakers of the reader than its sched row keeps inline
+# (sched.c INLINE_CHARGES), so the rest go through waker_agg and both must add up.
+RELAY = f"""
+import os, threading
+r, w = os.pipe()
+tids = {{}}
+turns = [threading.Event() for _ in range({WRITERS})]
+def reader():
+    tids['reader'] = threading.get_native_id()
+    for _ in range({ROUNDS} * {WRITERS}):
+        os.read(r, 1)
+def writer(i):
+    tids[f'w{{i}}'] = threading.get_native_id()
+    for _ in range({ROUNDS}):
+        turns[i].wait()
+        turns[i].clear()
+        time.sleep(0.003)
+        os.write(w, b'x')
+        turns[(i + 1) % {WRITERS}].set()
+rd = threading.Thread(target=reader)
+ws = [threading.Thread(target=writer, args=(i,)) for i in range({WRITERS})]
+rd.start()
+for t in ws:
+    t.start()
+turns[0].set()
+for t in ws:
+    t.join()
+rd.join()
+sys.stdout.write(json.dumps(tids) + '\\n'); sys.stdout.flush()
+"""
+
+
+def test_many_wakers_of_one_thread_add_up_inline_and_in_the_map(tmp_path):
+    child = GatedChild("import json\n" + RELAY)
+    run = None
+    try:
+        run = KernelRun(tmp_path / "rec", TargetTree.for_pid(child.pid),
+                        {"families": ["sched", "wakeups", "proc"]})
+        run.start()
+        child.release()
+        assert child.proc.stdout is not None
+        tids = json.loads(child.proc.stdout.readline())
+        child.wait_done()
+        rec = run.stop()
+        run = None
+    finally:
+        if run is not None:
+            run.stop()
+        child.kill()
+
+    rows = [r for r in rec.table("wakeups").to_pylist() if r["tid"] == tids["reader"]]
+    keys = [(r["ts_ns"], r["tid"], r["waker_tid"], r["waker_context"], r["state"]) for r in rows]
+    assert len(keys) == len(set(keys)), "one row per key: inline slots and waker_agg were not added"
+    by_writer = defaultdict(int)
+    for r in rows:
+        by_writer[r["waker_tid"]] += r["count"]
+    writers = [tids[f"w{i}"] for i in range(WRITERS)]
+    # Each write found the reader asleep on the pipe (the writers are 3 ms apart): each writer woke it
+    # once a round at least, whichever path its charge took (more when the reader then waited for
+    # the GIL that writer held).
+    for t in writers:
+        assert by_writer[t] >= ROUNDS * 0.8, (dict(by_writer), tids)
+    per_bucket = defaultdict(set)
+    for r in rows:
+        per_bucket[r["ts_ns"]].add(r["waker_tid"])
+    assert max(len(v) for v in per_bucket.values()) > 2, "no bucket had more wakers than the inline slots"
