@@ -44,8 +44,10 @@ sys.stdout.write(json.dumps(tids) + '\\n'); sys.stdout.flush()
 """
 
 
-def test_lock_holder_is_the_waker_of_its_waiters(tmp_path):
-    child = GatedChild("import json\n" + WORK)
+def _traced(tmp_path, work: str):
+    """Run ``work`` (it prints its threads' tids as JSON) under the sched + wakeups probes:
+    (recording, tids, child)."""
+    child = GatedChild("import json\n" + work)
     run = None
     try:
         run = KernelRun(tmp_path / "rec", TargetTree.for_pid(child.pid),
@@ -61,6 +63,11 @@ def test_lock_holder_is_the_waker_of_its_waiters(tmp_path):
         if run is not None:
             run.stop()
         child.kill()
+    return rec, tids, child
+
+
+def test_lock_holder_is_the_waker_of_its_waiters(tmp_path):
+    rec, tids, child = _traced(tmp_path, WORK)
 
     rows = [r for r in rec.table("wakeups").to_pylist() if r["pid"] == child.pid]
     assert rows, "no wakeups recorded"
@@ -127,22 +134,7 @@ sys.stdout.write(json.dumps(tids) + '\\n'); sys.stdout.flush()
 
 
 def test_many_wakers_of_one_thread_add_up_inline_and_in_the_map(tmp_path):
-    child = GatedChild("import json\n" + RELAY)
-    run = None
-    try:
-        run = KernelRun(tmp_path / "rec", TargetTree.for_pid(child.pid),
-                        {"families": ["sched", "wakeups", "proc"]})
-        run.start()
-        child.release()
-        assert child.proc.stdout is not None
-        tids = json.loads(child.proc.stdout.readline())
-        child.wait_done()
-        rec = run.stop()
-        run = None
-    finally:
-        if run is not None:
-            run.stop()
-        child.kill()
+    rec, tids, _child = _traced(tmp_path, RELAY)
 
     rows = [r for r in rec.table("wakeups").to_pylist() if r["tid"] == tids["reader"]]
     keys = [(r["ts_ns"], r["tid"], r["waker_tid"], r["waker_context"], r["state"]) for r in rows]
