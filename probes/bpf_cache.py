@@ -184,7 +184,10 @@ def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int], typed: li
     for ev in typed:
         insns = bytes(b.dump_func(f"tp_btf__{ev}".encode()))
         refs = [(i, add_map(fd)) for i, fd in _map_refs(insns)]
+        # The kernel's BTF ids hold for its boot, which is part of the key: a warm load skips the
+        # lookup (libbpf parses the whole vmlinux BTF for each, ~10 ms).
         progs.append({"name": f"tp_btf__{ev}", "type": BPF_PROG_TYPE_TRACING, "attach_btf": ev,
+                      "attach_btf_id": _vmlinux_btf_id(ev),
                       "insns": base64.b64encode(insns).decode(), "refs": refs})
         links.append(["tp_btf", ev, f"tp_btf__{ev}"])
     btfs: dict[int, int] = {}  # BTF object id -> index in `btf`
@@ -316,7 +319,7 @@ def _prog_load(p: dict[str, Any], map_fds: list[int]) -> int:
     ct.memmove(ct.addressof(attr) + 48, name, len(name))
     if p.get("attach_btf"):  # expected_attach_type at 68, attach_btf_id at 108
         struct.pack_into("<I", attr, 68, BPF_TRACE_RAW_TP)
-        struct.pack_into("<I", attr, 108, _vmlinux_btf_id(p["attach_btf"]))
+        struct.pack_into("<I", attr, 108, p.get("attach_btf_id") or _vmlinux_btf_id(p["attach_btf"]))
     try:
         return _bpf(BPF_PROG_LOAD, attr)
     except OSError:
