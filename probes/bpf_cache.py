@@ -9,9 +9,10 @@ it. A warm run creates the maps and loads the programs with the bpf syscall itse
 BPF_PROG_LOAD: the verifier checks the bytecode again, as for any load), and attaches them with libbcc's
 attach calls. Only the loader process (probes/bpf_loader.py) uses this module.
 
-The key is everything the bytecode depends on: the program text, cflags, bcc's version, the kernel
-headers in use, the kernel's release and build, the boot (tracepoint formats are read from tracefs at
-compile time) and the possible CPUs (perf output arrays are sized by them). An entry that fails to
+The key is everything the bytecode depends on: the program text, cflags, the perf events attached
+(bcc loads their programs only then), bcc's version, the kernel headers in use, the kernel's release
+and build, the boot (tracepoint formats are read from tracefs at compile time) and the possible CPUs
+(perf output arrays are sized by them). An entry that fails to
 load is dropped and the program compiled again. The cache is root's: a 0700 directory owned by root,
 0600 files, checked on the open fd before anything in them is trusted (another user must not be able
 to hand root's loader bytecode). ``AUTOGLM_TRACE_BPF_CACHE`` names another directory, or ``off``.
@@ -67,7 +68,11 @@ def _kernel_id() -> str:
 
 
 def key(req: dict[str, Any], bcc_version: str) -> str:
+    # The perf events too: bcc loads a perf-event program only when it is attached, so an entry made
+    # without them lacks it (a load of the same text without `on_major_fault` once cost every later
+    # warm run its major-fault counts).
     parts = [str(FORMAT), req["text"], json.dumps(req.get("cflags") or []), json.dumps(req.get("maps") or []),
+             json.dumps(req.get("perf_events") or [], sort_keys=True),
              bcc_version, os.environ.get("BCC_KERNEL_SOURCE", ""), _kernel_id()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 

@@ -222,3 +222,14 @@ def test_typed_path_needs_what_the_btf_lacks(monkeypatch):
     assert "btf_trace_sched_switch" in btf.typed_problem(b)
     monkeypatch.setenv(btf.TYPED_OFF_ENV, "1")
     assert btf.TYPED_OFF_ENV in btf.typed_problem(b)
+
+
+def test_cache_key_covers_the_perf_events():
+    # bcc loads a perf-event program only when attached: an entry made without it must not serve a
+    # load that attaches it.
+    from autoglm_trace.probes import bpf_cache
+
+    req = {"text": "x", "maps": [], "cflags": []}
+    pe = [{"fn": "on_major_fault", "type": 1, "config": 6, "sample_period": 1}]
+    assert bpf_cache.key(req, "0.26") != bpf_cache.key({**req, "perf_events": pe}, "0.26")
+    assert bpf_cache.key({**req, "perf_events": []}, "0.26") == bpf_cache.key(req, "0.26")
