@@ -27,6 +27,7 @@ import json
 import os
 import stat
 import struct
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -180,20 +181,20 @@ def entry_from(b: Any, reply: dict[str, Any], map_fds: dict[str, int], typed: li
         return index[fd]
 
     progs = []
-    for fname, fn in b.funcs.items():
-        insns = bytes(b.dump_func(fname))
+
+    def add_prog(name: str, prog_type: int, **extra: Any) -> None:
+        insns = bytes(b.dump_func(name.encode()))
         refs = [(i, add_map(fd)) for i, fd in _map_refs(insns)]
-        progs.append({"name": fname.decode(), "type": libbpf.prog_stats(fn.fd).prog_type,
-                      "insns": base64.b64encode(insns).decode(), "refs": refs})
+        progs.append({"name": name, "type": prog_type, "insns": base64.b64encode(insns).decode(), "refs": refs,
+                      **extra})
+
+    for fname, fn in b.funcs.items():
+        add_prog(fname.decode(), libbpf.prog_stats(fn.fd).prog_type)
     links = []
     for ev in typed:
-        insns = bytes(b.dump_func(f"tp_btf__{ev}".encode()))
-        refs = [(i, add_map(fd)) for i, fd in _map_refs(insns)]
         # The kernel's BTF ids hold for its boot, which is part of the key: a warm load skips the
         # lookup (libbpf parses the whole vmlinux BTF for each, ~10 ms).
-        progs.append({"name": f"tp_btf__{ev}", "type": BPF_PROG_TYPE_TRACING, "attach_btf": ev,
-                      "attach_btf_id": _vmlinux_btf_id(ev),
-                      "insns": base64.b64encode(insns).decode(), "refs": refs})
+        add_prog(f"tp_btf__{ev}", BPF_PROG_TYPE_TRACING, attach_btf=ev, attach_btf_id=_vmlinux_btf_id(ev))
         links.append(["tp_btf", ev, f"tp_btf__{ev}"])
     btfs: dict[int, int] = {}  # BTF object id -> index in `btf`
     btf_blobs: list[str] = []
@@ -278,8 +279,10 @@ def _btf_load(blob: bytes) -> int:
     return _bpf(BPF_BTF_LOAD, attr)
 
 
+@cache
 def _vmlinux_btf_id(event: str) -> int:
-    """The BTF id of the kernel's btf_trace_<event> typedef, which a tp_btf program names."""
+    """The BTF id of the kernel's btf_trace_<event> typedef, which a tp_btf program names (asked
+    once per event: a compile loads and then caches each)."""
     from autoglm_trace.probes import libbpf  # noqa: PLC0415
 
     f = libbpf.lib().libbpf_find_vmlinux_btf_id
@@ -293,8 +296,7 @@ def _vmlinux_btf_id(event: str) -> int:
 def load_typed(name: str, insns: bytes, event: str) -> tuple[int, int]:
     """Load ``insns`` (bcc's bytecode of a tp_btf program, map fds in place) and attach it to
     ``event``; (program fd, attachment fd). bcc 0.26 loads no tp_btf program itself."""
-    fd = _prog_load({"name": name, "type": BPF_PROG_TYPE_TRACING, "attach_btf": event,
-                     "insns": base64.b64encode(insns).decode(), "refs": []}, [])
+    fd = _load_insns(name, BPF_PROG_TYPE_TRACING, bytearray(insns), _vmlinux_btf_id(event))
     try:
         return fd, _attach_typed(fd)
     except OSError:
@@ -309,22 +311,29 @@ def _attach_typed(prog_fd: int) -> int:
 
 
 def _prog_load(p: dict[str, Any], map_fds: list[int]) -> int:
+    """Load an entry's program, its map references pointed at ``map_fds``."""
     insns = bytearray(base64.b64decode(p["insns"]))
     for i, m in p["refs"]:
         struct.pack_into("<i", insns, i * 8 + 4, map_fds[m])
+    btf_id = (p.get("attach_btf_id") or _vmlinux_btf_id(p["attach_btf"])) if p.get("attach_btf") else 0
+    return _load_insns(p["name"], p["type"], insns, btf_id)
+
+
+def _load_insns(name: str, prog_type: int, insns: bytearray, attach_btf_id: int = 0) -> int:
+    """BPF_PROG_LOAD; ``attach_btf_id``: a tp_btf program's btf_trace_<event> type."""
     buf = (ct.c_uint8 * len(insns)).from_buffer(insns)
     lic = ct.create_string_buffer(b"GPL")
     log = ct.create_string_buffer(1 << 16)
     attr = (ct.c_uint8 * 128)()
     # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf,
     # kern_version, prog_flags, prog_name[16]
-    struct.pack_into("<IIQQIIQII", attr, 0, p["type"], len(insns) // 8, ct.addressof(buf), ct.addressof(lic),
+    struct.pack_into("<IIQQIIQII", attr, 0, prog_type, len(insns) // 8, ct.addressof(buf), ct.addressof(lic),
                      0, 0, 0, 0, 0)
-    name = p["name"].encode()[:15]
-    ct.memmove(ct.addressof(attr) + 48, name, len(name))
-    if p.get("attach_btf"):  # expected_attach_type at 68, attach_btf_id at 108
+    short = name.encode()[:15]
+    ct.memmove(ct.addressof(attr) + 48, short, len(short))
+    if attach_btf_id:  # expected_attach_type at 68, attach_btf_id at 108
         struct.pack_into("<I", attr, 68, BPF_TRACE_RAW_TP)
-        struct.pack_into("<I", attr, 108, p.get("attach_btf_id") or _vmlinux_btf_id(p["attach_btf"]))
+        struct.pack_into("<I", attr, 108, attach_btf_id)
     try:
         return _bpf(BPF_PROG_LOAD, attr)
     except OSError:
@@ -334,7 +343,7 @@ def _prog_load(p: dict[str, Any], map_fds: list[int]) -> int:
             return _bpf(BPF_PROG_LOAD, attr)
         except OSError as e:
             last = log.value.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            raise OSError(e.errno, f"{p['name']}: {e.strerror} {last[0]}".strip()) from None
+            raise OSError(e.errno, f"{name}: {e.strerror} {last[0]}".strip()) from None
 
 
 def load(entry: dict[str, Any], perf_events: list[dict[str, Any]]) -> tuple[dict[str, Any], list[int]]:

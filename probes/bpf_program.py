@@ -32,6 +32,7 @@ class Family:
     source: str
     required: tuple[tuple[str, str], ...]
     raw: bool = False  # needs raw tracepoints
+    typed: bool = False  # its TP_BTF programs are tp_btf ones where the kernel can (common.h)
     # Extra tracepoints used when present: {macro: (category, event)}.
     optional: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     perf_buffers: tuple[str, ...] = ()
@@ -46,10 +47,10 @@ FAMILIES: dict[str, Family] = {
         Family(
             "sched", 1, "sched.c",
             (("sched", "sched_switch"), ("sched", "sched_migrate_task")),
-            raw=True,
+            raw=True, typed=True,
         ),
         Family(
-            "wakeups", 6, "wakeups.c", (("sched", "sched_waking"),), raw=True, needs=("sched",),
+            "wakeups", 6, "wakeups.c", (("sched", "sched_waking"),), raw=True, typed=True, needs=("sched",),
             optional={
                 "HAVE_TP_SOFTIRQ": ("irq", "softirq_entry"),
                 "HAVE_TP_IRQ_HANDLER": ("irq", "irq_handler_entry"),

@@ -91,6 +91,7 @@ class KernelProbes(Collector):
         self.major_faults = False
         self._drainers: dict[str, MapDrainer] = {}
         self._pushed: set[int] = set()
+        self._target_gen = 0  # the last value written to sched.c's target_gen
         self._cg_cache: dict[int, str] = {}
         self._cg_refreshed_ns = 0
         self._perf_lost = dict.fromkeys(FAMILIES, 0)  # PERF_RECORD_LOST, for info()
@@ -206,9 +207,9 @@ class KernelProbes(Collector):
         gen = self.bpf.maps.get("target_gen")
         if gen is not None:
             # sched.c keeps a "not in the target" verdict per task while this is unchanged: tasks of
-            # the tgids just added are looked at again at their next switch.
-            cur = gen.lookup(0)
-            gen.update(0, (int(cur) if cur is not None else 0) + 1)
+            # the tgids just added are looked at again at their next switch. Only we write it.
+            self._target_gen += 1
+            gen.update(0, self._target_gen)
 
     def _open_buffers(self) -> None:
         handlers = {"proc_events": ("proc", self._on_proc), "oom_events": ("oom", self._on_oom),

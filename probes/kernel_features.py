@@ -99,7 +99,7 @@ def feature_report() -> list[tuple[str, bool, str]]:
             degraded = family_degraded(fam.name)
             kind = ""
             if fam.raw:
-                kind = "raw " if fam.name == "proc" or typed_note() else "typed (tp_btf, task storage) "
+                kind = "typed (tp_btf, task storage) " if fam.typed and not typed_note() else "raw "
             out.append((fam.name, True, f"{kind}tracepoints {tps}" + (f"; {degraded}" if degraded else "")))
     return out
 

@@ -85,8 +85,8 @@ static __always_inline void task_comm(void *task, char *dst)
     bpf_probe_read_kernel(dst, TASK_COMM_LEN, (char *)task + OFF_TASK_COMM);
 }
 
-/* Typed access. With HAVE_TASK_STORAGE (probes/btf.py typed_tracepoints(): BTF-typed tracepoints,
- * task storage and bpf_get_current_task_btf, 5.11+) the scheduler's hot programs are tp_btf programs:
+/* Typed access. With HAVE_TASK_STORAGE (probes/btf.py typed_problem(): BTF-typed tracepoints, task
+ * storage and bpf_get_current_task_btf, 5.11+) the scheduler's hot programs are tp_btf programs:
  * their arguments are kernel pointers of a type the verifier knows, so reading a task member is a
  * plain load (made fault-safe by the JIT) instead of a bpf_probe_read_kernel call, about 40 ns each
  * here, and a thread's state lives in its task (task storage: a pointer chase, not a hash lookup).

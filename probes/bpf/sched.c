@@ -213,16 +213,14 @@ static __always_inline struct thread_state *target_thread(ktask task, u32 tid, u
 {
 #ifdef HAVE_TASK_STORAGE
     struct thread_state *st = thread_states.task_storage_get(task, 0, 0);
-    if (st && st->tgid == tgid) {
-        if (st->in_target)
-            return st;
+    if (st && st->tgid == tgid && st->in_target)
+        return st;
 #if FILTER_MODE == 1
-        u32 zero_idx = 0;
-        u32 *gen = target_gen.lookup(&zero_idx);
-        if (gen && st->gen == *gen)
-            return NULL;  /* still outside: no hash lookup */
+    u32 gen_idx = 0;
+    u32 *gen = target_gen.lookup(&gen_idx);  /* an array: inlined by the verifier, no hash */
+    if (gen && st && st->tgid == tgid && st->gen == *gen)
+        return NULL;  /* still outside: no hash lookup */
 #endif
-    }
 #else
     struct thread_state *st = thread_states.lookup(&tid);
     if (st && st->tgid == tgid)
@@ -230,15 +228,13 @@ static __always_inline struct thread_state *target_thread(ktask task, u32 tid, u
 #endif
     if (!(is_current ? current_in_target(tgid) : tgid_in_target(tgid))) {
 #if defined(HAVE_TASK_STORAGE) && FILTER_MODE == 1
-        u32 idx = 0;
-        u32 *g = target_gen.lookup(&idx);
-        if (!g)
+        if (!gen)
             return NULL;
         if (st) {
             st->tgid = tgid;
-            st->gen = *g;
+            st->gen = *gen;
         } else {
-            struct thread_state out = {.tgid = tgid, .gen = *g};
+            struct thread_state out = {.tgid = tgid, .gen = *gen};
             thread_states.task_storage_get(task, &out, BPF_LOCAL_STORAGE_GET_F_CREATE);
         }
 #endif
@@ -266,6 +262,16 @@ static __always_inline struct thread_state *target_thread(ktask task, u32 tid, u
 #endif
 }
 
+/* A new preemptor row or slot (`dst`): whether the preemptor is in the target, and its comm (kept at
+ * switch-in in `pcomm`, or read from `ptask`, the task switched in now). */
+#define preemptor_init(dst, ptid, ptgid, pcomm, ptask) do {                 \
+        (dst)->in_target = (ptid) != 0 && tgid_in_target(ptgid);           \
+        if (pcomm)                                                          \
+            __builtin_memcpy((dst)->comm, pcomm, TASK_COMM_LEN);            \
+        else                                                                \
+            kt_comm(ptask, (dst)->comm);                                    \
+    } while (0)
+
 /* Charged to the thread's own row (`v`) when the preemptor has a slot there or one is free, else
  * to preempt_agg, keyed by the CPU that runs it (sched_switch's): one writer per entry either way. */
 static __always_inline void charge_preemptor(struct sched_val *v, u64 bucket, u32 tgid, ktask ptask,
@@ -281,11 +287,7 @@ static __always_inline void charge_preemptor(struct sched_val *v, u64 bucket, u3
                 sl->ptid = ptid;
                 sl->ptgid = ptgid;
                 sl->cpu = cpu;
-                sl->in_target = ptid != 0 && tgid_in_target(ptgid);
-                if (pcomm)
-                    __builtin_memcpy(sl->comm, pcomm, TASK_COMM_LEN);
-                else
-                    kt_comm(ptask, sl->comm);
+                preemptor_init(sl, ptid, ptgid, pcomm, ptask);
             }
             sl->count += count;
             sl->wait_ns += wait;
@@ -302,11 +304,7 @@ static __always_inline void charge_preemptor(struct sched_val *v, u64 bucket, u3
     struct preempt_val *pv = preempt_agg.lookup(&key);
     if (!pv) {
         struct preempt_val zero = {};
-        zero.in_target = key.ptid != 0 && tgid_in_target(key.ptgid);
-        if (pcomm)
-            __builtin_memcpy(zero.comm, pcomm, TASK_COMM_LEN);
-        else
-            kt_comm(ptask, zero.comm);
+        preemptor_init(&zero, ptid, ptgid, pcomm, ptask);
         if (preempt_agg.update(&key, &zero) != 0) {
             count_drop(FAM_SCHED);
             return;

@@ -5,8 +5,8 @@
  *
  * sched_waking is a tp_btf program where sched_switch is one (common.h). The waker is `current`
  * there: kernel/sched/core.c try_to_wake_up() fires it in the waker's context once the wakee's
- * state matched. (sched_wakeup is no substitute: with TTWU_QUEUE
- * the wakee's CPU activates it from an IPI, where `current` is whatever ran there, often idle.)
+ * state matched. (sched_wakeup is no substitute: with TTWU_QUEUE the wakee's CPU activates it from
+ * an IPI, where `current` is whatever ran there, often idle.)
  * A wakeup from interrupt context (a timer expiring, a softirq delivering a packet, a device
  * interrupt) is not the interrupted task's doing: the irq/softirq/hrtimer tracepoints below keep a
  * per-CPU mask of the contexts being run, and such wakeups are stored with waker tid 0 and the
