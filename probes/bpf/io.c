@@ -139,7 +139,7 @@ TRACEPOINT_PROBE(block, block_rq_complete)
         __sync_fetch_and_add(&v->lat_sum_ns, lat);
         if (lat > v->lat_max_ns)
             v->lat_max_ns = lat;
-        u32 slot = log2_slot(lat / 1000) & (LOG2_SLOTS - 1);
+        u32 slot = log2_slot_us(lat) & (LOG2_SLOTS - 1);
         __sync_fetch_and_add(&v->hist[slot], 1);
     }
     io_inflight_map.delete(&ikey);

@@ -152,6 +152,8 @@ BPF_HASH(preempt_agg, struct preempt_key, struct preempt_val, MAX_AGG);
 /* A row's initial value: zero, never written (a sched_val is too big for the 512-byte stack). */
 BPF_ARRAY(sched_zero, struct sched_val, 1);
 
+/* Insert, not update: an update of a key another CPU inserted meanwhile (a migration's entry, or the
+ * thread's own) would replace that entry with zeros. */
 static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgid, ktask task)
 {
     struct thread_bucket key = {.bucket = bucket, .tid = tid, .tgid = tgid};
@@ -162,9 +164,11 @@ static __always_inline struct sched_val *sched_slot(u64 bucket, u32 tid, u32 tgi
     struct sched_val *zero = sched_zero.lookup(&idx);
     if (!zero)
         return NULL;
-    if (sched_agg.update(&key, zero) != 0) {
-        count_drop(FAM_SCHED);
-        return NULL;
+    if (sched_agg.insert(&key, zero) != 0) {
+        v = sched_agg.lookup(&key);
+        if (!v)
+            count_drop(FAM_SCHED);  /* full (a key inserted meanwhile fails the insert but is found) */
+        return v;
     }
     v = sched_agg.lookup(&key);
     if (v)
@@ -343,7 +347,7 @@ static __always_inline void settle(struct thread_state *st, ktask task, struct s
         v->runq_wait_ns += wait;
         if (wait > v->runq_max_ns)
             v->runq_max_ns = wait;
-        u32 slot = log2_slot(wait / 1000) & (LOG2_SLOTS - 1);
+        u32 slot = log2_slot_us(wait) & (LOG2_SLOTS - 1);
         v->hist[slot] += 1;
         /* The task that held the CPU until this thread got it is charged with the wait. */
         if (wait && st->pre_task)

@@ -43,6 +43,7 @@ SCRIPT = textwrap.dedent("""
         open(f"/proc/{helper}/stat").read().split(") ")[1][0] == "Z"
     maps = open("/proc/self/maps").read()
     held = sorted(libbpf.prog_stats(fd).prog_id for fd in k.bpf.progs.values())
+    loaded = sorted(set(held) & libbpf.loaded_prog_ids())  # while held (after stop they go)
     kinds = sorted({kind for kind, _n, _fd in k.bpf.links})
     child.stdin.write("go\\n"); child.stdin.flush(); child.wait()
     time.sleep(0.1)
@@ -50,7 +51,7 @@ SCRIPT = textwrap.dedent("""
     k.stop()
     print(json.dumps({"helper_gone": helper_gone, "bcc": "bcc" in sys.modules,
                       "llvm": "libLLVM" in maps or "libclang" in maps, "held": held,
-                      "loaded": sorted(set(held) & libbpf.loaded_prog_ids()), "kinds": kinds,
+                      "loaded": loaded, "kinds": kinds,
                       "rows": rows}))
 """)
 

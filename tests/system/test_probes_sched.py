@@ -91,6 +91,12 @@ def test_switch_counts_match_proc_and_hog_is_top_preemptor(tmp_path):
     assert SLEEPS * 1_000_000 <= sleep <= SLEEPS * 3_000_000, sleep
     for r in mine:
         assert sum(r["runq_hist"]) == r["runq_count"]
+        # Each wait of u us is in slot i: 2**(i-1) <= u < 2**i (slot 0: u == 0; common.h log2_slot_us), so
+        # the slots bound the row's total wait.
+        lo = sum(n * (1 << (i - 1) if i else 0) for i, n in enumerate(r["runq_hist"][:-1]))
+        hi = sum(n * (1 << i) for i, n in enumerate(r["runq_hist"][:-1]))
+        if not r["runq_hist"][-1]:
+            assert lo <= r["runq_wait_ns"] / 1000 < hi + 1, (r["runq_wait_ns"], r["runq_hist"])
         assert r["bucket_ns"] == 100_000_000 and r["ts_ns"] % r["bucket_ns"] == 0
 
     pre = [r for r in rec.table("preemptions").to_pylist() if r["pid"] == child.pid]
@@ -109,4 +115,4 @@ def test_switch_counts_match_proc_and_hog_is_top_preemptor(tmp_path):
 
     stats = rec.table("probe_stats").to_pylist()
     assert {r["probe"] for r in stats} == {"kernel.sched", "kernel.proc"}
-    assert sum(r["lost"] for r in stats) == 0
+    assert sum(r["lost"] for r in stats) == 0, [r for r in stats if r["lost"]]
