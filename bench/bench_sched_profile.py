@@ -9,7 +9,8 @@ each program's run_time_ns / run_cnt is read from bpf_prog_info. Reported per pr
 ns per run, and ns per round trip; and the round-trip rate against the untraced rounds of the same
 run (interleaved).
 
-  sudo .venv/bin/python bench/bench_sched_profile.py [--rounds 3] [--seconds 3] [--cpu 1] [--doc PATH]
+  sudo .venv/bin/python bench/bench_sched_profile.py [--rounds 3] [--seconds 3] [--cpu 1] [--floor] [--ablate]
+      [--doc PATH]
 """
 
 from __future__ import annotations
@@ -199,6 +200,43 @@ def _run_floor(body: str, seconds: float, cpu: int) -> dict:
 FLOOR_MODES = {name: functools.partial(_run_floor, body) for name, body in _FLOOR_BODY.items()}
 
 
+# --ablate: autoglm-trace's own sched_switch cut short at one point each (the program text edited
+# before it loads, the same families and target otherwise), so a switch's cost splits into its parts:
+# the difference between two rows is what the code between their cut points costs.
+_SWITCH_CUT = "    /* The clock is read once, by whichever side is traced first (neither: no read). */"
+_ABLATE = {
+    "ablate: sched_switch returns at once": [("    bool preempt = (bool)TP_ARG(0);",
+                                               "    return 0;\n    bool preempt = (bool)TP_ARG(0);")],
+    "ablate: ... after both thread states": [(_SWITCH_CUT, "    if (pst || nst) return 0;")],
+    "ablate: ... after the clock read": [(_SWITCH_CUT, "    if (pst || nst) return bpf_ktime_get_ns() == 7;")],
+    "ablate: ... without settle()": [("            settle(pst, prev, v, bucket, prev_tid, prev_tgid);\n", "")],
+}
+
+
+def _run_ablated(edits: list[tuple[str, str]], seconds: float, cpu: int) -> dict:
+    from autoglm_trace.probes import kernel
+
+    real = kernel.generate_program
+
+    def edited(opts: dict | None = None) -> str:
+        text = real(opts)
+        for old, new in edits:
+            if old not in text:
+                raise RuntimeError(f"--ablate: the program no longer has {old.strip()[:60]!r}; update _ABLATE")
+            text = text.replace(old, new)
+        return text
+
+    kernel.generate_program = edited
+    try:
+        r = run_autoglm(seconds, cpu)
+    finally:
+        kernel.generate_program = real
+    return r
+
+
+ABLATE_MODES = {name: functools.partial(_run_ablated, edits) for name, edits in _ABLATE.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -208,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--section", default="bench_sched_profile")
     ap.add_argument("--floor", action="store_true",
                     help="also run one-probe programs that price the building blocks (empty program, clock read, ...)")
+    ap.add_argument("--ablate", action="store_true",
+                    help="also run autoglm-trace's sched_switch cut short at one point each (what its parts cost)")
     args = ap.parse_args(argv)
-    modes = {**MODES, **(FLOOR_MODES if args.floor else {})}
+    modes = {**MODES, **(FLOOR_MODES if args.floor else {}), **(ABLATE_MODES if args.ablate else {})}
     if os.geteuid() != 0:
         print("bench_sched_profile: needs root (BPF)", file=sys.stderr)
         return 2
