@@ -69,7 +69,7 @@ def test_cpu_hog_is_named(tmp_path_factory):
     assert culprit["share"] > 0.2, _explain(s)
 
 
-@pytest.mark.xfail(reason="open finding (machine artefact): right kind 3/3 but right culprit 1/3 in the accuracy table "
+@pytest.mark.xfail(reason="open finding (machine artefact): right kind 3/3 but right culprit 0-1/3 in the accuracy table "
                    "(docs/analysis.md): on this fast virtual disk the hog harms through the CPU and its "
                    "share is split with other processes", strict=False)
 def test_io_hog_is_named(tmp_path_factory):
