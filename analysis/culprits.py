@@ -85,18 +85,35 @@ def _culprit(pid: int, comm: Any, share: float, in_target: bool, info: dict[int,
     return out
 
 
-def _baseline_expected(rec: Recording, full: pa.Table, key: str, value: str, start_ns: int, end_ns: int
-                       ) -> dict[int, float]:
-    """key -> how much of ``value`` it would have had in [start, end] at its rate outside it."""
+def baseline_rows(rec: Recording, ts: np.ndarray, start_ns: int, end_ns: int,
+                  baseline: list[tuple[int, int]] | None) -> tuple[np.ndarray, float]:
+    """(mask of the rows that make the baseline, its length in ns). The baseline is the incident's
+    own (``baseline``: the windows the cause was scored against, with every incident and its margin
+    left out), so a culprit's "beyond the baseline" and the cause's ratio are one derivation; without
+    it, everything outside [start, end] (other incidents included)."""
+    span = _baseline_span(rec, start_ns, end_ns, baseline)
+    if baseline:
+        return _in_windows(ts, baseline), span
+    return (ts < start_ns) | (ts > end_ns), span
+
+
+def _baseline_span(rec: Recording, start_ns: int, end_ns: int, baseline: list[tuple[int, int]] | None) -> float:
+    if baseline:
+        return float(sum(e - s for s, e in baseline))
+    return float(max(1, (rec.end_ns - rec.start_ns) - (end_ns - start_ns)))
+
+
+def _baseline_expected(rec: Recording, full: pa.Table, key: str, value: str, start_ns: int, end_ns: int,
+                       baseline: list[tuple[int, int]] | None = None) -> dict[int, float]:
+    """key -> how much of ``value`` it would have had in [start, end] at its rate at the baseline."""
     if not full.num_rows:
         return {}
-    ts = full.column("ts_ns")
-    out = full.filter(pc.or_(pc.less(ts, start_ns), pc.greater(ts, end_ns)))
+    m, span = baseline_rows(rec, col(full, "ts_ns", np.int64), start_ns, end_ns, baseline)
+    out = full.filter(pa.array(m))
     if not out.num_rows:
         return {}
-    span = max(1, (rec.end_ns - rec.start_ns) - (end_ns - start_ns))
     g = out.group_by(key).aggregate([(value, "sum")])
-    scale = (end_ns - start_ns) / span
+    scale = (end_ns - start_ns) / max(1.0, span)
     return {int(k): float(v or 0) * scale for k, v in zip(g.column(key).to_pylist(),
                                                            g.column(f"{value}_sum").to_pylist(), strict=False)}
 
@@ -138,6 +155,7 @@ REMAINDER_WORDS = {
     "idle_cpu": "CPU idle (wakeup latency)", "usual": "the usual competition (below the baseline's)",
     "small": "many small contributors", "interrupts": "woken by interrupts / timers",
     "target_self": "the waiting threads' own process as usual", "unknown": "not recorded",
+    "own_threads": "the target's own request threads and regular workers",
 }
 
 
@@ -179,10 +197,8 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
 
     keys, w, cnt, comms = keyed(t)
     inc_w = _per_key(keys, w)
-    ts_full = col(full, "ts_ns", np.int64)
-    out_mask = (ts_full < a) | (ts_full > b)
-    span = max(1, (rec.end_ns - rec.start_ns) - (b - a))
-    scale = (b - a) / span
+    out_mask, span = baseline_rows(rec, col(full, "ts_ns", np.int64), a, b, baseline)
+    scale = (b - a) / max(1.0, span)
     base_w: dict[Any, float] = {}
     if out_mask.any():
         bk, bw, _bc, _ = keyed(full.filter(pa.array(out_mask)))
@@ -191,11 +207,11 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     base_total = float(sum(base_w.values()))
     shares, denom, vs_base = _excess_shares(inc_w, base_w, inc_total, base_total)
     weighted_by = "wait_ns" if use_wait else "count"
-    _drop_regulars(rec, shares, a, b, baseline)
+    own = _drop_regulars(rec, shares, a, b, baseline)
     demand = _demand_shares(rec, tree, t, keys, inc_w, base_w, a, b, baseline) if vs_base else None
     if demand is not None:
         shares, weighted_by = demand, "extra_cpu"
-        _drop_regulars(rec, shares, a, b, baseline)
+        own = _drop_regulars(rec, shares, a, b, baseline)
     pids = col(t, "preemptor_pid", np.int64)
     tids = col(t, "preemptor_tid", np.int64, -1)
     cpus = col(t, "cpu", np.int64, -1)
@@ -224,11 +240,11 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
                      share_of_wait=round(float(w[rows].sum()) / (inc_total or 1.0), 4), **extra)
         c.pop("in_target", None)
         out.append(tree_mod.describe(tree, c))
-    parts = {"idle_cpu": shares.get(("idle",), 0.0)}
+    parts = {"idle_cpu": shares.get(("idle",), 0.0), "own_threads": own}
     listed = set(ranked[: len(out)])
     parts["small"] = sum(v for k, v in shares.items() if k != ("idle",) and k not in listed)
     if not vs_base:
-        parts = {"idle_cpu": shares.get(("idle",), 0.0)}
+        parts = {"idle_cpu": shares.get(("idle",), 0.0), "own_threads": own}
     return {"culprits": out, "weighted_by": weighted_by,
             "share_of": "extra_wait" if vs_base else "wait",
             "remainder": _remainder([c["share"] for c in out], parts),
@@ -257,28 +273,30 @@ def _in_windows(ts: np.ndarray, windows: list[tuple[int, int]] | None) -> np.nda
 
 
 def _drop_regulars(rec: Recording, shares: dict[Any, float], a: int, b: int,
-                   baseline: list[tuple[int, int]] | None) -> None:
+                   baseline: list[tuple[int, int]] | None) -> float:
     """Threads of the waiting processes that ran at the baseline and do not take well beyond their
     usual CPU now, or that get their work from request threads (the request workers themselves,
     busier with more load), are not culprits, nor are the request threads: their share goes to the
-    unattributed rest. A newcomer (a background thread, a pool spun up) stays."""
+    unattributed rest. A newcomer (a background thread, a pool spun up) stays. Returns the share
+    so taken from them (the remainder says the waiters' own threads had it)."""
     tids = [k for k in shares if k[0] == "tid"]
     if not tids or not rec.has("sched") or not rec.table("sched").num_rows:
-        return
+        return 0.0
+    dropped = 0.0
     s = rec.table("sched")
     sts, stid, son = col(s, "ts_ns", np.int64), col(s, "tid", np.int64), col(s, "oncpu_ns")
-    span_out = float(sum(e - x for x, e in baseline)) if baseline else max(1.0, float(rec.end_ns - rec.start_ns - (b - a)))
+    span_out = _baseline_span(rec, a, b, baseline)
     sbase = _in_windows(sts, baseline)
     requests = tree_mod.request_threads(rec)
     workers = wakers_mod.work_receivers(rec)
     for k in tids:
-        if k[2] in requests:
-            shares[k] = 0.0  # a request thread is a waiter, never its own culprit
-            continue
         m = stid == k[2]
         inc, base = _window_sum(sts[m], son[m], a, b, span_out, None if sbase is None else sbase[m])
-        if base > 0 and (inc < NEWCOMER * base or k[2] in workers):
+        # A request thread is a waiter, never its own culprit.
+        if k[2] in requests or (base > 0 and (inc < NEWCOMER * base or k[2] in workers)):
+            dropped += shares[k]
             shares[k] = 0.0
+    return dropped
 
 
 def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[Any],
@@ -298,9 +316,7 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
     if not (rec.has("sched") and rec.table("sched").num_rows and rec.has("host_cpu")
             and rec.table("host_cpu").num_rows):
         return None
-    span_out = max(1.0, float((rec.end_ns - rec.start_ns) - (b - a)))
-    if baseline:
-        span_out = float(sum(e - s for s, e in baseline))
+    span_out = _baseline_span(rec, a, b, baseline)
     cpus = col(t, "cpu", np.int64, -1)
     w = col(t, "wait_ns")
     per_cpu = np.bincount(np.clip(cpus, 0, None), weights=w)
@@ -341,7 +357,8 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
     return {k: v / total for k, v in extra.items()}
 
 
-def io_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0) -> dict[str, Any]:
+def io_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int = 0,
+                baseline: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Block-I/O issuers on the devices the target uses, inside its tree (a child doing the I/O) as well
     as outside; the waiting processes themselves are not culprits. By bytes beyond the baseline's."""
     if not recorded(rec, "block_io"):
@@ -363,7 +380,7 @@ def io_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: int
     pids = col(g, "pid", np.int64)
     byt = col(g, "bytes_sum")
     comms = g.column("comm_max").to_pylist()
-    expected = _baseline_expected(rec, same_dev, "pid", "bytes", a, b)
+    expected = _baseline_expected(rec, same_dev, "pid", "bytes", a, b, baseline)
     inc_w = {int(p): float(v) for p, v in zip(pids.tolist(), byt.tolist(), strict=True)}
     shares, _denom, vs_base = _excess_shares(inc_w, expected, float(byt.sum()), float(sum(expected.values())))
     info = process_info(rec)

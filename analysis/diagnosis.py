@@ -22,6 +22,7 @@ from autoglm_trace.analysis.oom import iso, oom_postmortem
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.spikes import (
     Incident,
+    impact,
     rank_and_cap,
     resource_incidents,
     score_spans,
@@ -40,7 +41,7 @@ def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int,
         return wakers_mod.holder_culprits(rec, a, b, slack, "gil" if kind == "gil_contention" else "lock",
                                           culprits_mod.victims(rec), inc.n_requests or None)
     if kind == "io_wait":
-        return culprits_mod.io_culprits(rec, a, b, slack)
+        return culprits_mod.io_culprits(rec, a, b, slack, baseline)
     if kind in ("memory_pressure", "oom"):
         return culprits_mod.memory_culprits(rec, a, b)
     if kind == "gpu_memory":
@@ -88,6 +89,10 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
         c["attribution"] = found
         if c["culprits"]:
             c["culprit_summary"] = culprit_sentence(c["kind"], c["culprits"][0])
+        elif (own := ((found.get("remainder") or {}).get("parts") or {}).get("own_threads", 0)) >= 0.5:
+            # No one else to name: say whose the wait was rather than nothing.
+            c["culprit_summary"] = (f"{100 * own:.0f}% of the extra run-queue wait behind the target's own "
+                                    "request threads and regular workers (no other culprit)")
     causes_mod.fold_gil_holder_cpu(causes)
     d: dict[str, Any] = {
         "id": i + 1, "kind": inc.kind, "start": iso(rec, inc.start_ns), "end": iso(rec, inc.end_ns),
@@ -96,6 +101,7 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
         "requests": inc.n_requests, "requests_overlapping": inc.n_overlapping, "failed": inc.n_failed,
         "latency_ms": _r(inc.latency_ms), "max_latency_ms": _r(inc.max_ms), "baseline_ms": _r(inc.baseline_ms),
         "extra_ms": _r(inc.extra_ms), "latency_extra_fraction": _r(inc.latency_frac, 4),
+        "impact": _r(impact(inc)), "impact_unit": "ms" if inc.kind == "latency" or inc.n_requests else "ratio*s",
         "span_names": inc.names, "trigger": inc.trigger or None, "causes": causes,
         "shape": inc.shape, "shape_info": inc.shape_info or None, "latency_source": inc.source,
     }
@@ -168,6 +174,23 @@ def headline(inc: dict[str, Any]) -> str:
     if top.get("culprit_summary"):
         cause += f"; {top['culprit_summary']}"
     return f"{what} -> {cause}"
+
+
+def worst_summary(incidents: list[dict[str, Any]], worst_first: list[int]) -> str:
+    """The incident that hurt most (``worst_first``), its first cause and culprit, in one line."""
+    inc = next(i for i in incidents if i["id"] == worst_first[0])
+    hurt = (f"{inc['impact'] / 1e3:.1f} s of extra latency over {inc['requests']} slow requests"
+            if inc.get("impact_unit") == "ms" else f"lasting {inc['duration_s']:.1f} s")
+    s = f"Worst: incident {inc['id']} at {(inc.get('start') or '?')[11:23]} ({hurt}, of {len(incidents)} incidents)"
+    top = inc["causes"][0] if inc["causes"] else None
+    if top:
+        s += f" -> {top['kind']}"
+        if top.get("culprits"):
+            cu = top["culprits"][0]
+            s += f": {cu.get('label') or containers.who(cu)} {100 * (cu.get('share') or 0):.0f}%"
+        elif top.get("culprit_summary"):
+            s += f": {top['culprit_summary']}"
+    return s
 
 
 def _findings(rec: Recording, tl: Timeline, sc: Any, incidents: list[dict[str, Any]], oom: dict[str, Any],
@@ -301,6 +324,7 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
         if inc.shape == "periodic":  # judged on a grid that separates the stalls from the gaps
             tli, inc.weights, basei = anomalies.periodic_grid(rec, tl, inc, [o for o in found if o is not inc], eng)
         incidents.append(_incident_dict(rec, tli, i, inc, basei, eng))
+    worst = [d["id"] for d in sorted(incidents, key=lambda d: -(d["impact"] or 0))]
     oom = oom_postmortem(rec, latency_rows)
     for nc in oom["not_checked"]:
         if nc not in not_checked:
@@ -335,6 +359,9 @@ def diagnose(rec: Recording, latency_rows: list[dict[str, Any]] | None = None,
         "requests": requests,
         "engine": engine,
         "incidents": incidents,
+        # Incident ids, the one that hurt most first (spikes.impact): where a reader starts.
+        "worst_first": worst,
+        "worst": {"id": worst[0], "summary": worst_summary(incidents, worst)} if worst else None,
         "oom": oom["kills"],
         "findings": _findings(rec, tl, sc, incidents, oom, dropped, resource_only),
         "checked": sorted(tl.signals),

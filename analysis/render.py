@@ -55,6 +55,8 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
         out.append("[green]No incident:[/] " + ("no request was slow for its size." if r else
                                                 "no engine latency spike." if (eng or {}).get("used_for_incidents")
                                                 else "no resource signal spiked."))
+    if len(incs) > 1 and (d.get("worst") or {}).get("summary"):
+        out.append(escape(d["worst"]["summary"]))
     for inc in incs:
         out.append("")
         when = f"Incident {inc['id']} at {_clock(inc['start'])} (+{inc['offset_s']:.1f} s, {inc['duration_s']:.1f} s)"
@@ -74,7 +76,8 @@ def render_diagnosis(d: dict[str, Any], verbose: bool = False) -> str:
                     who += " [autoglm-trace recorder itself]"
                 out.append(escape(f"      {who}{cg}: {100 * (cu.get('share') or 0):.0f}%"))
             rest = (c.get("attribution") or {}).get("remainder")
-            if c.get("culprits") and isinstance(rest, dict) and rest.get("share", 0) >= 0.01:
+            # Without culprits the rest is all there is to say: whose it was, where known.
+            if isinstance(rest, dict) and rest.get("share", 0) >= 0.01 and (c.get("culprits") or rest.get("parts")):
                 out.append(escape(f"      ({rest['summary']})"))
         split = inc.get("time_split")
         if isinstance(split, dict) and split.get("parts"):

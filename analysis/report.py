@@ -474,8 +474,10 @@ def _incidents(rec, diag: dict | None, why: str | None, fallback: list[dict]) ->
                              "text": f.get("message") or f.get("text") or f.get("summary") or json.dumps(f, default=str)})
         else:
             findings.append({"severity": None, "cls": "", "text": str(f)})
+    w = diag.get("worst")
+    worst = w.get("summary") if len(incidents) > 1 and isinstance(w, dict) else None
     return {"available": True, "requests": _requests_line(diag), "engine": _engine_line(diag),
-            "incidents": incidents, "findings": findings}
+            "worst": worst, "incidents": incidents, "findings": findings}
 
 
 def _oom(rec, oom: dict | None, why: str | None) -> dict[str, Any]:

@@ -95,8 +95,9 @@ def firsts(analysis: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def judge(case: Case, s: dict[str, Any], kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """{right_kind, right_culprit, verdict} for one run (the best incident: a first-ranked cause of a
-    right kind, highest score first; its first culprit must be the one)."""
+    """{right_kind, right_culprit, verdict} for one run (the incident the analysis ranks worst among
+    those whose first-ranked cause is of a right kind -- ``worst_first``, by the extra latency they
+    caused; its first culprit must be the one)."""
     kinds = case.kinds if kinds is None else kinds
     an = s["analysis"]
     want = truth(case, s["demo"].stdout + s["demo"].stderr)
@@ -105,7 +106,9 @@ def judge(case: Case, s: dict[str, Any], kinds: tuple[str, ...] | None = None) -
                   for u in c.get("culprits", []) if u.get("in_target") or u.get("comm") == HOG]
         return {"right_kind": not blamed, "right_culprit": not blamed,
                 "verdict": "blamed nobody in or beside the target" if not blamed else f"blamed {blamed[:3]}"}
-    hits = sorted((c for c in firsts(an) if c["kind"] in kinds), key=lambda c: -(c.get("score") or 0))
+    order = {i: n for n, i in enumerate(an.get("worst_first") or [])}
+    hits = [inc["causes"][0] for inc in sorted(an["incidents"], key=lambda inc: order.get(inc["id"], len(order)))
+            if inc["causes"] and inc["causes"][0]["kind"] in kinds]
     if case.culprit == "kind":
         return {"right_kind": bool(hits), "right_culprit": bool(hits),
                 "verdict": hits[0]["kind"] if hits else f"first causes were {[c['kind'] for c in firsts(an)][:3]}"}
@@ -115,7 +118,7 @@ def judge(case: Case, s: dict[str, Any], kinds: tuple[str, ...] | None = None) -
         return {"right_kind": False, "right_culprit": False, "verdict": f"first causes were {tops}"}
     top = hits[0]
     first = (top.get("culprits") or [{}])[0]
-    return {"right_kind": True, "right_culprit": right_culprit,
+    return {"right_kind": True, "right_culprit": right_culprit, "cause": top,
             "verdict": f"{top['kind']}: {first.get('label') or first.get('comm')} "
                        f"{100 * (first.get('share') or 0):.0f}%" + ("" if right_culprit else f" (want {want})")}
 

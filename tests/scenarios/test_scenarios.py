@@ -54,11 +54,13 @@ def _explain(s: dict) -> str:
 
 
 def _top_cause(s: dict, kind: str) -> dict:
-    """The highest-scoring cause of `kind` across incidents (it must be ranked first somewhere)."""
-    firsts = [inc["causes"][0] for inc in s["analysis"]["incidents"] if inc["causes"]]
-    hits = [c for c in firsts if c["kind"] == kind]
+    """The first cause of the worst incident (the analysis's ``worst_first``) whose first cause is of
+    `kind` (it must be ranked first somewhere)."""
+    order = {i: n for n, i in enumerate(s["analysis"].get("worst_first") or [])}
+    incs = sorted(s["analysis"]["incidents"], key=lambda inc: order.get(inc["id"], len(order)))
+    hits = [inc["causes"][0] for inc in incs if inc["causes"] and inc["causes"][0]["kind"] == kind]
     assert hits, f"no incident ranked {kind} first:\n{_explain(s)}"
-    return max(hits, key=lambda c: c.get("score") or 0)
+    return hits[0]
 
 
 def test_cpu_hog_is_named(tmp_path_factory):
@@ -143,9 +145,7 @@ def test_culprit_inside_the_tree_is_named_first(tmp_path, name):
     s = cases.record(case, tmp_path)
     v = cases.judge(case, s, case.kinds + case.tolerated)
     assert v["right_kind"] and v["right_culprit"], v["verdict"] + "\n" + cases.explain(s)
-    top = max((c for c in cases.firsts(s["analysis"]) if c["kind"] in case.kinds + case.tolerated),
-              key=lambda c: c.get("score") or 0)
-    first = top["culprits"][0]
+    first = v["cause"]["culprits"][0]
     if case.culprit == "child":
         assert first["where"] == "child" and "(child of the target" in first["label"], first
     else:
