@@ -134,9 +134,7 @@ def test_clean_run_blames_nothing(tmp_path_factory):
 
 
 # gil-thread and lock-holder: 3/3 in the accuracy table (docs/analysis.md, 14:22 UTC run): strict.
-@pytest.mark.parametrize("name", ["child-cpu", pytest.param("child-io", marks=pytest.mark.xfail(
-    reason="open finding: 2/3 right in the accuracy table (docs/analysis.md)", strict=False)),
-                                  "gil-thread", "lock-holder"])
+@pytest.mark.parametrize("name", ["child-cpu", "child-io", "gil-thread", "lock-holder"])
 def test_culprit_inside_the_tree_is_named_first(tmp_path, name):
     """The server's own child process / background thread takes the CPU, the disk, the GIL or a lock:
     the first cause of the right kind names it (pid of the child, tid of the thread) first, labelled
