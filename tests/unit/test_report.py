@@ -361,3 +361,25 @@ def test_report_shows_lost_events(tmp_path, no_analysis):
     row = text[text.index("events lost"):]
     assert "faults" in row and "map_full" in row and "100" in row and "12" in row
     assert "sched" not in row.split("Not checked")[0]  # no losses: not listed
+
+
+def test_report_and_terminal_print_the_same_worst_incident(full):
+    """The worst incident's line is the diagnosis's (``worst``): the HTML report shows it as the
+    terminal does, escaped, and only when there is more than one incident to choose from."""
+    from autoglm_trace.analysis.render import render_diagnosis
+
+    def inc(i: int, impact: float) -> dict:
+        return {"id": i, "start": "2025-11-24T17:23:50.000Z", "end": "", "start_ns": RD.T0 + RD.SPIKE[0],
+                "end_ns": RD.T0 + RD.SPIKE[1], "offset_s": 1.0, "duration_s": 1.0, "headline": "h",
+                "latency_ms": 604.5, "baseline_ms": 85.0, "impact": impact, "impact_unit": "ms", "requests": 3,
+                "causes": [{"kind": "cpu_contention", "score": 0.9, "summary": "s", "evidence": {}, "culprits": []}]}
+
+    line = "Worst: incident 2 at 17:23:50.000 (<b>x</b>)"
+    diag = {"target": {}, "recording": "r", "window": {"start": "", "end": "", "duration_s": 1.0},
+            "incidents": [inc(1, 1.0), inc(2, 9.0)], "worst_first": [2, 1], "worst": {"id": 2, "summary": line},
+            "oom": [], "findings": [], "not_checked": []}
+    html = render_html(full, diagnosis=diag, oom={"kills": []})
+    assert line in "".join(parse(html).text) and "<b>x</b>" not in html
+    assert line in render_diagnosis(diag)
+    one = dict(diag, incidents=[inc(2, 9.0)], worst_first=[2])
+    assert "Worst:" not in "".join(parse(render_html(full, diagnosis=one, oom={"kills": []})).text)
