@@ -155,7 +155,7 @@ REMAINDER_WORDS = {
     "idle_cpu": "CPU idle (wakeup latency)", "usual": "the usual competition (below the baseline's)",
     "small": "many small contributors", "interrupts": "woken by interrupts / timers",
     "target_self": "the waiting threads' own process as usual", "unknown": "not recorded",
-    "own_threads": "the target's own request threads and regular workers",
+    "own_threads": "the target's own request threads and regular workers",  # or brief ones
 }
 
 
@@ -207,11 +207,11 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     base_total = float(sum(base_w.values()))
     shares, denom, vs_base = _excess_shares(inc_w, base_w, inc_total, base_total)
     weighted_by = "wait_ns" if use_wait else "count"
-    own = _drop_regulars(rec, shares, a, b, baseline)
+    own = _drop_regulars(rec, shares, a, b, baseline, denom if use_wait else 0.0)
     demand = _demand_shares(rec, tree, t, keys, inc_w, base_w, a, b, baseline) if vs_base else None
     if demand is not None:
         shares, weighted_by = demand, "extra_cpu"
-        own = _drop_regulars(rec, shares, a, b, baseline)
+        own = _drop_regulars(rec, shares, a, b, baseline, denom if use_wait else 0.0)
     pids = col(t, "preemptor_pid", np.int64)
     tids = col(t, "preemptor_tid", np.int64, -1)
     cpus = col(t, "cpu", np.int64, -1)
@@ -273,12 +273,15 @@ def _in_windows(ts: np.ndarray, windows: list[tuple[int, int]] | None) -> np.nda
 
 
 def _drop_regulars(rec: Recording, shares: dict[Any, float], a: int, b: int,
-                   baseline: list[tuple[int, int]] | None) -> float:
+                   baseline: list[tuple[int, int]] | None, wait_ns: float = 0.0) -> float:
     """Threads of the waiting processes that ran at the baseline and do not take well beyond their
     usual CPU now, or that get their work from request threads (the request workers themselves,
     busier with more load), are not culprits, nor are the request threads: their share goes to the
-    unattributed rest. A newcomer (a background thread, a pool spun up) stays. Returns the share
-    so taken from them (the remainder says the waiters' own threads had it)."""
+    unattributed rest. A newcomer (a background thread, a pool spun up) stays if it ran at least
+    ``MIN_SHARE`` of the ``wait_ns`` to explain: a waiter waits behind a thread no longer than it runs,
+    so a thread that ran 2 ms in the window made nobody wait a tenth of a second (one charged 9 ms of
+    a blip's wait for the one switch it made there). Returns the share so taken from them (the
+    remainder says the waiters' own threads had it)."""
     tids = [k for k in shares if k[0] == "tid"]
     if not tids or not rec.has("sched") or not rec.table("sched").num_rows:
         return 0.0
@@ -293,7 +296,8 @@ def _drop_regulars(rec: Recording, shares: dict[Any, float], a: int, b: int,
         m = stid == k[2]
         inc, base = _window_sum(sts[m], son[m], a, b, span_out, None if sbase is None else sbase[m])
         # A request thread is a waiter, never its own culprit.
-        if k[2] in requests or (base > 0 and (inc < NEWCOMER * base or k[2] in workers)):
+        if (k[2] in requests or (base > 0 and (inc < NEWCOMER * base or k[2] in workers))
+                or inc < MIN_SHARE * wait_ns):
             dropped += shares[k]
             shares[k] = 0.0
     return dropped

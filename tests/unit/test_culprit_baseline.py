@@ -70,3 +70,19 @@ def test_diagnosis_lists_worst_first_and_names_it_first(tmp_path):
     text = render_diagnosis(two)
     worst = next(line for line in text.splitlines() if line.startswith("Worst:"))
     assert "incident 1 " in worst and "stress-ng" in worst and "of 2 incidents" in worst
+
+
+def test_a_thread_that_barely_ran_is_not_a_culprit(tmp_path):
+    """A thread of the tree seen for the first time is a newcomer and may be named -- unless it ran
+    less than MIN_SHARE of the wait to explain: nobody waits behind a thread longer than it runs."""
+    from tests.fakes.synthetic import ROOT_PID
+
+    truth = write_recording(tmp_path / "rec", Scenario(kind="cpu", seed=4))
+    rec = Recording(tmp_path / "rec")
+    a, b = truth["incident"]
+    ghost = ("tid", ROOT_PID, 999_999)  # never in `sched`: it ran 0 ns in the window
+    shares = {ghost: 0.3, ("comm", "stress-ng"): 0.7}
+    assert culprits._drop_regulars(rec, dict(shares), a, b, None, 0.0) == 0.0  # no wait given: kept
+    kept = dict(shares)
+    assert culprits._drop_regulars(rec, kept, a, b, None, 1e9) == 0.3
+    assert kept == {ghost: 0.0, ("comm", "stress-ng"): 0.7}
