@@ -24,7 +24,14 @@ from autoglm_trace.analysis import containers
 from autoglm_trace.analysis import tree as tree_mod
 from autoglm_trace.analysis import wakers as wakers_mod
 from autoglm_trace.analysis.reader import Recording
-from autoglm_trace.analysis.timeline import col, counter_deltas, recorded
+from autoglm_trace.analysis.timeline import (
+    baseline_rows,
+    baseline_span,
+    col,
+    counter_deltas,
+    in_windows,
+    recorded,
+)
 
 TOP = 3
 # A culprit accounting for less than this of the extra wait is not named (no empty culprits).
@@ -83,24 +90,6 @@ def _culprit(pid: int, comm: Any, share: float, in_target: bool, info: dict[int,
     out.update(containers.naming(meta))  # container / pod, systemd unit, user (analysis.containers)
     out.update(extra)
     return out
-
-
-def baseline_rows(rec: Recording, ts: np.ndarray, start_ns: int, end_ns: int,
-                  baseline: list[tuple[int, int]] | None) -> tuple[np.ndarray, float]:
-    """(mask of the rows that make the baseline, its length in ns). The baseline is the incident's
-    own (``baseline``: the windows the cause was scored against, with every incident and its margin
-    left out), so a culprit's "beyond the baseline" and the cause's ratio are one derivation; without
-    it, everything outside [start, end] (other incidents included)."""
-    span = _baseline_span(rec, start_ns, end_ns, baseline)
-    if baseline:
-        return _in_windows(ts, baseline), span
-    return (ts < start_ns) | (ts > end_ns), span
-
-
-def _baseline_span(rec: Recording, start_ns: int, end_ns: int, baseline: list[tuple[int, int]] | None) -> float:
-    if baseline:
-        return float(sum(e - s for s, e in baseline))
-    return float(max(1, (rec.end_ns - rec.start_ns) - (end_ns - start_ns)))
 
 
 def _baseline_expected(rec: Recording, full: pa.Table, key: str, value: str, start_ns: int, end_ns: int,
@@ -263,15 +252,6 @@ def _window_sum(ts: np.ndarray, v: np.ndarray, a: int, b: int, span_out: float,
     return float(v[m].sum()), float(v[out].sum()) * (b - a) / max(1.0, span_out)
 
 
-def _in_windows(ts: np.ndarray, windows: list[tuple[int, int]] | None) -> np.ndarray | None:
-    if not windows:
-        return None
-    m = np.zeros(len(ts), dtype=bool)
-    for a, b in windows:
-        m |= (ts >= a) & (ts < b)
-    return m
-
-
 def _drop_regulars(rec: Recording, shares: dict[Any, float], a: int, b: int,
                    baseline: list[tuple[int, int]] | None, wait_ns: float = 0.0) -> float:
     """Threads of the waiting processes that ran at the baseline and do not take well beyond their
@@ -288,8 +268,8 @@ def _drop_regulars(rec: Recording, shares: dict[Any, float], a: int, b: int,
     dropped = 0.0
     s = rec.table("sched")
     sts, stid, son = col(s, "ts_ns", np.int64), col(s, "tid", np.int64), col(s, "oncpu_ns")
-    span_out = _baseline_span(rec, a, b, baseline)
-    sbase = _in_windows(sts, baseline)
+    span_out = baseline_span(rec, a, b, baseline)
+    sbase = in_windows(sts, baseline)
     requests = tree_mod.request_threads(rec)
     workers = wakers_mod.work_receivers(rec)
     for k in tids:
@@ -320,7 +300,7 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
     if not (rec.has("sched") and rec.table("sched").num_rows and rec.has("host_cpu")
             and rec.table("host_cpu").num_rows):
         return None
-    span_out = _baseline_span(rec, a, b, baseline)
+    span_out = baseline_span(rec, a, b, baseline)
     cpus = col(t, "cpu", np.int64, -1)
     w = col(t, "wait_ns")
     per_cpu = np.bincount(np.clip(cpus, 0, None), weights=w)
@@ -331,11 +311,11 @@ def _demand_shares(rec: Recording, tree: tree_mod.Tree, t: pa.Table, keys: list[
     hc = hc.filter(pc.is_in(hc.column("cpu"), value_set=pa.array(vcpus, pa.int16())))
     busy = sum(col(hc, c, np.float64, 0.0) for c in ("user_s", "system_s", "irq_s", "steal_s"))
     dts, d = counter_deltas(col(hc, "ts_ns", np.int64), col(hc, "cpu", np.int64), busy)
-    h_inc, h_base = _window_sum(dts, d * 1e9, a, b, span_out, _in_windows(dts, baseline))
+    h_inc, h_base = _window_sum(dts, d * 1e9, a, b, span_out, in_windows(dts, baseline))
     s = rec.table("sched")
     sts, spid, stid, son = (col(s, "ts_ns", np.int64), col(s, "pid", np.int64), col(s, "tid", np.int64),
                             col(s, "oncpu_ns"))
-    sbase = _in_windows(sts, baseline)
+    sbase = in_windows(sts, baseline)
     t_inc, t_base = _window_sum(sts, son, a, b, span_out, sbase)
     extra: dict[Any, float] = {}
     for k in inc_w:

@@ -39,7 +39,7 @@ def _culprits_for(rec: Recording, kind: str, inc: Incident, slack: int,
         return culprits_mod.cpu_culprits(rec, a, b, slack, baseline)
     if kind in ("lock_contention", "gil_contention"):
         return wakers_mod.holder_culprits(rec, a, b, slack, "gil" if kind == "gil_contention" else "lock",
-                                          culprits_mod.victims(rec), inc.n_requests or None)
+                                          culprits_mod.victims(rec), inc.n_requests or None, baseline)
     if kind == "io_wait":
         return culprits_mod.io_culprits(rec, a, b, slack, baseline)
     if kind in ("memory_pressure", "oom"):

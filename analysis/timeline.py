@@ -581,3 +581,31 @@ def _ramp(x: np.ndarray, points: np.ndarray) -> np.ndarray:
     csum = np.concatenate([[0.0], np.cumsum(p)])
     k = np.searchsorted(p, x, side="right")
     return k * x.astype(np.float64) - csum[k]
+
+
+def baseline_rows(rec: Any, ts: np.ndarray, start_ns: int, end_ns: int,
+                  baseline: list[tuple[int, int]] | None) -> tuple[np.ndarray, float]:
+    """(mask of the rows that make the baseline, its length in ns). The baseline is the incident's
+    own (``baseline``: the windows the cause was scored against, with every incident and its margin
+    left out), so a culprit's "beyond the baseline" and the cause's ratio are one derivation; without
+    it, everything outside [start, end] (other incidents included)."""
+    span = baseline_span(rec, start_ns, end_ns, baseline)
+    if baseline:
+        return in_windows(ts, baseline), span
+    return (ts < start_ns) | (ts > end_ns), span
+
+
+def baseline_span(rec: Any, start_ns: int, end_ns: int, baseline: list[tuple[int, int]] | None) -> float:
+    if baseline:
+        return float(sum(e - s for s, e in baseline))
+    return float(max(1, (rec.end_ns - rec.start_ns) - (end_ns - start_ns)))
+
+
+def in_windows(ts: np.ndarray, windows: list[tuple[int, int]] | None) -> np.ndarray | None:
+    """Rows whose ts falls in one of ``windows`` ([start, end) ns); None without windows."""
+    if not windows:
+        return None
+    m = np.zeros(len(ts), dtype=bool)
+    for a, b in windows:
+        m |= (ts >= a) & (ts < b)
+    return m

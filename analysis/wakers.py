@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from autoglm_trace.analysis import tree as tree_mod
 from autoglm_trace.analysis.reader import Recording
+from autoglm_trace.analysis.timeline import baseline_rows
 
 SWITCH_INTERVAL_NS = 5_000_000  # CPython's default sys.getswitchinterval()
 # Mean sleep per wakeup of timed GIL waits: the switch interval plus timer slack, a little either way.
@@ -205,8 +206,10 @@ def _totals(m: dict[int, dict[tuple[int, int], float]], wakees: set[int] | None)
 
 
 def holder_culprits(rec: Recording, start_ns: int, end_ns: int, slack_ns: int, kind: str,
-                    victim_pids: set[int], requests: int | None = None) -> dict[str, Any]:
-    """The threads the victims' ``kind`` ("lock" | "gil") waits were waiting on, beyond the baseline."""
+                    victim_pids: set[int], requests: int | None = None,
+                    baseline: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """The threads the victims' ``kind`` ("lock" | "gil") waits were waiting on, beyond the baseline
+    (``baseline``: the incident's own baseline windows, as for the cause; else everything outside)."""
     tree = tree_mod.load(rec)
     t = classify(rec, tree)
     if t is None:
@@ -223,8 +226,9 @@ def holder_culprits(rec: Recording, start_ns: int, end_ns: int, slack_ns: int, k
     m_in = _charges(rec, t.filter(pa.array(inside)), kind)
     _relay(m_in, dur)
     inc = _totals(m_in, victim_tids)
-    base_span = max(1.0, float(rec.end_ns - rec.start_ns) - dur)
-    m_out = _charges(rec, t.filter(pa.array(~inside)), kind)
+    outside, base_span = baseline_rows(rec, ts, a, b, baseline)
+    base_span = max(1.0, base_span)
+    m_out = _charges(rec, t.filter(pa.array(outside)), kind)
     _relay(m_out, base_span)
     base = {k: v * dur / base_span for k, v in _totals(m_out, victim_tids).items()}
     inc_total, base_total = sum(inc.values()), sum(base.values())

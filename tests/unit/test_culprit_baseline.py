@@ -10,6 +10,7 @@ from autoglm_trace.analysis.diagnosis import diagnose, worst_summary
 from autoglm_trace.analysis.reader import Recording
 from autoglm_trace.analysis.render import render_diagnosis
 from autoglm_trace.analysis.spikes import Incident, impact, rank_and_cap
+from autoglm_trace.analysis.timeline import baseline_rows
 from tests.fakes.synthetic import CULPRITS, Scenario, write_recording
 
 S = 1_000_000_000
@@ -39,9 +40,9 @@ def test_baseline_rows_is_the_windows_given():
         start_ns, end_ns = 0, 100
 
     ts = np.arange(100)
-    m, span = culprits.baseline_rows(R(), ts, 40, 50, [(0, 10), (90, 100)])
+    m, span = baseline_rows(R(), ts, 40, 50, [(0, 10), (90, 100)])
     assert m.sum() == 20 and span == 20
-    m, span = culprits.baseline_rows(R(), ts, 40, 50, None)
+    m, span = baseline_rows(R(), ts, 40, 50, None)
     assert m.sum() == 89 and span == 90
 
 

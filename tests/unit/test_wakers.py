@@ -117,3 +117,16 @@ def test_perfetto_draws_waker_arrows(rec, tmp_path):
     pairs = {(starts[i]["tid"], ends[i]["tid"]) for i in starts}
     assert (HOLDER, WORKER) in pairs and (WORKER, HANDLER) in pairs
     assert all(np.isfinite(float(ends[i]["ts"])) and float(ends[i]["ts"]) >= float(starts[i]["ts"]) for i in starts)
+
+
+def test_holder_extra_wait_is_measured_against_the_given_baseline(rec):
+    """One second of the trouble, as a blip beside a longer incident would be: against the incident's
+    own baseline windows (the trouble left out) all its lock wait is extra; against "everything
+    outside it" the rest of the trouble counts as baseline and a part of it is not."""
+    a, b = T0 + TROUBLE[0] + 4 * NS, T0 + TROUBLE[0] + 5 * NS
+    clean = [(T0, T0 + TROUBLE[0] - 2 * NS), (T0 + TROUBLE[1] + 2 * NS, T0 + 40 * NS)]
+    own = wakers.holder_culprits(rec, a, b, 0, "lock", tree.victims(rec), baseline=clean)
+    outside = wakers.holder_culprits(rec, a, b, 0, "lock", tree.victims(rec))
+    assert own["culprits"][0]["tid"] == HOLDER
+    assert own["extra_wait_ms"] == pytest.approx(own["total_wait_ms"], rel=0.01), own
+    assert outside["extra_wait_ms"] < 0.85 * own["extra_wait_ms"], outside
