@@ -12,8 +12,6 @@ import json
 import math
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
@@ -63,6 +61,9 @@ class HttpProbe(Collector):
 
     def probe_once(self) -> dict[str, Any]:
         """Send one request; emit and return its span row."""
+        import urllib.error
+        import urllib.request  # here, not at import: http.client pulls in ssl / libcrypto (~4 MB RSS)
+
         assert self.ctx is not None
         headers = {"User-Agent": "autoglm-trace-probe"}
         if self.body is not None:

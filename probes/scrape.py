@@ -15,11 +15,7 @@ import json
 import math
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from autoglm_trace.collector import Collector, CollectorUnavailable, SessionContext
 
@@ -36,6 +32,9 @@ class ScrapeError(Exception):
 
 def fetch(url: str, timeout_s: float) -> str:
     """GET ``url`` with everything (connect, headers, body) inside one deadline."""
+    import urllib.error
+    import urllib.request  # here, not at import: http.client pulls in ssl / libcrypto (~4 MB RSS)
+
     deadline = time.monotonic() + timeout_s
     req = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4", "User-Agent": "autoglm-trace"})
     try:
@@ -75,6 +74,9 @@ def fetch(url: str, timeout_s: float) -> str:
 
 def parse_samples(text: str, skip_prefixes: tuple[str, ...] = DEFAULT_SKIP_PREFIXES) -> list[tuple[str, str, float]]:
     """(sample name, canonical JSON labels, value) for every sample; raises ScrapeError('parse')."""
+    # Here, not at import: prometheus_client's package imports its HTTP server side too.
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: list[tuple[str, str, float]] = []
     try:
         for family in text_string_to_metric_families(text):
