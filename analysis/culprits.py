@@ -196,11 +196,12 @@ def cpu_culprits(rec: Recording, start_ns: int, end_ns: int, bucket_slack_ns: in
     base_total = float(sum(base_w.values()))
     shares, denom, vs_base = _excess_shares(inc_w, base_w, inc_total, base_total)
     weighted_by = "wait_ns" if use_wait else "count"
-    own = _drop_regulars(rec, shares, a, b, baseline, denom if use_wait else 0.0)
+    to_explain = denom if use_wait else 0.0  # ns of wait (a count-weighted denominator is no time)
+    own = _drop_regulars(rec, shares, a, b, baseline, to_explain)
     demand = _demand_shares(rec, tree, t, keys, inc_w, base_w, a, b, baseline) if vs_base else None
     if demand is not None:
         shares, weighted_by = demand, "extra_cpu"
-        own = _drop_regulars(rec, shares, a, b, baseline, denom if use_wait else 0.0)
+        own = _drop_regulars(rec, shares, a, b, baseline, to_explain)
     pids = col(t, "preemptor_pid", np.int64)
     tids = col(t, "preemptor_tid", np.int64, -1)
     cpus = col(t, "cpu", np.int64, -1)

@@ -91,9 +91,10 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
             c["culprit_summary"] = culprit_sentence(c["kind"], c["culprits"][0])
         elif (own := ((found.get("remainder") or {}).get("parts") or {}).get("own_threads", 0)) >= 0.5:
             # No one else to name: say whose the wait was rather than nothing.
-            c["culprit_summary"] = (f"{100 * own:.0f}% of the extra run-queue wait behind the target's own "
-                                    "request threads and regular workers (no other culprit)")
+            c["culprit_summary"] = (f"{100 * own:.0f}% of the extra run-queue wait behind "
+                                    f"{culprits_mod.REMAINDER_WORDS['own_threads']} (no other culprit)")
     causes_mod.fold_gil_holder_cpu(causes)
+    hurt, unit = impact(inc)
     d: dict[str, Any] = {
         "id": i + 1, "kind": inc.kind, "start": iso(rec, inc.start_ns), "end": iso(rec, inc.end_ns),
         "start_ns": inc.start_ns, "end_ns": inc.end_ns, "offset_s": round((inc.start_ns - tl.start_ns) / 1e9, 3),
@@ -101,7 +102,7 @@ def _incident_dict(rec: Recording, tl: Timeline, i: int, inc: Incident, base: np
         "requests": inc.n_requests, "requests_overlapping": inc.n_overlapping, "failed": inc.n_failed,
         "latency_ms": _r(inc.latency_ms), "max_latency_ms": _r(inc.max_ms), "baseline_ms": _r(inc.baseline_ms),
         "extra_ms": _r(inc.extra_ms), "latency_extra_fraction": _r(inc.latency_frac, 4),
-        "impact": _r(impact(inc)), "impact_unit": "ms" if inc.kind == "latency" or inc.n_requests else "ratio*s",
+        "impact": _r(hurt), "impact_unit": unit,
         "span_names": inc.names, "trigger": inc.trigger or None, "causes": causes,
         "shape": inc.shape, "shape_info": inc.shape_info or None, "latency_source": inc.source,
     }

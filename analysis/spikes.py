@@ -281,17 +281,18 @@ def resource_incidents(tl: Timeline, gap_windows: int = 2) -> list[Incident]:
     return out
 
 
-def impact(i: Incident) -> float:
-    """How much an incident hurt, to rank incidents by: the extra latency of all its slow requests
-    (ms); a resource incident without request latency, its trigger's ratio x duration (s)."""
+def impact(i: Incident) -> tuple[float, str]:
+    """How much an incident hurt, to rank incidents by, and its unit: the extra latency of all its
+    slow requests ("ms"); a resource incident without request latency, its trigger's ratio x
+    duration ("ratio*s")."""
     if i.kind == "latency" or i.n_requests:
-        return (i.extra_ms or 0) * max(i.n_requests, 1)
-    return float(i.trigger.get("ratio", 0)) * (i.end_ns - i.start_ns) / 1e9
+        return (i.extra_ms or 0) * max(i.n_requests, 1), "ms"
+    return float(i.trigger.get("ratio", 0)) * (i.end_ns - i.start_ns) / 1e9, "ratio*s"
 
 
 def rank_and_cap(incidents: list[Incident], limit: int = MAX_INCIDENTS) -> tuple[list[Incident], int]:
     """Keep the ``limit`` incidents with the most impact (time order kept); count the rest."""
     if len(incidents) <= limit:
         return incidents, 0
-    keep = sorted(sorted(incidents, key=impact, reverse=True)[:limit], key=lambda i: i.start_ns)
+    keep = sorted(sorted(incidents, key=lambda i: impact(i)[0], reverse=True)[:limit], key=lambda i: i.start_ns)
     return keep, len(incidents) - limit

@@ -94,6 +94,14 @@ def firsts(analysis: dict[str, Any]) -> list[dict[str, Any]]:
     return [inc["causes"][0] for inc in analysis["incidents"] if inc["causes"]]
 
 
+def worst_firsts(analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first-ranked cause of every incident, the worst incident's first (the analysis's own
+    ``worst_first``)."""
+    order = {i: n for n, i in enumerate(analysis.get("worst_first") or [])}
+    incs = sorted(analysis["incidents"], key=lambda inc: order.get(inc["id"], len(order)))
+    return [inc["causes"][0] for inc in incs if inc["causes"]]
+
+
 def judge(case: Case, s: dict[str, Any], kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
     """{right_kind, right_culprit, verdict} for one run (the incident the analysis ranks worst among
     those whose first-ranked cause is of a right kind -- ``worst_first``, by the extra latency they
@@ -106,9 +114,7 @@ def judge(case: Case, s: dict[str, Any], kinds: tuple[str, ...] | None = None) -
                   for u in c.get("culprits", []) if u.get("in_target") or u.get("comm") == HOG]
         return {"right_kind": not blamed, "right_culprit": not blamed,
                 "verdict": "blamed nobody in or beside the target" if not blamed else f"blamed {blamed[:3]}"}
-    order = {i: n for n, i in enumerate(an.get("worst_first") or [])}
-    hits = [inc["causes"][0] for inc in sorted(an["incidents"], key=lambda inc: order.get(inc["id"], len(order)))
-            if inc["causes"] and inc["causes"][0]["kind"] in kinds]
+    hits = [c for c in worst_firsts(an) if c["kind"] in kinds]
     if case.culprit == "kind":
         return {"right_kind": bool(hits), "right_culprit": bool(hits),
                 "verdict": hits[0]["kind"] if hits else f"first causes were {[c['kind'] for c in firsts(an)][:3]}"}

@@ -56,9 +56,7 @@ def _explain(s: dict) -> str:
 def _top_cause(s: dict, kind: str) -> dict:
     """The first cause of the worst incident (the analysis's ``worst_first``) whose first cause is of
     `kind` (it must be ranked first somewhere)."""
-    order = {i: n for n, i in enumerate(s["analysis"].get("worst_first") or [])}
-    incs = sorted(s["analysis"]["incidents"], key=lambda inc: order.get(inc["id"], len(order)))
-    hits = [inc["causes"][0] for inc in incs if inc["causes"] and inc["causes"][0]["kind"] == kind]
+    hits = [c for c in cases.worst_firsts(s["analysis"]) if c["kind"] == kind]
     assert hits, f"no incident ranked {kind} first:\n{_explain(s)}"
     return hits[0]
 

@@ -52,7 +52,7 @@ def _inc(start: int, n: int, extra: float) -> Incident:
 
 def test_impact_ranks_an_outage_above_a_blip_and_caps_by_it():
     blip, outage = _inc(0, 3, 100.0), _inc(5 * S, 38, 500.0)
-    assert impact(outage) == 19000.0 > impact(blip) == 300.0
+    assert impact(outage) == (19000.0, "ms") and impact(blip) == (300.0, "ms")
     kept, dropped = rank_and_cap([blip, outage, _inc(9 * S, 2, 50.0)], limit=2)
     assert kept == [blip, outage] and dropped == 1  # time order kept
 
